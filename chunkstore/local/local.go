@@ -1,0 +1,503 @@
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/volback/volback/chunkstore"
+)
+
+// tmpPrefix starts the name of every temporary file; List skips them.
+const tmpPrefix = ".tmp-"
+
+// syncWorkers is how many fdatasyncs Sync keeps in flight.
+const syncWorkers = 16
+
+// Store is a chunkstore.Store in a local directory.
+type Store struct {
+	root string
+
+	mu      sync.Mutex
+	pending map[string]string // object name -> temporary file path
+
+	syncMu sync.Mutex // one Sync at a time; see Sync
+}
+
+var _ chunkstore.Store = (*Store)(nil)
+
+// Open returns a Store rooted at dir, creating dir if needed.
+func Open(dir string) (*Store, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("local store %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("local store %s: %w", abs, classify(err))
+	}
+	return &Store{root: abs, pending: make(map[string]string)}, nil
+}
+
+// Location implements chunkstore.Store.
+func (s *Store) Location() string { return "local:" + s.root }
+
+// Root returns the store's directory.
+func (s *Store) Root() string { return s.root }
+
+func (s *Store) path(name string) (string, error) {
+	if err := chunkstore.ValidName(name); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.root, filepath.FromSlash(name)), nil
+}
+
+// classify maps an OS error onto the chunkstore error model: a missing file
+// is ErrNotFound, interruptions and busy resources are transient, the rest
+// (ENOSPC, EROFS, EACCES, EIO...) cannot succeed on retry and stay permanent.
+func classify(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w: %w", chunkstore.ErrNotFound, err)
+	case errors.Is(err, syscall.EINTR), errors.Is(err, syscall.EAGAIN),
+		errors.Is(err, syscall.EBUSY), errors.Is(err, syscall.ETIMEDOUT):
+		return chunkstore.Transient(err)
+	}
+	return err
+}
+
+// Put implements chunkstore.Store. It writes a temporary file and leaves the
+// rename to Sync.
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	final, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(final)
+	tmp := filepath.Join(dir, tmpPrefix+filepath.Base(final)+"-"+randSuffix())
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(dir, 0o755); err == nil {
+			f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("put %s: %w", final, classify(err))
+	}
+	_, werr := f.Write(data)
+	if werr == nil && len(data) > 0 {
+		// Start writeback now, without waiting, so Sync finds most of
+		// the data already on its way to the device.
+		_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+	}
+	cerr := f.Close()
+	if werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = ctx.Err()
+	}
+	if werr != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put %s: %w", final, classify(werr))
+	}
+	s.mu.Lock()
+	old, had := s.pending[name]
+	s.pending[name] = tmp
+	s.mu.Unlock()
+	if had {
+		os.Remove(old)
+	}
+	return nil
+}
+
+// open returns the file holding name: the pending temporary if there is
+// one, else the final path.
+func (s *Store) open(name string) (*os.File, string, error) {
+	final, err := s.path(name)
+	if err != nil {
+		return nil, "", err
+	}
+	s.mu.Lock()
+	tmp, ok := s.pending[name]
+	s.mu.Unlock()
+	if ok {
+		f, err := os.Open(tmp)
+		if err == nil {
+			return f, final, nil
+		}
+		// Renamed by a Sync since we looked: the final path has it.
+	}
+	f, err := os.Open(final)
+	if err != nil {
+		return nil, final, fmt.Errorf("%s: %w", final, classify(err))
+	}
+	return f, final, nil
+}
+
+// Get implements chunkstore.Store.
+func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, p, err := s.open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p, classify(err))
+	}
+	b := make([]byte, st.Size())
+	if _, err := readFull(f, b); err != nil {
+		return nil, fmt.Errorf("%s: %w", p, classify(err))
+	}
+	return b, nil
+}
+
+func readFull(f *os.File, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := f.ReadAt(b[n:], int64(n))
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Stat implements chunkstore.Store.
+func (s *Store) Stat(ctx context.Context, name string) (chunkstore.Info, error) {
+	if err := ctx.Err(); err != nil {
+		return chunkstore.Info{}, err
+	}
+	final, err := s.path(name)
+	if err != nil {
+		return chunkstore.Info{}, err
+	}
+	s.mu.Lock()
+	tmp, ok := s.pending[name]
+	s.mu.Unlock()
+	if ok {
+		if st, err := os.Stat(tmp); err == nil {
+			return chunkstore.Info{Name: name, Size: st.Size()}, nil
+		}
+	}
+	st, err := os.Stat(final)
+	if err != nil {
+		return chunkstore.Info{}, fmt.Errorf("%s: %w", final, classify(err))
+	}
+	if !st.Mode().IsRegular() {
+		return chunkstore.Info{}, fmt.Errorf("%s: not a regular file", final)
+	}
+	return chunkstore.Info{Name: name, Size: st.Size()}, nil
+}
+
+// List implements chunkstore.Store. It walks only the directory that
+// prefix's last slash names, so listing chunks/ab/ reads one shard.
+func (s *Store) List(ctx context.Context, prefix string, fn func(chunkstore.Info) error) error {
+	dirPart := ""
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		dirPart = prefix[:i]
+	}
+	start := s.root
+	if dirPart != "" {
+		if err := chunkstore.ValidName(dirPart); err != nil {
+			return fmt.Errorf("list %q: %w", prefix, err)
+		}
+		start = filepath.Join(s.root, filepath.FromSlash(dirPart))
+	}
+	seen := make(map[string]bool)
+	err := filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // a shard that does not exist yet lists nothing
+			}
+			return classify(err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() || strings.HasPrefix(d.Name(), tmpPrefix) || !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(s.root, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if !strings.HasPrefix(name, prefix) {
+			return nil
+		}
+		info, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // deleted while we walked
+		}
+		if err != nil {
+			return classify(err)
+		}
+		seen[name] = true
+		return fn(chunkstore.Info{Name: name, Size: info.Size()})
+	})
+	if err != nil {
+		return fmt.Errorf("list %s in %s: %w", prefix, s.root, err)
+	}
+	// Pending objects are visible to their writer before Sync.
+	s.mu.Lock()
+	var extra []chunkstore.Info
+	for name, tmp := range s.pending {
+		if strings.HasPrefix(name, prefix) && !seen[name] {
+			if st, err := os.Stat(tmp); err == nil {
+				extra = append(extra, chunkstore.Info{Name: name, Size: st.Size()})
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, info := range extra {
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete implements chunkstore.Store.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	final, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	tmp, hadPending := s.pending[name]
+	delete(s.pending, name)
+	s.mu.Unlock()
+	if hadPending {
+		os.Remove(tmp)
+	}
+	err = os.Remove(final)
+	if err != nil && !(hadPending && errors.Is(err, fs.ErrNotExist)) {
+		return fmt.Errorf("delete %s: %w", final, classify(err))
+	}
+	// Make the removal durable: a deleted manifest must not come back.
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		return fmt.Errorf("delete %s: %w", final, classify(err))
+	}
+	return nil
+}
+
+// Sync implements chunkstore.Store: fdatasync every pending file, rename
+// each to its final name, fsync the directories that changed.
+//
+// Syncs are serialised. A concurrent caller may have seen an object as
+// present through the pending table and relies on its own Sync to make it
+// durable; waiting for a running Sync to finish before taking the next batch
+// guarantees that every object pending when a Sync starts is durable when it
+// returns.
+func (s *Store) Sync(ctx context.Context) error {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	// A Put or Delete of a name while its earlier temporary is being synced
+	// supersedes it; the newer temporary is then synced in another round.
+	for {
+		superseded, err := s.syncRound(ctx)
+		if err != nil || !superseded {
+			return err
+		}
+	}
+}
+
+func (s *Store) stillPending(name, tmp string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pending[name] == tmp
+}
+
+func (s *Store) syncRound(ctx context.Context) (superseded bool, err error) {
+	s.mu.Lock()
+	batch := make(map[string]string, len(s.pending))
+	for name, tmp := range s.pending {
+		batch[name] = tmp
+	}
+	s.mu.Unlock()
+	if len(batch) == 0 {
+		return false, ctx.Err()
+	}
+
+	var skipMu sync.Mutex
+	skip := make(map[string]bool)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(syncWorkers)
+	for name, tmp := range batch {
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			err := fdatasync(tmp)
+			if errors.Is(err, chunkstore.ErrNotFound) && !s.stillPending(name, tmp) {
+				skipMu.Lock()
+				skip[name] = true
+				skipMu.Unlock()
+				return nil
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return false, fmt.Errorf("sync %s: %w", s.root, err)
+	}
+
+	dirs := make(map[string]bool)
+	for name, tmp := range batch {
+		if skip[name] {
+			continue
+		}
+		final := filepath.Join(s.root, filepath.FromSlash(name))
+		if err := os.Rename(tmp, final); err != nil {
+			if errors.Is(err, fs.ErrNotExist) && !s.stillPending(name, tmp) {
+				skip[name] = true
+				continue
+			}
+			return false, fmt.Errorf("sync %s: rename %s: %w", s.root, final, classify(err))
+		}
+		// Every directory from the object's up to the root may be new.
+		for d := path.Dir(name); ; d = path.Dir(d) {
+			dirs[filepath.Join(s.root, filepath.FromSlash(d))] = true
+			if d == "." {
+				break
+			}
+		}
+	}
+	g, _ = errgroup.WithContext(ctx)
+	g.SetLimit(syncWorkers)
+	for d := range dirs {
+		g.Go(func() error { return syncDir(d) })
+	}
+	if err := g.Wait(); err != nil {
+		return false, fmt.Errorf("sync %s: %w", s.root, err)
+	}
+
+	s.mu.Lock()
+	for name, tmp := range batch {
+		if s.pending[name] == tmp {
+			delete(s.pending, name)
+		}
+	}
+	s.mu.Unlock()
+	for name := range skip {
+		if s.stillPendingAny(name) {
+			superseded = true
+		}
+	}
+	return superseded, nil
+}
+
+func (s *Store) stillPendingAny(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.pending[name]
+	return ok
+}
+
+// Close implements chunkstore.Store. Objects put but not synced are dropped.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, tmp := range s.pending {
+		os.Remove(tmp)
+		delete(s.pending, name)
+	}
+	return nil
+}
+
+// RemoveStale deletes temporary files older than age that crashed writers
+// left behind. Younger ones may belong to a writer that is still running.
+func (s *Store) RemoveStale(ctx context.Context, age time.Duration) (int, error) {
+	cutoff := time.Now().Add(-age)
+	removed := 0
+	err := filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil || info.ModTime().After(cutoff) {
+			return nil
+		}
+		if os.Remove(p) == nil {
+			removed++
+		}
+		return nil
+	})
+	if err != nil {
+		return removed, fmt.Errorf("remove stale files in %s: %w", s.root, classify(err))
+	}
+	return removed, nil
+}
+
+func fdatasync(p string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, classify(err))
+	}
+	err = unix.Fdatasync(int(f.Fd()))
+	cerr := f.Close()
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fdatasync %s: %w", p, classify(err))
+	}
+	return nil
+}
+
+func syncDir(d string) error {
+	f, err := os.Open(d)
+	if err != nil {
+		return fmt.Errorf("%s: %w", d, classify(err))
+	}
+	err = f.Sync()
+	cerr := f.Close()
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", d, classify(err))
+	}
+	return nil
+}
+
+func randSuffix() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,290 @@
+package chunkstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+const (
+	configName     = "config"
+	chunkPrefix    = "chunks/"
+	manifestPrefix = "manifests/"
+	// maxManifest bounds a decoded manifest: 16 EiB volumes are not a goal,
+	// 64 TiB of 64 KiB chunks is.
+	maxManifest = 1 << 30
+)
+
+// ErrNoRepository is returned by Open when the store holds no config.
+var ErrNoRepository = errors.New("no repository here (run repo init first)")
+
+// ErrRepositoryExists is returned by Init when the store already holds one.
+var ErrRepositoryExists = errors.New("a repository already exists here")
+
+// InitOptions configures a new repository.
+type InitOptions struct {
+	ChunkSize   int         // default DefaultChunkSize
+	Compression Compression // default CompressionZstd
+}
+
+// Repository is a chunk repository on a Store.
+type Repository struct {
+	store  Store
+	cfg    Config
+	hasher Hasher
+	codec  *codec
+	menc   *zstd.Encoder
+	mdec   *zstd.Decoder
+	bufs   sync.Pool // *[]byte of chunk size + header, for encoding
+}
+
+// Init creates a repository on store. It fails with ErrRepositoryExists if
+// the store already has one.
+func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, error) {
+	if opts.ChunkSize == 0 {
+		opts.ChunkSize = DefaultChunkSize
+	}
+	if opts.Compression == "" {
+		opts.Compression = CompressionZstd
+	}
+	if _, err := store.Stat(ctx, configName); err == nil {
+		return nil, fmt.Errorf("%s: %w", store.Location(), ErrRepositoryExists)
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%s: %w", store.Location(), err)
+	}
+	cfg, err := newConfig(opts.ChunkSize, opts.Compression, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	b, err := jsonIndent(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Put(ctx, configName, b); err != nil {
+		return nil, fmt.Errorf("%s: write config: %w", store.Location(), err)
+	}
+	if err := store.Sync(ctx); err != nil {
+		return nil, fmt.Errorf("%s: sync config: %w", store.Location(), err)
+	}
+	return newRepository(store, cfg)
+}
+
+// Open opens the repository on store.
+func Open(ctx context.Context, store Store) (*Repository, error) {
+	b, err := store.Get(ctx, configName)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%s: %w", store.Location(), ErrNoRepository)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: read config: %w", store.Location(), err)
+	}
+	cfg, err := parseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", store.Location(), err)
+	}
+	return newRepository(store, cfg)
+}
+
+func newRepository(store Store, cfg Config) (*Repository, error) {
+	cd, err := newCodec(cfg.Compression, cfg.ChunkSize)
+	if err != nil {
+		return nil, err
+	}
+	menc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	mdec, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxManifest))
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	r := &Repository{
+		store:  store,
+		cfg:    cfg,
+		hasher: Hasher{Seed1: cfg.Seeds[0], Seed2: cfg.Seeds[1]},
+		codec:  cd,
+		menc:   menc,
+		mdec:   mdec,
+	}
+	r.bufs.New = func() any {
+		b := make([]byte, 0, cfg.ChunkSize+chunkHeaderSize+cfg.ChunkSize/64)
+		return &b
+	}
+	return r, nil
+}
+
+// Close releases the codec state and closes the store.
+func (r *Repository) Close() error {
+	r.codec.enc.Close()
+	r.codec.dec.Close()
+	r.menc.Close()
+	r.mdec.Close()
+	return r.store.Close()
+}
+
+// Config returns the repository's config.
+func (r *Repository) Config() Config { return r.cfg }
+
+// ChunkSize returns the repository's fixed chunk size.
+func (r *Repository) ChunkSize() int { return r.cfg.ChunkSize }
+
+// Store returns the store the repository lives on.
+func (r *Repository) Store() Store { return r.store }
+
+// Location names the repository's store for messages.
+func (r *Repository) Location() string { return r.store.Location() }
+
+// Key returns the content key of data under this repository's seeds.
+func (r *Repository) Key(data []byte) Key { return r.hasher.Key(data) }
+
+// HasChunk reports whether the chunk is stored. A stored object too short to
+// be a chunk (a leftover of a crash on a filesystem that lost it) counts as
+// missing, so the next backup that needs it writes it again.
+func (r *Repository) HasChunk(ctx context.Context, k Key) (bool, error) {
+	info, err := r.store.Stat(ctx, chunkName(k))
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("chunk %s: %w", k, err)
+	}
+	return info.Size > chunkHeaderSize, nil
+}
+
+// PutChunk encodes data and stores it as chunk k, which must be data's key.
+// It returns the number of encoded bytes written.
+func (r *Repository) PutChunk(ctx context.Context, k Key, data []byte) (int, error) {
+	if len(data) == 0 || len(data) > r.cfg.ChunkSize {
+		return 0, fmt.Errorf("chunk %s: length %d outside 1..%d", k, len(data), r.cfg.ChunkSize)
+	}
+	bp := r.bufs.Get().(*[]byte)
+	enc := r.codec.encode(*bp, data)
+	err := r.store.Put(ctx, chunkName(k), enc)
+	n := len(enc)
+	if cap(enc) <= cap(*bp)*2 {
+		*bp = enc[:0]
+	}
+	r.bufs.Put(bp)
+	if err != nil {
+		return 0, fmt.Errorf("put chunk %s: %w", k, err)
+	}
+	return n, nil
+}
+
+// GetChunk reads chunk k, checks its content against k and returns it
+// decoded into dst's storage (reallocated if too small).
+func (r *Repository) GetChunk(ctx context.Context, k Key, dst []byte) ([]byte, error) {
+	if k.IsZero() {
+		return nil, fmt.Errorf("chunk %s: zero chunks are not stored", k)
+	}
+	enc, err := r.store.Get(ctx, chunkName(k))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", k, err)
+	}
+	return r.codec.decode(r.hasher, k, dst, enc)
+}
+
+// DeleteChunk removes chunk k.
+func (r *Repository) DeleteChunk(ctx context.Context, k Key) error {
+	if err := r.store.Delete(ctx, chunkName(k)); err != nil {
+		return fmt.Errorf("chunk %s: %w", k, err)
+	}
+	return nil
+}
+
+// ListChunks calls fn for every stored chunk.
+func (r *Repository) ListChunks(ctx context.Context, fn func(Key, int64) error) error {
+	return r.store.List(ctx, chunkPrefix, func(info Info) error {
+		i := strings.LastIndexByte(info.Name, '/')
+		k, err := ParseKey(info.Name[i+1:])
+		if err != nil {
+			return nil // not a chunk; leave foreign objects alone
+		}
+		return fn(k, info.Size)
+	})
+}
+
+// Sync makes every chunk put so far durable.
+func (r *Repository) Sync(ctx context.Context) error {
+	if err := r.store.Sync(ctx); err != nil {
+		return fmt.Errorf("%s: sync: %w", r.store.Location(), err)
+	}
+	return nil
+}
+
+// SaveManifest makes every chunk durable, then writes m durably. Only after
+// it returns is the backup complete.
+func (r *Repository) SaveManifest(ctx context.Context, m *Manifest) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if m.ChunkSize != r.cfg.ChunkSize {
+		return fmt.Errorf("manifest %s: chunk size %d, repository uses %d", m.ID, m.ChunkSize, r.cfg.ChunkSize)
+	}
+	if err := r.Sync(ctx); err != nil {
+		return fmt.Errorf("manifest %s: %w", m.ID, err)
+	}
+	b, err := encodeManifest(r.menc, m)
+	if err != nil {
+		return err
+	}
+	if err := r.store.Put(ctx, manifestPrefix+m.ID, b); err != nil {
+		return fmt.Errorf("manifest %s: %w", m.ID, err)
+	}
+	if err := r.Sync(ctx); err != nil {
+		return fmt.Errorf("manifest %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// LoadManifest reads backup id's manifest.
+func (r *Repository) LoadManifest(ctx context.Context, id string) (*Manifest, error) {
+	if err := ValidID(id); err != nil {
+		return nil, fmt.Errorf("backup %q: %w", id, err)
+	}
+	b, err := r.store.Get(ctx, manifestPrefix+id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("backup %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
+	m, err := decodeManifest(r.mdec, id, b)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// DeleteManifest removes backup id's manifest. Its chunks stay until a
+// garbage collection finds no manifest that names them.
+func (r *Repository) DeleteManifest(ctx context.Context, id string) error {
+	if err := ValidID(id); err != nil {
+		return fmt.Errorf("backup %q: %w", id, err)
+	}
+	if err := r.store.Delete(ctx, manifestPrefix+id); err != nil {
+		return fmt.Errorf("backup %s: %w", id, err)
+	}
+	return nil
+}
+
+// ListBackups returns the ids of all backups in the repository.
+func (r *Repository) ListBackups(ctx context.Context) ([]string, error) {
+	var ids []string
+	err := r.store.List(ctx, manifestPrefix, func(info Info) error {
+		id := strings.TrimPrefix(info.Name, manifestPrefix)
+		if ValidID(id) == nil {
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: list backups: %w", r.store.Location(), err)
+	}
+	return ids, nil
+}
