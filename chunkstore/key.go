@@ -58,6 +58,11 @@ func ParseKey(s string) (Key, error) {
 	if len(s) != 32 {
 		return k, fmt.Errorf("invalid chunk key %q: want 32 hex digits", s)
 	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'F' {
+			return k, fmt.Errorf("invalid chunk key %q: want lowercase hex", s)
+		}
+	}
 	if _, err := hex.Decode(k[:], []byte(s)); err != nil {
 		return k, fmt.Errorf("invalid chunk key %q: %w", s, err)
 	}

@@ -1,0 +1,264 @@
+package chunkstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/mem"
+)
+
+func randomBytes(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	_, _ = r.Read(b)
+	return b
+}
+
+func textBytes(n int) []byte {
+	words := []string{"volume ", "backup ", "chunk ", "the ", "of ", "hypervisor ", "block ", "\n"}
+	var b bytes.Buffer
+	r := rand.New(rand.NewPCG(1, 2))
+	for b.Len() < n {
+		b.WriteString(words[r.IntN(len(words))])
+	}
+	return b.Bytes()[:n]
+}
+
+func newRepo(t *testing.T, c chunkstore.Compression) (*chunkstore.Repository, *mem.Store) {
+	t.Helper()
+	s := mem.New()
+	r, err := chunkstore.Init(context.Background(), s, chunkstore.InitOptions{ChunkSize: 1 << 20, Compression: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, s
+}
+
+func TestKeyDependsOnSeedsAndContent(t *testing.T) {
+	data := randomBytes(1, 4096)
+	h1 := chunkstore.Hasher{Seed1: 1, Seed2: 2}
+	h2 := chunkstore.Hasher{Seed1: 3, Seed2: 4}
+	if h1.Key(data) != h1.Key(append([]byte(nil), data...)) {
+		t.Fatal("same content, different keys")
+	}
+	if h1.Key(data) == h2.Key(data) {
+		t.Fatal("different seeds, same key")
+	}
+	flipped := append([]byte(nil), data...)
+	flipped[100] ^= 1
+	if h1.Key(data) == h1.Key(flipped) {
+		t.Fatal("one flipped bit, same key")
+	}
+	k := h1.Key(data)
+	if k.IsZero() {
+		t.Fatal("data hashed to the zero key")
+	}
+	back, err := chunkstore.ParseKey(k.String())
+	if err != nil || back != k {
+		t.Fatalf("ParseKey(String()): got %v %v, want %v", back, err, k)
+	}
+}
+
+func TestParseKeyRejects(t *testing.T) {
+	for _, s := range []string{"", "abc", strings.Repeat("g", 32), strings.Repeat("0", 32), strings.Repeat("a", 33)} {
+		if _, err := chunkstore.ParseKey(s); err == nil {
+			t.Errorf("ParseKey(%q) accepted", s)
+		}
+	}
+	if k, err := chunkstore.ParseKey("zero"); err != nil || !k.IsZero() {
+		t.Errorf(`ParseKey("zero"): got %v %v`, k, err)
+	}
+}
+
+func TestIsZero(t *testing.T) {
+	for _, n := range []int{0, 1, 100, 32 << 10, 32<<10 + 1, 4 << 20} {
+		b := make([]byte, n)
+		if !chunkstore.IsZero(b) {
+			t.Fatalf("IsZero(zeros[%d]) = false", n)
+		}
+		for _, at := range []int{0, n / 2, n - 1} {
+			if n == 0 {
+				continue
+			}
+			b[at] = 1
+			if chunkstore.IsZero(b) {
+				t.Fatalf("IsZero with byte %d of %d set = true", at, n)
+			}
+			b[at] = 0
+		}
+	}
+}
+
+func TestChunkRoundTripAndCompression(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []chunkstore.Compression{chunkstore.CompressionZstd, chunkstore.CompressionNone} {
+		r, s := newRepo(t, c)
+		cases := map[string][]byte{
+			"random":   randomBytes(2, 1<<20),
+			"text":     textBytes(1 << 20),
+			"short":    []byte("x"),
+			"tailtext": textBytes(1000),
+		}
+		for name, data := range cases {
+			k := r.Key(data)
+			n, err := r.PutChunk(ctx, k, data)
+			if err != nil {
+				t.Fatalf("%s/%s: PutChunk: %v", c, name, err)
+			}
+			if c == chunkstore.CompressionZstd && name == "text" && n > len(data)/2 {
+				t.Errorf("%s/%s: stored %d bytes of %d, want compression", c, name, n, len(data))
+			}
+			if name == "random" && n > len(data)+64 {
+				t.Errorf("%s/%s: stored %d bytes of %d, want no growth", c, name, n, len(data))
+			}
+			ok, err := r.HasChunk(ctx, k)
+			if err != nil || !ok {
+				t.Fatalf("%s/%s: HasChunk = %v, %v", c, name, ok, err)
+			}
+			got, err := r.GetChunk(ctx, k, nil)
+			if err != nil {
+				t.Fatalf("%s/%s: GetChunk: %v", c, name, err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("%s/%s: round trip differs", c, name)
+			}
+		}
+		_ = s
+	}
+}
+
+func TestCorruptChunkDetected(t *testing.T) {
+	ctx := context.Background()
+	for _, data := range [][]byte{randomBytes(3, 1<<20), textBytes(1 << 20)} {
+		r, s := newRepo(t, chunkstore.CompressionZstd)
+		k := r.Key(data)
+		if _, err := r.PutChunk(ctx, k, data); err != nil {
+			t.Fatal(err)
+		}
+		name := "chunks/" + k.String()[:2] + "/" + k.String()
+		for _, at := range []int{0, 4, 9, 20, 5000, -1} {
+			s2 := mem.New()
+			b, _ := s.Get(ctx, name)
+			if at < 0 {
+				at = len(b) - 1
+			}
+			_ = s2.Put(ctx, name, b)
+			_ = s2.Corrupt(name, at)
+			cfgb, _ := s.Get(ctx, "config")
+			_ = s2.Put(ctx, "config", cfgb)
+			r2, err := chunkstore.Open(ctx, s2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = r2.GetChunk(ctx, k, nil)
+			var ce *chunkstore.CorruptChunkError
+			if !errors.As(err, &ce) || ce.Key != k {
+				t.Fatalf("flip at %d: got %v, want CorruptChunkError for %s", at, err, k)
+			}
+			if !strings.Contains(err.Error(), k.String()) {
+				t.Fatalf("error %q does not name the chunk", err)
+			}
+		}
+	}
+}
+
+func TestShortChunkCountsAsMissing(t *testing.T) {
+	ctx := context.Background()
+	r, s := newRepo(t, chunkstore.CompressionZstd)
+	data := randomBytes(4, 1000)
+	k := r.Key(data)
+	name := "chunks/" + k.String()[:2] + "/" + k.String()
+	_ = s.Put(ctx, name, nil) // what a lost write leaves on some filesystems
+	if ok, err := r.HasChunk(ctx, k); err != nil || ok {
+		t.Fatalf("HasChunk on an empty object = %v, %v; want false", ok, err)
+	}
+}
+
+func TestInitOpen(t *testing.T) {
+	ctx := context.Background()
+	s := mem.New()
+	if _, err := chunkstore.Open(ctx, s); !errors.Is(err, chunkstore.ErrNoRepository) {
+		t.Fatalf("Open empty: got %v, want ErrNoRepository", err)
+	}
+	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := r.Config()
+	if cfg.ChunkSize != chunkstore.DefaultChunkSize || cfg.Compression != chunkstore.CompressionZstd || cfg.Seeds[0] == cfg.Seeds[1] {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	if _, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{}); !errors.Is(err, chunkstore.ErrRepositoryExists) {
+		t.Fatalf("second Init: got %v, want ErrRepositoryExists", err)
+	}
+	r2, err := chunkstore.Open(ctx, s)
+	if err != nil || r2.Config() != cfg {
+		t.Fatalf("Open: got %+v %v, want %+v", r2.Config(), err, cfg)
+	}
+	for _, bad := range []int{1000, 32 << 10, 32 << 20, 3 << 20} {
+		if _, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: bad}); err == nil {
+			t.Errorf("Init accepted chunk size %d", bad)
+		}
+	}
+	if _, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{Compression: "lz4"}); err == nil {
+		t.Errorf("Init accepted compression lz4")
+	}
+}
+
+func TestManifestSaveLoad(t *testing.T) {
+	ctx := context.Background()
+	r, s := newRepo(t, chunkstore.CompressionZstd)
+	data := randomBytes(5, 1<<20)
+	k := r.Key(data)
+	if _, err := r.PutChunk(ctx, k, data); err != nil {
+		t.Fatal(err)
+	}
+	m := &chunkstore.Manifest{
+		Version: chunkstore.FormatVersion, ID: chunkstore.NewID(), VolumeID: "vol1",
+		Size: 3<<20 + 5, ChunkSize: 1 << 20, Mode: "full",
+		Started: time.Unix(100, 0).UTC(), Finished: time.Unix(200, 0).UTC(),
+		Chunks: []chunkstore.Key{k, chunkstore.ZeroKey, k, k},
+		Meta:   map[string]string{"name": "backup-1"},
+	}
+	if err := r.SaveManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.LoadManifest(ctx, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != m.ID || got.Size != m.Size || len(got.Chunks) != 4 || got.Chunks[1] != chunkstore.ZeroKey || got.Chunks[2] != k || got.Meta["name"] != "backup-1" {
+		t.Fatalf("LoadManifest: got %+v", got)
+	}
+	if got.ChunkLen(3) != 5 || got.ChunkLen(0) != 1<<20 {
+		t.Fatalf("ChunkLen: %d %d", got.ChunkLen(3), got.ChunkLen(0))
+	}
+	ids, err := r.ListBackups(ctx)
+	if err != nil || len(ids) != 1 || ids[0] != m.ID {
+		t.Fatalf("ListBackups: %v %v", ids, err)
+	}
+	// A manifest with the wrong number of chunks is refused.
+	bad := *m
+	bad.ID = chunkstore.NewID()
+	bad.Chunks = bad.Chunks[:3]
+	if err := r.SaveManifest(ctx, &bad); err == nil {
+		t.Fatal("SaveManifest accepted a manifest with too few chunks")
+	}
+	// A corrupt manifest is an error naming the backup, never a panic.
+	_ = s.Corrupt("manifests/"+m.ID, 20)
+	if _, err := r.LoadManifest(ctx, m.ID); err == nil || !strings.Contains(err.Error(), m.ID) {
+		t.Fatalf("corrupt manifest: got %v", err)
+	}
+	if _, err := r.LoadManifest(ctx, chunkstore.NewID()); !errors.Is(err, chunkstore.ErrNotFound) {
+		t.Fatalf("missing manifest: got %v, want ErrNotFound", err)
+	}
+	if _, err := r.LoadManifest(ctx, "../config"); err == nil {
+		t.Fatal("LoadManifest accepted a path as id")
+	}
+}

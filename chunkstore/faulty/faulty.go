@@ -1,0 +1,57 @@
+// Package faulty wraps a chunkstore.Store and injects errors, for fault
+// tests: a target that fails after a number of writes, or whose reads fail.
+package faulty
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"github.com/volback/volback/chunkstore"
+)
+
+// ErrInjected is the error a Store returns when it fails on purpose.
+var ErrInjected = errors.New("injected fault")
+
+// Store passes calls to Inner until a rule says to fail.
+type Store struct {
+	chunkstore.Store
+	// FailPutAfter, if positive, makes every Put after that many
+	// successful ones fail.
+	FailPutAfter int64
+	// FailGet, if set, makes every Get of a name it returns true for fail.
+	FailGet func(name string) bool
+	// Transient marks injected errors as transient.
+	Transient bool
+
+	puts atomic.Int64
+}
+
+// New wraps inner.
+func New(inner chunkstore.Store) *Store { return &Store{Store: inner} }
+
+func (s *Store) fault() error {
+	if s.Transient {
+		return chunkstore.Transient(ErrInjected)
+	}
+	return ErrInjected
+}
+
+// Put implements chunkstore.Store.
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	if s.FailPutAfter > 0 && s.puts.Add(1) > s.FailPutAfter {
+		return s.fault()
+	}
+	return s.Store.Put(ctx, name, data)
+}
+
+// Get implements chunkstore.Store.
+func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	if s.FailGet != nil && s.FailGet(name) {
+		return nil, s.fault()
+	}
+	return s.Store.Get(ctx, name)
+}
+
+// Puts returns the number of Put calls so far.
+func (s *Store) Puts() int64 { return s.puts.Load() }
