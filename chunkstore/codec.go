@@ -7,18 +7,24 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Encoded chunk layout (all integers little-endian):
+// Encoded chunk layout: the payload, then a 12-byte trailer (integers
+// little-endian):
 //
-//	0  4  magic "VBC1"
-//	4  1  codec: 0 = stored as is, 1 = zstd
-//	5  3  reserved, zero
-//	8  4  length of the decoded chunk
-//	12 .. payload
+//	payload   the chunk as is, or one zstd frame
+//	+0  1     codec: 0 = stored as is, 1 = zstd
+//	+1  3     reserved, zero
+//	+4  4     length of the decoded chunk
+//	+8  4     magic "VBC1"
+//
+// A trailer rather than a header lets a chunk that is stored as is be
+// written straight from the buffer it was read into: the trailer is
+// appended in the buffer's spare capacity, and the payload keeps the
+// buffer's alignment, which O_DIRECT writes need.
 const (
-	chunkMagic      = "VBC1"
-	chunkHeaderSize = 12
-	codecRaw        = 0
-	codecZstd       = 1
+	chunkMagic       = "VBC1"
+	chunkTrailerSize = 12
+	codecRaw         = 0
+	codecZstd        = 1
 )
 
 // Compression names a repository's chunk compression.
@@ -96,24 +102,36 @@ func windowFor(maxChunk int) int {
 // compressing the whole chunk is worth its CPU time.
 const sampleSize = 64 << 10
 
-// encode appends the encoded form of data to dst[:0] and returns it. It
-// compresses only when that makes the chunk smaller: a 64 KiB sample is
-// tried first, so incompressible chunks cost almost no compression time.
-func (c *codec) encode(dst, data []byte) []byte {
-	dst = append(dst[:0], chunkMagic...)
-	dst = append(dst, codecRaw, 0, 0, 0)
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(data)))
-	if c.compression == CompressionZstd && c.worthCompressing(dst, data) {
-		out := c.enc.EncodeAll(data, dst)
-		// Keep it only if it saves at least 1/64 of the chunk: decoding
-		// costs time on every restore, so marginal savings are not worth it.
-		if len(out)-chunkHeaderSize < len(data)-len(data)/64 {
-			out[4] = codecZstd
-			return out
-		}
-		dst = out[:chunkHeaderSize]
+func appendTrailer(b []byte, c byte, n int) []byte {
+	b = append(b, c, 0, 0, 0)
+	b = binary.LittleEndian.AppendUint32(b, uint32(n))
+	return append(b, chunkMagic...)
+}
+
+// compress returns data's zstd frame followed by the trailer, appended to
+// scratch[:0], or nil if compressing is off or not worth it. A 64 KiB
+// sample is tried first, so incompressible chunks cost almost no
+// compression time.
+func (c *codec) compress(scratch, data []byte) []byte {
+	if c.compression != CompressionZstd || !c.worthCompressing(scratch, data) {
+		return nil
 	}
-	return append(dst, data...)
+	out := c.enc.EncodeAll(data, scratch[:0])
+	// Keep it only if it saves at least 1/64 of the chunk: decoding
+	// costs time on every restore, so marginal savings are not worth it.
+	if len(out) >= len(data)-len(data)/64 {
+		return nil
+	}
+	return appendTrailer(out, codecZstd, len(data))
+}
+
+// encode returns the encoded form of data in dst's storage (reallocated if
+// too small). It copies; Repository.PutChunk avoids the copy where it can.
+func (c *codec) encode(dst, data []byte) []byte {
+	if out := c.compress(dst, data); out != nil {
+		return out
+	}
+	return appendTrailer(append(dst[:0], data...), codecRaw, len(data))
 }
 
 func (c *codec) worthCompressing(scratch, data []byte) bool {
@@ -123,47 +141,50 @@ func (c *codec) worthCompressing(scratch, data []byte) bool {
 	// Sample from the middle: file headers at the start of a chunk are
 	// often more compressible than what follows.
 	mid := len(data)/2 - sampleSize/2
-	out := c.enc.EncodeAll(data[mid:mid+sampleSize], scratch[len(scratch):])
+	out := c.enc.EncodeAll(data[mid:mid+sampleSize], scratch[:0])
 	return len(out) < sampleSize*7/8
 }
 
-// decode checks and decodes an encoded chunk into dst[:0], verifying that the
-// content hashes to key.
+// decode checks an encoded chunk and returns its content, verified to hash
+// to key. A chunk stored as is is returned in enc's own storage; a
+// compressed one is decoded into dst's storage (reallocated if too small).
 func (c *codec) decode(h Hasher, key Key, dst, enc []byte) ([]byte, error) {
-	if len(enc) < chunkHeaderSize || string(enc[:4]) != chunkMagic {
-		return nil, &CorruptChunkError{Key: key, Reason: "bad header"}
+	if len(enc) < chunkTrailerSize || string(enc[len(enc)-4:]) != chunkMagic {
+		return nil, &CorruptChunkError{Key: key, Reason: "bad trailer"}
 	}
-	if enc[5] != 0 || enc[6] != 0 || enc[7] != 0 {
-		return nil, &CorruptChunkError{Key: key, Reason: "bad header"}
+	tr := enc[len(enc)-chunkTrailerSize:]
+	if tr[1] != 0 || tr[2] != 0 || tr[3] != 0 {
+		return nil, &CorruptChunkError{Key: key, Reason: "bad trailer"}
 	}
-	n := int(binary.LittleEndian.Uint32(enc[8:12]))
+	n := int(binary.LittleEndian.Uint32(tr[4:8]))
 	if n == 0 || n > c.maxChunk {
 		return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("impossible length %d", n)}
 	}
-	payload := enc[chunkHeaderSize:]
-	if cap(dst) < n {
-		dst = make([]byte, 0, n)
-	}
-	switch enc[4] {
+	payload := enc[:len(enc)-chunkTrailerSize]
+	var out []byte
+	switch tr[0] {
 	case codecRaw:
 		if len(payload) != n {
-			return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("length %d, header says %d", len(payload), n)}
+			return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("length %d, trailer says %d", len(payload), n)}
 		}
-		dst = append(dst[:0], payload...)
+		out = payload
 	case codecZstd:
-		out, err := c.dec.DecodeAll(payload, dst[:0:n])
+		if cap(dst) < n {
+			dst = make([]byte, 0, n)
+		}
+		var err error
+		out, err = c.dec.DecodeAll(payload, dst[:0:n])
 		if err != nil {
 			return nil, &CorruptChunkError{Key: key, Reason: "zstd: " + err.Error()}
 		}
 		if len(out) != n {
-			return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("decoded %d bytes, header says %d", len(out), n)}
+			return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("decoded %d bytes, trailer says %d", len(out), n)}
 		}
-		dst = out
 	default:
-		return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("unknown codec %d", enc[4])}
+		return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("unknown codec %d", tr[0])}
 	}
-	if got := h.Key(dst); got != key {
+	if got := h.Key(out); got != key {
 		return nil, &CorruptChunkError{Key: key, Reason: "content hashes to " + got.String()}
 	}
-	return dst, nil
+	return out, nil
 }

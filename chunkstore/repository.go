@@ -112,7 +112,7 @@ func newRepository(store Store, cfg Config) (*Repository, error) {
 		mdec:   mdec,
 	}
 	r.bufs.New = func() any {
-		b := make([]byte, 0, cfg.ChunkSize+chunkHeaderSize+cfg.ChunkSize/64)
+		b := AlignedBuffer(0, cfg.ChunkSize+chunkTrailerSize)
 		return &b
 	}
 	return r, nil
@@ -153,31 +153,47 @@ func (r *Repository) HasChunk(ctx context.Context, k Key) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("chunk %s: %w", k, err)
 	}
-	return info.Size > chunkHeaderSize, nil
+	return info.Size > chunkTrailerSize, nil
+}
+
+// NewChunkBuffer returns a buffer of chunk size for reading chunks into.
+// PutChunk stores data held in such a buffer without copying it: the
+// buffer is page-aligned (for O_DIRECT) and has spare capacity for the
+// chunk trailer.
+func (r *Repository) NewChunkBuffer() []byte {
+	return AlignedBuffer(r.cfg.ChunkSize, r.cfg.ChunkSize+chunkTrailerSize)
 }
 
 // PutChunk encodes data and stores it as chunk k, which must be data's key.
-// It returns the number of encoded bytes written.
+// It returns the number of encoded bytes written. If data has at least 12
+// bytes of spare capacity (as slices of NewChunkBuffer do), PutChunk may
+// write the chunk trailer there.
 func (r *Repository) PutChunk(ctx context.Context, k Key, data []byte) (int, error) {
 	if len(data) == 0 || len(data) > r.cfg.ChunkSize {
 		return 0, fmt.Errorf("chunk %s: length %d outside 1..%d", k, len(data), r.cfg.ChunkSize)
 	}
 	bp := r.bufs.Get().(*[]byte)
-	enc := r.codec.encode(*bp, data)
-	err := r.store.Put(ctx, chunkName(k), enc)
-	n := len(enc)
-	if cap(enc) <= cap(*bp)*2 {
-		*bp = enc[:0]
+	defer r.bufs.Put(bp)
+	enc := r.codec.compress(*bp, data)
+	switch {
+	case enc != nil:
+		if cap(enc) <= cap(*bp) {
+			*bp = enc[:0]
+		}
+	case cap(data)-len(data) >= chunkTrailerSize:
+		enc = appendTrailer(data, codecRaw, len(data)) // in place, no copy
+	default:
+		enc = appendTrailer(append((*bp)[:0], data...), codecRaw, len(data))
 	}
-	r.bufs.Put(bp)
-	if err != nil {
+	if err := r.store.Put(ctx, chunkName(k), enc); err != nil {
 		return 0, fmt.Errorf("put chunk %s: %w", k, err)
 	}
-	return n, nil
+	return len(enc), nil
 }
 
-// GetChunk reads chunk k, checks its content against k and returns it
-// decoded into dst's storage (reallocated if too small).
+// GetChunk reads chunk k, checks its content against k and returns it. A
+// compressed chunk is decoded into dst's storage (reallocated if too
+// small); one stored as is comes back in a fresh slice.
 func (r *Repository) GetChunk(ctx context.Context, k Key, dst []byte) ([]byte, error) {
 	if k.IsZero() {
 		return nil, fmt.Errorf("chunk %s: zero chunks are not stored", k)

@@ -138,7 +138,7 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	for w := range n {
 		g.Go(func() error {
 			st := &stats[w]
-			buf := make([]byte, chunkSize)
+			buf := repo.NewChunkBuffer()
 			for i := range jobs {
 				off := int64(i) * int64(chunkSize)
 				data := buf[:chunkLen(i)]

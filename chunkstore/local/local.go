@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,14 +28,33 @@ const tmpPrefix = ".tmp-"
 // syncWorkers is how many fdatasyncs Sync keeps in flight.
 const syncWorkers = 16
 
+// earlySyncs is how many background fdatasyncs Put keeps in flight.
+const earlySyncs = 8
+
+// pendingFile is an object written to a temporary file and not yet renamed.
+type pendingFile struct {
+	tmp string
+	// synced is closed when a background fdatasync of tmp has finished,
+	// with its result in syncErr; nil if none was started.
+	synced  chan struct{}
+	syncErr error
+}
+
 // Store is a chunkstore.Store in a local directory.
 type Store struct {
 	root string
 
 	mu      sync.Mutex
-	pending map[string]string // object name -> temporary file path
+	pending map[string]*pendingFile // object name -> its unsynced temporary
+
+	// early bounds the background fdatasyncs that Put starts, so the
+	// device works on durability while the caller computes the next
+	// object, and Sync mostly finds its work done.
+	early chan struct{}
 
 	syncMu sync.Mutex // one Sync at a time; see Sync
+
+	noDirect atomic.Bool // set once the filesystem refuses O_DIRECT
 }
 
 var _ chunkstore.Store = (*Store)(nil)
@@ -48,7 +68,7 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(abs, 0o755); err != nil {
 		return nil, fmt.Errorf("local store %s: %w", abs, classify(err))
 	}
-	return &Store{root: abs, pending: make(map[string]string)}, nil
+	return &Store{root: abs, pending: make(map[string]*pendingFile), early: make(chan struct{}, earlySyncs)}, nil
 }
 
 // Location implements chunkstore.Store.
@@ -92,14 +112,53 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	}
 	dir := filepath.Dir(final)
 	tmp := filepath.Join(dir, tmpPrefix+filepath.Base(final)+"-"+randSuffix())
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	err = s.writeFile(tmp, data)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(dir, 0o755); err == nil {
-			f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			err = s.writeFile(tmp, data)
 		}
 	}
+	if err == nil {
+		err = ctx.Err()
+	}
 	if err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("put %s: %w", final, classify(err))
+	}
+	pf := &pendingFile{tmp: tmp}
+	select {
+	case s.early <- struct{}{}:
+		pf.synced = make(chan struct{})
+		go func() {
+			pf.syncErr = fdatasync(tmp)
+			close(pf.synced)
+			<-s.early
+		}()
+	default: // enough in flight; Sync will do this one
+	}
+	s.mu.Lock()
+	old, had := s.pending[name]
+	s.pending[name] = pf
+	s.mu.Unlock()
+	if had {
+		os.Remove(old.tmp)
+	}
+	return nil
+}
+
+// writeFile creates tmp holding data, with O_DIRECT unless this store's
+// filesystem has refused it once.
+func (s *Store) writeFile(tmp string, data []byte) error {
+	if !s.noDirect.Load() {
+		err := writeDirect(tmp, data)
+		if !errors.Is(err, errNoDirect) {
+			return err
+		}
+		s.noDirect.Store(true)
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
 	}
 	_, werr := f.Write(data)
 	if werr == nil && len(data) > 0 {
@@ -107,25 +166,10 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 		// the data already on its way to the device.
 		_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
-	cerr := f.Close()
-	if werr == nil {
+	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
-	if werr == nil {
-		werr = ctx.Err()
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("put %s: %w", final, classify(werr))
-	}
-	s.mu.Lock()
-	old, had := s.pending[name]
-	s.pending[name] = tmp
-	s.mu.Unlock()
-	if had {
-		os.Remove(old)
-	}
-	return nil
+	return werr
 }
 
 // open returns the file holding name: the pending temporary if there is
@@ -136,10 +180,10 @@ func (s *Store) open(name string) (*os.File, string, error) {
 		return nil, "", err
 	}
 	s.mu.Lock()
-	tmp, ok := s.pending[name]
+	pf, ok := s.pending[name]
 	s.mu.Unlock()
 	if ok {
-		f, err := os.Open(tmp)
+		f, err := os.Open(pf.tmp)
 		if err == nil {
 			return f, final, nil
 		}
@@ -195,10 +239,10 @@ func (s *Store) Stat(ctx context.Context, name string) (chunkstore.Info, error) 
 		return chunkstore.Info{}, err
 	}
 	s.mu.Lock()
-	tmp, ok := s.pending[name]
+	pf, ok := s.pending[name]
 	s.mu.Unlock()
 	if ok {
-		if st, err := os.Stat(tmp); err == nil {
+		if st, err := os.Stat(pf.tmp); err == nil {
 			return chunkstore.Info{Name: name, Size: st.Size()}, nil
 		}
 	}
@@ -264,9 +308,9 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(chunkstore.Info
 	// Pending objects are visible to their writer before Sync.
 	s.mu.Lock()
 	var extra []chunkstore.Info
-	for name, tmp := range s.pending {
+	for name, pf := range s.pending {
 		if strings.HasPrefix(name, prefix) && !seen[name] {
-			if st, err := os.Stat(tmp); err == nil {
+			if st, err := os.Stat(pf.tmp); err == nil {
 				extra = append(extra, chunkstore.Info{Name: name, Size: st.Size()})
 			}
 		}
@@ -290,11 +334,11 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	s.mu.Lock()
-	tmp, hadPending := s.pending[name]
+	pf, hadPending := s.pending[name]
 	delete(s.pending, name)
 	s.mu.Unlock()
 	if hadPending {
-		os.Remove(tmp)
+		os.Remove(pf.tmp)
 	}
 	err = os.Remove(final)
 	if err != nil && !(hadPending && errors.Is(err, fs.ErrNotExist)) {
@@ -328,17 +372,17 @@ func (s *Store) Sync(ctx context.Context) error {
 	}
 }
 
-func (s *Store) stillPending(name, tmp string) bool {
+func (s *Store) stillPending(name string, pf *pendingFile) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.pending[name] == tmp
+	return s.pending[name] == pf
 }
 
 func (s *Store) syncRound(ctx context.Context) (superseded bool, err error) {
 	s.mu.Lock()
-	batch := make(map[string]string, len(s.pending))
-	for name, tmp := range s.pending {
-		batch[name] = tmp
+	batch := make(map[string]*pendingFile, len(s.pending))
+	for name, pf := range s.pending {
+		batch[name] = pf
 	}
 	s.mu.Unlock()
 	if len(batch) == 0 {
@@ -349,13 +393,23 @@ func (s *Store) syncRound(ctx context.Context) (superseded bool, err error) {
 	skip := make(map[string]bool)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(syncWorkers)
-	for name, tmp := range batch {
+	for name, pf := range batch {
 		g.Go(func() error {
-			if err := gctx.Err(); err != nil {
-				return err
+			var err error
+			if pf.synced != nil {
+				select {
+				case <-pf.synced:
+					err = pf.syncErr
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			} else {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				err = fdatasync(pf.tmp)
 			}
-			err := fdatasync(tmp)
-			if errors.Is(err, chunkstore.ErrNotFound) && !s.stillPending(name, tmp) {
+			if errors.Is(err, chunkstore.ErrNotFound) && !s.stillPending(name, pf) {
 				skipMu.Lock()
 				skip[name] = true
 				skipMu.Unlock()
@@ -369,13 +423,13 @@ func (s *Store) syncRound(ctx context.Context) (superseded bool, err error) {
 	}
 
 	dirs := make(map[string]bool)
-	for name, tmp := range batch {
+	for name, pf := range batch {
 		if skip[name] {
 			continue
 		}
 		final := filepath.Join(s.root, filepath.FromSlash(name))
-		if err := os.Rename(tmp, final); err != nil {
-			if errors.Is(err, fs.ErrNotExist) && !s.stillPending(name, tmp) {
+		if err := os.Rename(pf.tmp, final); err != nil {
+			if errors.Is(err, fs.ErrNotExist) && !s.stillPending(name, pf) {
 				skip[name] = true
 				continue
 			}
@@ -399,8 +453,8 @@ func (s *Store) syncRound(ctx context.Context) (superseded bool, err error) {
 	}
 
 	s.mu.Lock()
-	for name, tmp := range batch {
-		if s.pending[name] == tmp {
+	for name, pf := range batch {
+		if s.pending[name] == pf {
 			delete(s.pending, name)
 		}
 	}
@@ -424,8 +478,8 @@ func (s *Store) stillPendingAny(name string) bool {
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for name, tmp := range s.pending {
-		os.Remove(tmp)
+	for name, pf := range s.pending {
+		os.Remove(pf.tmp)
 		delete(s.pending, name)
 	}
 	return nil

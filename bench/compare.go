@@ -1,0 +1,268 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+)
+
+// Tools that CompareBackup knows how to run.
+const (
+	ToolVolback = "volback"
+	ToolRestic  = "restic"
+	ToolBorg    = "borg"
+)
+
+// BackupCompareConfig configures CompareBackup.
+type BackupCompareConfig struct {
+	Dir         string   // working directory for the image and repositories
+	Image       string   // an existing image to back up; empty = generate one
+	Size        int64    // size of the generated image
+	ChunkSize   int      // volback chunk size (0 = repository default)
+	Parallelism int      // volback workers (0 = one per CPU)
+	Tools       []string // tools to run, in order
+	Volback     string   // path of the volback binary
+	DropCaches  bool     // drop the page cache before each run (root only)
+}
+
+// ToolRun is one tool's measured backup.
+type ToolRun struct {
+	Tool      string  `json:"tool"`
+	Version   string  `json:"version"`
+	Settings  string  `json:"settings"`
+	Seconds   float64 `json:"seconds"`
+	MiBps     float64 `json:"mibPerSecond"`
+	MaxRSS    int64   `json:"maxRssBytes"`
+	RepoBytes int64   `json:"repoBytes"`
+	// VolbackSpeedup is this tool's time divided by volback's.
+	VolbackSpeedup float64 `json:"volbackSpeedup,omitempty"`
+	Error          string  `json:"error,omitempty"`
+}
+
+// BackupCompareResult is CompareBackup's report.
+type BackupCompareResult struct {
+	When        time.Time `json:"when"`
+	CPUs        int       `json:"cpus"`
+	Image       string    `json:"image"`
+	Size        int64     `json:"size"`
+	Parallelism int       `json:"parallelism"`
+	ChunkSize   int       `json:"chunkSize"`
+	Cache       string    `json:"cache"`
+	Runs        []ToolRun `json:"runs"`
+	// MemoryBudget is 64 MiB + parallelism x chunk size, the bound volback's
+	// peak RSS must stay under.
+	MemoryBudget int64 `json:"memoryBudgetBytes"`
+}
+
+// CompareBackup backs the same image up with each tool, one after another,
+// into fresh repositories under cfg.Dir, and measures each.
+func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) (*BackupCompareResult, error) {
+	if cfg.Parallelism <= 0 {
+		cfg.Parallelism = runtime.NumCPU()
+	}
+	if cfg.ChunkSize <= 0 {
+		cfg.ChunkSize = 4 << 20
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	img := cfg.Image
+	if img == "" {
+		img = filepath.Join(cfg.Dir, "image.raw")
+		fmt.Fprintf(log, "generating %s image %s\n", humanize.IBytes(uint64(cfg.Size)), img)
+		if err := GenerateImage(ctx, img, ImageSpec{Size: cfg.Size, Seed: 42}); err != nil {
+			return nil, err
+		}
+	}
+	st, err := os.Stat(img)
+	if err != nil {
+		return nil, err
+	}
+	res := &BackupCompareResult{
+		When: time.Now().UTC(), CPUs: runtime.NumCPU(), Image: img, Size: st.Size(),
+		Parallelism: cfg.Parallelism, ChunkSize: cfg.ChunkSize, Cache: "warm",
+		MemoryBudget: 64<<20 + int64(cfg.Parallelism)*int64(cfg.ChunkSize),
+	}
+	if cfg.DropCaches {
+		res.Cache = "cold (page cache dropped before each run)"
+	}
+	for _, tool := range cfg.Tools {
+		run, err := runBackupTool(ctx, cfg, tool, img, log)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			run.Error = err.Error()
+			fmt.Fprintf(log, "%s: %v\n", tool, err)
+		} else {
+			run.MiBps = float64(res.Size) / run.Seconds / (1 << 20)
+			fmt.Fprintf(log, "%s: %.2f s, %.0f MiB/s, max RSS %s\n", tool, run.Seconds, run.MiBps, humanize.IBytes(uint64(run.MaxRSS)))
+		}
+		res.Runs = append(res.Runs, run)
+	}
+	var vb *ToolRun
+	for i := range res.Runs {
+		if res.Runs[i].Tool == ToolVolback && res.Runs[i].Error == "" {
+			vb = &res.Runs[i]
+		}
+	}
+	if vb != nil {
+		for i := range res.Runs {
+			if r := &res.Runs[i]; r.Error == "" {
+				r.VolbackSpeedup = r.Seconds / vb.Seconds
+			}
+		}
+	}
+	return res, nil
+}
+
+func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img string, log io.Writer) (ToolRun, error) {
+	run := ToolRun{Tool: tool}
+	repo := filepath.Join(cfg.Dir, "repo-"+tool)
+	if err := os.RemoveAll(repo); err != nil {
+		return run, err
+	}
+	env := os.Environ()
+	var setup [][]string
+	var backup []string
+	switch tool {
+	case ToolVolback:
+		bin := cfg.Volback
+		if bin == "" {
+			return run, errors.New("no volback binary given")
+		}
+		run.Version = "this build"
+		run.Settings = fmt.Sprintf("chunk %s, zstd, %d workers", humanize.IBytes(uint64(cfg.ChunkSize)), cfg.Parallelism)
+		setup = [][]string{{bin, "--quiet", "repo", "init", "--repo", repo, "--chunk-size", fmt.Sprint(cfg.ChunkSize)}}
+		backup = []string{bin, "--quiet", "backup", "--repo", repo, "--parallelism", fmt.Sprint(cfg.Parallelism), img}
+	case ToolRestic:
+		env = append(env, "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(cfg.Dir, "restic-cache"))
+		run.Version = toolVersion(ctx, "restic", "version")
+		run.Settings = "defaults (content-defined chunks, SHA-256, AES, compression auto)"
+		setup = [][]string{{"restic", "init", "--repo", repo}}
+		backup = []string{"restic", "backup", "--quiet", "--repo", repo, img}
+	case ToolBorg:
+		env = append(env, "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_BASE_DIR="+filepath.Join(cfg.Dir, "borg-base"))
+		run.Version = toolVersion(ctx, "borg", "--version")
+		run.Settings = "--encryption none, default lz4 compression"
+		setup = [][]string{{"borg", "init", "--encryption", "none", repo}}
+		backup = []string{"borg", "create", repo + "::bench", img}
+	default:
+		return run, fmt.Errorf("unknown tool %q (want volback, restic or borg)", tool)
+	}
+	for _, args := range setup {
+		if _, _, err := runTimed(ctx, env, args); err != nil {
+			return run, err
+		}
+	}
+	if err := prepareCache(img, cfg.DropCaches); err != nil {
+		return run, err
+	}
+	fmt.Fprintf(log, "running %s\n", strings.Join(backup, " "))
+	d, rss, err := runTimed(ctx, env, backup)
+	if err != nil {
+		return run, err
+	}
+	run.Seconds = d.Seconds()
+	run.MaxRSS = rss
+	run.RepoBytes = diskUsage(repo)
+	return run, nil
+}
+
+// runTimed runs a command and returns its wall time and peak RSS.
+func runTimed(ctx context.Context, env []string, args []string) (time.Duration, int64, error) {
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	cmd.Stdout = io.Discard
+	start := time.Now()
+	err := cmd.Run()
+	d := time.Since(start)
+	if err != nil {
+		return d, 0, fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	var rss int64
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rss = ru.Maxrss * 1024 // kilobytes on Linux
+	}
+	return d, rss, nil
+}
+
+func toolVersion(ctx context.Context, name string, arg string) string {
+	out, err := exec.CommandContext(ctx, name, arg).Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+}
+
+// prepareCache flushes dirty pages, so no tool pays for another's
+// writeback, then either drops the page cache or warms it with the image.
+func prepareCache(img string, drop bool) error {
+	syscall.Sync()
+	if drop {
+		return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0)
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(io.Discard, f)
+	return err
+}
+
+func diskUsage(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// WriteTable prints the result as a table.
+func (r *BackupCompareResult) WriteTable(w io.Writer) error {
+	fmt.Fprintf(w, "backup of a %s image (%s), %d CPUs, %s cache\n", humanize.IBytes(uint64(r.Size)), r.Image, r.CPUs, r.Cache)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TOOL\tSECONDS\tMiB/s\tMAX RSS\tREPO SIZE\tTIME / VOLBACK\tSETTINGS")
+	for _, run := range r.Runs {
+		if run.Error != "" {
+			fmt.Fprintf(tw, "%s\tfailed: %s\n", run.Tool, run.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%.2f\t%.0f\t%s\t%s\t%.2fx\t%s\n", run.Tool, run.Seconds, run.MiBps,
+			humanize.IBytes(uint64(run.MaxRSS)), humanize.IBytes(uint64(run.RepoBytes)), run.VolbackSpeedup, run.Settings)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, run := range r.Runs {
+		if run.Tool == ToolVolback && run.Error == "" {
+			verdict := "within"
+			if run.MaxRSS > r.MemoryBudget {
+				verdict = "OVER"
+			}
+			fmt.Fprintf(w, "volback peak RSS %s, %s the budget of 64 MiB + %d x %s = %s\n",
+				humanize.IBytes(uint64(run.MaxRSS)), verdict, r.Parallelism, humanize.IBytes(uint64(r.ChunkSize)), humanize.IBytes(uint64(r.MemoryBudget)))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,92 @@
+package chunkstore
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+func benchData(kind string, n int) []byte {
+	b := make([]byte, n)
+	switch kind {
+	case "random":
+		_, _ = rand.NewChaCha8([32]byte{1}).Read(b)
+	case "text":
+		words := []string{"the ", "volume ", "block ", "backup ", "of ", "and ", "kernel ", "page ", "\n", "12:30:50 "}
+		r := rand.New(rand.NewPCG(1, 2))
+		var buf bytes.Buffer
+		for buf.Len() < n {
+			buf.WriteString(words[r.IntN(len(words))])
+		}
+		copy(b, buf.Bytes())
+	case "zero":
+	}
+	return b
+}
+
+func BenchmarkKey(b *testing.B) {
+	h := Hasher{Seed1: 1, Seed2: 2}
+	for _, n := range []int{64 << 10, 4 << 20} {
+		data := benchData("random", n)
+		b.Run(fmt.Sprintf("%dKiB", n>>10), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				_ = h.Key(data)
+			}
+		})
+	}
+}
+
+func BenchmarkIsZero(b *testing.B) {
+	for _, kind := range []string{"zero", "random"} {
+		data := benchData(kind, 4<<20)
+		b.Run(kind, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				_ = IsZero(data)
+			}
+		})
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	c, err := newCodec(CompressionZstd, 4<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, kind := range []string{"random", "text"} {
+		data := benchData(kind, 4<<20)
+		b.Run(kind, func(b *testing.B) {
+			dst := make([]byte, 0, 5<<20)
+			b.SetBytes(int64(len(data)))
+			var n int
+			for b.Loop() {
+				n = len(c.encode(dst, data))
+			}
+			b.ReportMetric(float64(len(data))/float64(n), "ratio")
+		})
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	c, err := newCodec(CompressionZstd, 4<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := Hasher{Seed1: 1, Seed2: 2}
+	for _, kind := range []string{"random", "text"} {
+		data := benchData(kind, 4<<20)
+		enc := c.encode(nil, data)
+		k := h.Key(data)
+		b.Run(kind, func(b *testing.B) {
+			dst := make([]byte, 0, 4<<20)
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, err := c.decode(h, k, dst, enc); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

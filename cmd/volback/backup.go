@@ -1,0 +1,93 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/urfave/cli/v2"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/dataplane"
+)
+
+func backupCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "backup",
+		Usage:     "back up a volume file or block device; prints the backup id",
+		ArgsUsage: "FILE",
+		Flags: []cli.Flag{
+			repoFlag,
+			parallelismFlag,
+			&cli.StringFlag{Name: "parent", Usage: "the backup this one follows (recorded as its parent)"},
+			&cli.StringFlag{Name: "volume-id", Usage: "volume id recorded in the manifest (default: the file's path)"},
+			&cli.StringFlag{Name: "name", Usage: "backup name recorded in the manifest"},
+			&cli.StringFlag{Name: "id", Usage: "the backup's id (32 hex digits); default a random one"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("backup takes exactly one FILE")
+			}
+			path := c.Args().First()
+			o := outputOf(c)
+			r, err := openRepo(c.Context, c.String("repo"))
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			f, size, err := dataplane.OpenVolume(path)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			opts := dataplane.BackupOptions{
+				ID:          c.String("id"),
+				VolumeID:    c.String("volume-id"),
+				Parallelism: c.Int("parallelism"),
+				Progress:    &dataplane.Progress{},
+			}
+			if opts.VolumeID == "" {
+				opts.VolumeID = path
+			}
+			if n := c.String("name"); n != "" {
+				opts.Meta = map[string]string{"name": n}
+			}
+			if p := c.String("parent"); p != "" {
+				if opts.Parent, err = r.LoadManifest(c.Context, p); err != nil {
+					return fmt.Errorf("--parent: %w", err)
+				}
+			}
+			start := time.Now()
+			stop := o.watch(opts.Progress, "backup")
+			m, err := dataplane.Backup(c.Context, r, f, size, opts)
+			stop()
+			if err != nil {
+				return err
+			}
+			elapsed := time.Since(start)
+			if o.json {
+				return o.printJSON(backupSummary(m, elapsed))
+			}
+			fmt.Println(m.ID)
+			o.infof("backed up %s (%s) in %s, %s: %d chunks, %d new (%s stored), %d already present, %d zero",
+				path, humanize.IBytes(uint64(size)), elapsed.Round(time.Millisecond), rate(m.Stats.BytesRead, elapsed),
+				m.Stats.ChunksTotal, m.Stats.ChunksNew, humanize.IBytes(uint64(m.Stats.BytesStored)), m.Stats.ChunksDedup, m.Stats.ChunksZero)
+			return nil
+		},
+	}
+}
+
+type backupJSON struct {
+	ID       string           `json:"id"`
+	VolumeID string           `json:"volumeId"`
+	Size     int64            `json:"size"`
+	Parent   string           `json:"parent,omitempty"`
+	Mode     string           `json:"mode"`
+	Seconds  float64          `json:"seconds"`
+	Stats    chunkstore.Stats `json:"stats"`
+}
+
+func backupSummary(m *chunkstore.Manifest, d time.Duration) backupJSON {
+	return backupJSON{ID: m.ID, VolumeID: m.VolumeID, Size: m.Size, Parent: m.Parent, Mode: m.Mode, Seconds: d.Seconds(), Stats: m.Stats}
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+	"github.com/urfave/cli/v2"
+
+	"github.com/volback/volback/bench"
+)
+
+func benchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "measure volback against the tools users would pick instead",
+		Subcommands: []*cli.Command{{
+			Name:  "backup",
+			Usage: "full backup of one image with volback, restic and borg, side by side",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "dir", Value: "bench-out", Usage: "working directory (needs room for the image and three repositories)"},
+				&cli.StringFlag{Name: "image", Usage: "back up this image instead of generating one"},
+				&cli.StringFlag{Name: "size", Value: "4GiB", Usage: "size of the generated image"},
+				&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "volback chunk size"},
+				parallelismFlag,
+				&cli.StringFlag{Name: "tools", Value: "volback,restic,borg", Usage: "comma-separated tools to run"},
+				&cli.BoolFlag{Name: "drop-caches", Usage: "drop the page cache before each run (root)"},
+				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
+			},
+			Action: func(c *cli.Context) error {
+				size, err := humanize.ParseBytes(c.String("size"))
+				if err != nil {
+					return fmt.Errorf("--size: %w", err)
+				}
+				cs, err := humanize.ParseBytes(c.String("chunk-size"))
+				if err != nil {
+					return fmt.Errorf("--chunk-size: %w", err)
+				}
+				self, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				res, err := bench.CompareBackup(c.Context, bench.BackupCompareConfig{
+					Dir: c.String("dir"), Image: c.String("image"), Size: int64(size), ChunkSize: int(cs),
+					Parallelism: c.Int("parallelism"), Tools: strings.Split(c.String("tools"), ","),
+					Volback: self, DropCaches: c.Bool("drop-caches"),
+				}, os.Stderr)
+				if err != nil {
+					return err
+				}
+				if p := c.String("json-out"); p != "" {
+					b, _ := json.MarshalIndent(res, "", "  ")
+					if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+						return err
+					}
+				}
+				if outputOf(c).json {
+					return outputOf(c).printJSON(res)
+				}
+				return res.WriteTable(os.Stdout)
+			},
+		}},
+	}
+}

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/urfave/cli/v2"
+
+	"github.com/volback/volback/chunkstore"
+)
+
+func lsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ls",
+		Usage: "list the backups in a repository",
+		Flags: []cli.Flag{repoFlag},
+		Action: func(c *cli.Context) error {
+			o := outputOf(c)
+			r, err := openRepo(c.Context, c.String("repo"))
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			ids, err := r.ListBackups(c.Context)
+			if err != nil {
+				return err
+			}
+			ms := make([]*chunkstore.Manifest, 0, len(ids))
+			for _, id := range ids {
+				m, err := r.LoadManifest(c.Context, id)
+				if err != nil {
+					return err
+				}
+				ms = append(ms, m)
+			}
+			sort.Slice(ms, func(i, j int) bool { return ms[i].Finished.Before(ms[j].Finished) })
+			if o.json {
+				out := make([]backupJSON, 0, len(ms))
+				for _, m := range ms {
+					out = append(out, backupSummary(m, time.Duration(m.Stats.DurationNanos)))
+				}
+				return o.printJSON(out)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tVOLUME\tSIZE\tMODE\tFINISHED\tNEW\tSTORED\tNAME")
+			for _, m := range ms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", m.ID, m.VolumeID, humanize.IBytes(uint64(m.Size)), m.Mode,
+					m.Finished.Local().Format(time.DateTime), m.Stats.ChunksNew, m.Stats.ChunksTotal,
+					humanize.IBytes(uint64(m.Stats.BytesStored)), m.Meta["name"])
+			}
+			return tw.Flush()
+		},
+	}
+}

@@ -1,0 +1,73 @@
+// Command volback backs up live virtual-machine volumes into a
+// content-addressed chunk repository and restores them.
+//
+// The command only binds flags to the packages that do the work:
+// chunkstore (the repository), dataplane (backup and restore) and bench
+// (the benchmark harness).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := newApp()
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		if ec, ok := err.(cli.ExitCoder); ok {
+			if msg := ec.Error(); msg != "" {
+				fmt.Fprintln(os.Stderr, "volback:", msg)
+			}
+			os.Exit(ec.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "volback:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "volback",
+		Usage: "back up live virtual-machine volumes into a deduplicating chunk repository",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON on stdout"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only results, no progress or summaries"},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the command to this file", Hidden: true},
+		},
+		Before: func(c *cli.Context) error {
+			if p := c.String("cpuprofile"); p != "" {
+				f, err := os.Create(p)
+				if err != nil {
+					return err
+				}
+				return pprof.StartCPUProfile(f)
+			}
+			return nil
+		},
+		After: func(c *cli.Context) error {
+			if c.String("cpuprofile") != "" {
+				pprof.StopCPUProfile()
+			}
+			return nil
+		},
+		// Errors are printed once by main, with their exit code.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Commands: []*cli.Command{
+			repoCommand(),
+			backupCommand(),
+			restoreCommand(),
+			lsCommand(),
+			verifyCommand(),
+			demoCommand(),
+			benchCommand(),
+		},
+	}
+}

@@ -1,0 +1,92 @@
+package dataplane_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/volback/volback/bench"
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/mem"
+	"github.com/volback/volback/dataplane"
+)
+
+// BenchmarkBackupFull backs up a generated 256 MiB image (half random, a
+// quarter text, a quarter zeros) into a fresh repository per iteration.
+func BenchmarkBackupFull(b *testing.B) {
+	ctx := context.Background()
+	img := filepath.Join(b.TempDir(), "image.raw")
+	const size = 256 << 20
+	if err := bench.GenerateImage(ctx, img, bench.ImageSpec{Size: size, Seed: 1}); err != nil {
+		b.Fatal(err)
+	}
+	f, _, err := dataplane.OpenVolume(img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	stores := map[string]func(b *testing.B) chunkstore.Store{
+		"mem": func(*testing.B) chunkstore.Store { return mem.New() },
+		"local": func(b *testing.B) chunkstore.Store {
+			s, err := local.Open(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			return s
+		},
+	}
+	for _, name := range []string{"mem", "local"} {
+		for _, par := range []int{1, 2, 4} {
+			b.Run(fmt.Sprintf("%s/par=%d", name, par), func(b *testing.B) {
+				b.SetBytes(size)
+				for b.Loop() {
+					b.StopTimer()
+					r, err := chunkstore.Init(ctx, stores[name](b), chunkstore.InitOptions{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					if _, err := dataplane.Backup(ctx, r, f, size, dataplane.BackupOptions{Parallelism: par}); err != nil {
+						b.Fatal(err)
+					}
+					b.StopTimer()
+					r.Close()
+					b.StartTimer()
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkRestore restores a 256 MiB backup from a local repository.
+func BenchmarkRestore(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	img := filepath.Join(dir, "image.raw")
+	const size = 256 << 20
+	if err := bench.GenerateImage(ctx, img, bench.ImageSpec{Size: size, Seed: 2}); err != nil {
+		b.Fatal(err)
+	}
+	f, _, _ := dataplane.OpenVolume(img)
+	defer f.Close()
+	s, _ := local.Open(filepath.Join(dir, "repo"))
+	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := dataplane.Backup(ctx, r, f, size, dataplane.BackupOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	for b.Loop() {
+		out := filepath.Join(dir, "out.raw")
+		if _, err := dataplane.Restore(ctx, r, m, out, dataplane.RestoreOptions{Force: true}); err != nil {
+			b.Fatal(err)
+		}
+		os.Remove(out)
+	}
+}
