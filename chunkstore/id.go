@@ -10,7 +10,7 @@ import (
 // digits, no dashes.
 func NewID() string {
 	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	_, _ = rand.Read(b[:])  // crypto/rand.Read never fails on Linux
 	b[6] = b[6]&0x0f | 0x40 // version 4
 	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
 	return hex.EncodeToString(b[:])

@@ -17,6 +17,27 @@ func benchCommand() *cli.Command {
 		Name:  "bench",
 		Usage: "measure volback against the tools users would pick instead",
 		Subcommands: []*cli.Command{{
+			Name:      "image",
+			Usage:     "generate a test image: 16 MiB stripes of random, text and zero data",
+			ArgsUsage: "PATH",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "size", Value: "1GiB", Usage: "image size in bytes (suffixes KiB, MiB, GiB...)"},
+				&cli.StringFlag{Name: "pattern", Value: "rrtz", Usage: "stripe pattern: r random, t text, z zeros"},
+				&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "random seed; the same seed gives the same image"},
+			},
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return fmt.Errorf("bench image takes one PATH")
+				}
+				size, err := humanize.ParseBytes(c.String("size"))
+				if err != nil {
+					return fmt.Errorf("--size: %w", err)
+				}
+				return bench.GenerateImage(c.Context, c.Args().First(), bench.ImageSpec{
+					Size: int64(size), Pattern: c.String("pattern"), Seed: c.Uint64("seed"),
+				})
+			},
+		}, {
 			Name:  "backup",
 			Usage: "full backup of one image with volback, restic and borg, side by side",
 			Flags: []cli.Flag{
