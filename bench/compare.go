@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -35,6 +36,10 @@ type BackupCompareConfig struct {
 	Tools       []string // tools to run, in order
 	Volback     string   // path of the volback binary
 	DropCaches  bool     // drop the page cache before each run (root only)
+	// Rounds is how many times each tool runs; tools take turns in every
+	// round so that a noisy disk or CPU affects all of them alike, and
+	// each tool's median round is reported.
+	Rounds int
 }
 
 // ToolRun is one tool's measured backup.
@@ -42,7 +47,9 @@ type ToolRun struct {
 	Tool      string  `json:"tool"`
 	Version   string  `json:"version"`
 	Settings  string  `json:"settings"`
-	Seconds   float64 `json:"seconds"`
+	Seconds   float64 `json:"seconds"` // median of the rounds
+	// RoundSeconds holds every round's time, in order.
+	RoundSeconds []float64 `json:"roundSeconds"`
 	MiBps     float64 `json:"mibPerSecond"`
 	MaxRSS    int64   `json:"maxRssBytes"`
 	RepoBytes int64   `json:"repoBytes"`
@@ -60,6 +67,7 @@ type BackupCompareResult struct {
 	Parallelism int       `json:"parallelism"`
 	ChunkSize   int       `json:"chunkSize"`
 	Cache       string    `json:"cache"`
+	Rounds      int       `json:"rounds"`
 	Runs        []ToolRun `json:"runs"`
 	// MemoryBudget is 64 MiB + parallelism x chunk size, the bound volback's
 	// peak RSS must stay under.
@@ -74,6 +82,9 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 	}
 	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = 4 << 20
+	}
+	if cfg.Rounds <= 0 {
+		cfg.Rounds = 1
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
@@ -92,26 +103,41 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 	}
 	res := &BackupCompareResult{
 		When: time.Now().UTC(), CPUs: runtime.NumCPU(), Image: img, Size: st.Size(),
-		Parallelism: cfg.Parallelism, ChunkSize: cfg.ChunkSize, Cache: "warm",
+		Parallelism: cfg.Parallelism, ChunkSize: cfg.ChunkSize, Cache: "warm", Rounds: cfg.Rounds,
 		MemoryBudget: 64<<20 + int64(cfg.Parallelism)*int64(cfg.ChunkSize),
 	}
 	if cfg.DropCaches {
 		res.Cache = "cold (page cache dropped before each run)"
 	}
-	for _, tool := range cfg.Tools {
-		run, err := runBackupTool(ctx, cfg, tool, img, log)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+	runs := make([]ToolRun, len(cfg.Tools))
+	for round := 1; round <= cfg.Rounds; round++ {
+		for i, tool := range cfg.Tools {
+			if runs[i].Error != "" {
+				continue
 			}
-			run.Error = err.Error()
-			fmt.Fprintf(log, "%s: %v\n", tool, err)
-		} else {
-			run.MiBps = float64(res.Size) / run.Seconds / (1 << 20)
-			fmt.Fprintf(log, "%s: %.2f s, %.0f MiB/s, max RSS %s\n", tool, run.Seconds, run.MiBps, humanize.IBytes(uint64(run.MaxRSS)))
+			run, err := runBackupTool(ctx, cfg, tool, img, log)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				runs[i] = ToolRun{Tool: tool, Error: err.Error()}
+				fmt.Fprintf(log, "%s: %v\n", tool, err)
+				continue
+			}
+			fmt.Fprintf(log, "round %d %s: %.2f s, %.0f MiB/s, max RSS %s\n", round, tool, run.Seconds,
+				float64(res.Size)/run.Seconds/(1<<20), humanize.IBytes(uint64(run.MaxRSS)))
+			run.RoundSeconds = append(runs[i].RoundSeconds, run.Seconds)
+			run.MaxRSS = max(run.MaxRSS, runs[i].MaxRSS)
+			runs[i] = run
 		}
-		res.Runs = append(res.Runs, run)
 	}
+	for i := range runs {
+		if r := &runs[i]; r.Error == "" {
+			r.Seconds = median(r.RoundSeconds)
+			r.MiBps = float64(res.Size) / r.Seconds / (1 << 20)
+		}
+	}
+	res.Runs = runs
 	var vb *ToolRun
 	for i := range res.Runs {
 		if res.Runs[i].Tool == ToolVolback && res.Runs[i].Error == "" {
@@ -181,6 +207,15 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 	return run, nil
 }
 
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
 // runTimed runs a command and returns its wall time and peak RSS.
 func runTimed(ctx context.Context, env []string, args []string) (time.Duration, int64, error) {
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
@@ -240,7 +275,7 @@ func diskUsage(dir string) int64 {
 
 // WriteTable prints the result as a table.
 func (r *BackupCompareResult) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "backup of a %s image (%s), %d CPUs, %s cache\n", humanize.IBytes(uint64(r.Size)), r.Image, r.CPUs, r.Cache)
+	fmt.Fprintf(w, "backup of a %s image (%s), %d CPUs, %s cache, median of %d rounds\n", humanize.IBytes(uint64(r.Size)), r.Image, r.CPUs, r.Cache, r.Rounds)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TOOL\tSECONDS\tMiB/s\tMAX RSS\tREPO SIZE\tTIME / VOLBACK\tSETTINGS")
 	for _, run := range r.Runs {

@@ -48,6 +48,7 @@ func benchCommand() *cli.Command {
 				parallelismFlag,
 				&cli.StringFlag{Name: "tools", Value: "volback,restic,borg", Usage: "comma-separated tools to run"},
 				&cli.BoolFlag{Name: "drop-caches", Usage: "drop the page cache before each run (root)"},
+				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "runs per tool, taking turns; the median is reported"},
 				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
 			},
 			Action: func(c *cli.Context) error {
@@ -66,7 +67,7 @@ func benchCommand() *cli.Command {
 				res, err := bench.CompareBackup(c.Context, bench.BackupCompareConfig{
 					Dir: c.String("dir"), Image: c.String("image"), Size: int64(size), ChunkSize: int(cs),
 					Parallelism: c.Int("parallelism"), Tools: strings.Split(c.String("tools"), ","),
-					Volback: self, DropCaches: c.Bool("drop-caches"),
+					Volback: self, DropCaches: c.Bool("drop-caches"), Rounds: c.Int("rounds"),
 				}, os.Stderr)
 				if err != nil {
 					return err
