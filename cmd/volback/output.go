@@ -45,33 +45,41 @@ func (o output) watch(p *dataplane.Progress, what string) (stop func()) {
 	if o.quiet || o.json || !isatty.IsTerminal(os.Stderr.Fd()) {
 		return func() {}
 	}
-	bar := progressbar.NewOptions64(-1,
-		progressbar.OptionSetWriter(os.Stderr),
-		progressbar.OptionSetDescription(what),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionUseIECUnits(true),
-		progressbar.OptionSetWidth(30),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionShowElapsedTimeOnFinish(),
-		progressbar.OptionSetPredictTime(true),
-	)
+	newBar := func(total int64) *progressbar.ProgressBar {
+		return progressbar.NewOptions64(total,
+			progressbar.OptionSetWriter(os.Stderr),
+			progressbar.OptionSetDescription(what),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionShowCount(),
+			progressbar.OptionUseIECUnits(true),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionShowElapsedTimeOnFinish(),
+			progressbar.OptionSetPredictTime(true),
+		)
+	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
-		max := int64(-1)
+		var bar *progressbar.ProgressBar
 		for {
-			if tot := p.Total(); tot > 0 && tot != max {
-				max = tot
-				bar.ChangeMax64(tot)
+			// The bar starts once the operation knows its total, so
+			// its rate is measured from the start of the real work.
+			if bar == nil && p.Total() > 0 {
+				bar = newBar(p.Total())
 			}
-			_ = bar.Set64(p.Done())
+			if bar != nil {
+				_ = bar.Set64(p.Done())
+			}
 			select {
 			case <-done:
-				_ = bar.Finish()
-				fmt.Fprintln(os.Stderr)
+				if bar != nil {
+					_ = bar.Finish()
+					fmt.Fprintln(os.Stderr)
+				}
 				return
 			case <-t.C:
 			}
