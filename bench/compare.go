@@ -44,15 +44,15 @@ type BackupCompareConfig struct {
 
 // ToolRun is one tool's measured backup.
 type ToolRun struct {
-	Tool      string  `json:"tool"`
-	Version   string  `json:"version"`
-	Settings  string  `json:"settings"`
-	Seconds   float64 `json:"seconds"` // median of the rounds
+	Tool     string  `json:"tool"`
+	Version  string  `json:"version"`
+	Settings string  `json:"settings"`
+	Seconds  float64 `json:"seconds"` // median of the rounds
 	// RoundSeconds holds every round's time, in order.
 	RoundSeconds []float64 `json:"roundSeconds"`
-	MiBps     float64 `json:"mibPerSecond"`
-	MaxRSS    int64   `json:"maxRssBytes"`
-	RepoBytes int64   `json:"repoBytes"`
+	MiBps        float64   `json:"mibPerSecond"`
+	MaxRSS       int64     `json:"maxRssBytes"`
+	RepoBytes    int64     `json:"repoBytes"`
 	// VolbackSpeedup is this tool's time divided by volback's.
 	VolbackSpeedup float64 `json:"volbackSpeedup,omitempty"`
 	Error          string  `json:"error,omitempty"`

@@ -2,13 +2,9 @@ package dataplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/volback/volback/chunkstore"
 )
@@ -115,74 +111,43 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	}
 	opts.Progress.SetTotal(total)
 
-	n := opts.Parallelism
-	if n <= 0 {
-		n = runtime.NumCPU()
-	}
-	n = min(n, max(len(toRead), 1))
-	stats := make([]workerStats, n)
-
-	g, gctx := errgroup.WithContext(ctx)
-	jobs := make(chan int, n)
-	g.Go(func() error {
-		defer close(jobs)
-		for _, i := range toRead {
-			select {
-			case jobs <- i:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
+	stats := make([]workerStats, workers(opts.Parallelism, len(toRead)))
+	err := forEachChunk(ctx, opts.Parallelism, 0, toRead, repo.NewChunkBuffer, func(ctx context.Context, w, i int, buf []byte) error {
+		st := &stats[w]
+		off := int64(i) * int64(chunkSize)
+		data := buf[:chunkLen(i)]
+		if err := readFull(src, data, off); err != nil {
+			return fmt.Errorf("volume %s: %w", opts.VolumeID, err)
 		}
+		st.read++
+		st.bytesRead += int64(len(data))
+		defer opts.Progress.Add(int64(len(data)))
+		if chunkstore.IsZero(data) {
+			st.zero++
+			st.bytesZero += int64(len(data))
+			m.Chunks[i] = chunkstore.ZeroKey
+			return nil
+		}
+		k := repo.Key(data)
+		m.Chunks[i] = k
+		has, err := repo.HasChunk(ctx, k)
+		if err != nil {
+			return fmt.Errorf("volume %s offset %d: %w", opts.VolumeID, off, err)
+		}
+		if has {
+			st.dedup++
+			return nil
+		}
+		stored, err := repo.PutChunk(ctx, k, data)
+		if err != nil {
+			return fmt.Errorf("volume %s offset %d: %w", opts.VolumeID, off, err)
+		}
+		st.stored++
+		st.bytesNew += int64(len(data))
+		st.bytesStored += int64(stored)
 		return nil
 	})
-	for w := range n {
-		g.Go(func() error {
-			st := &stats[w]
-			buf := repo.NewChunkBuffer()
-			for i := range jobs {
-				off := int64(i) * int64(chunkSize)
-				data := buf[:chunkLen(i)]
-				if err := readFull(src, data, off); err != nil {
-					return fmt.Errorf("volume %s: %w", opts.VolumeID, err)
-				}
-				st.read++
-				st.bytesRead += int64(len(data))
-				if chunkstore.IsZero(data) {
-					st.zero++
-					st.bytesZero += int64(len(data))
-					m.Chunks[i] = chunkstore.ZeroKey
-					opts.Progress.Add(int64(len(data)))
-					continue
-				}
-				k := repo.Key(data)
-				m.Chunks[i] = k
-				has, err := repo.HasChunk(gctx, k)
-				if err != nil {
-					return fmt.Errorf("volume %s offset %d: %w", opts.VolumeID, off, err)
-				}
-				if has {
-					st.dedup++
-				} else {
-					stored, err := repo.PutChunk(gctx, k, data)
-					if err != nil {
-						return fmt.Errorf("volume %s offset %d: %w", opts.VolumeID, off, err)
-					}
-					st.stored++
-					st.bytesNew += int64(len(data))
-					st.bytesStored += int64(stored)
-				}
-				opts.Progress.Add(int64(len(data)))
-				if err := gctx.Err(); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-			err = ctx.Err()
-		}
+	if err != nil {
 		return nil, fmt.Errorf("backup %s of volume %s: %w", id, opts.VolumeID, err)
 	}
 	for _, st := range stats {

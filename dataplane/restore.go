@@ -81,18 +81,8 @@ func Restore(ctx context.Context, repo *chunkstore.Repository, m *chunkstore.Man
 	if err := f.Truncate(m.Size); err != nil {
 		return stats, fmt.Errorf("restore backup %s to %s: %w", m.ID, target, err)
 	}
-	stats, err = writeChunks(ctx, repo, m, f, false, opts)
-	if err != nil {
+	if stats, err = fill(ctx, repo, m, f, false, opts); err != nil {
 		return stats, fmt.Errorf("restore backup %s to %s: %w", m.ID, target, err)
-	}
-	if err := f.Sync(); err != nil {
-		return stats, fmt.Errorf("restore backup %s to %s: fsync: %w", m.ID, target, err)
-	}
-	if !opts.SkipVerify {
-		if err := verifyTarget(ctx, repo, m, f, opts); err != nil {
-			return stats, fmt.Errorf("restore backup %s to %s: %w", m.ID, target, err)
-		}
-		stats.Verified = true
 	}
 	if err := f.Close(); err != nil {
 		return stats, fmt.Errorf("restore backup %s to %s: %w", m.ID, target, err)
@@ -122,34 +112,50 @@ func restoreDevice(ctx context.Context, repo *chunkstore.Repository, m *chunksto
 	if size < m.Size {
 		return stats, fmt.Errorf("restore backup %s: device %s holds %d bytes, the backup %d", m.ID, target, size, m.Size)
 	}
-	stats, err = writeChunks(ctx, repo, m, f, true, opts)
-	if err != nil {
+	if stats, err = fill(ctx, repo, m, f, true, opts); err != nil {
 		return stats, fmt.Errorf("restore backup %s to %s: %w", m.ID, target, err)
 	}
+	return stats, nil
+}
+
+// fill writes every chunk of m to f, syncs f and, unless told not to,
+// reads it back and checks it.
+func fill(ctx context.Context, repo *chunkstore.Repository, m *chunkstore.Manifest, f *os.File, device bool, opts RestoreOptions) (RestoreStats, error) {
+	stats, err := writeChunks(ctx, repo, m, f, device, opts)
+	if err != nil {
+		return stats, err
+	}
 	if err := f.Sync(); err != nil {
-		return stats, fmt.Errorf("restore backup %s to %s: fsync: %w", m.ID, target, err)
+		return stats, fmt.Errorf("fsync: %w", err)
 	}
 	if !opts.SkipVerify {
 		if err := verifyTarget(ctx, repo, m, f, opts); err != nil {
-			return stats, fmt.Errorf("restore backup %s to %s: %w", m.ID, target, err)
+			return stats, err
 		}
 		stats.Verified = true
 	}
 	return stats, nil
 }
 
-// forEachChunk runs fn for every chunk index on n workers, each with its own
-// chunk-sized buffer. The first error cancels the rest.
-func forEachChunk(ctx context.Context, n, nChunks, chunkSize int, fn func(ctx context.Context, i int, buf []byte) error) error {
-	if n <= 0 {
-		n = runtime.NumCPU()
+// forEachChunk runs fn for chunk indexes on n workers (0 = one per CPU),
+// each with its own chunk buffer from newBuf and its worker number w. It
+// visits idx in order, or every index below count if idx is nil. Memory is
+// n chunk buffers whatever the volume's size: the producer hands out
+// indexes, never data. The first error cancels the rest.
+func forEachChunk(ctx context.Context, n, count int, idx []int, newBuf func() []byte, fn func(ctx context.Context, w, i int, buf []byte) error) error {
+	if idx != nil {
+		count = len(idx)
 	}
-	n = min(n, max(nChunks, 1))
+	n = workers(n, count)
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := make(chan int, n)
 	g.Go(func() error {
 		defer close(jobs)
-		for i := range nChunks {
+		for j := range count {
+			i := j
+			if idx != nil {
+				i = idx[j]
+			}
 			select {
 			case jobs <- i:
 			case <-gctx.Done():
@@ -158,11 +164,11 @@ func forEachChunk(ctx context.Context, n, nChunks, chunkSize int, fn func(ctx co
 		}
 		return nil
 	})
-	for range n {
+	for w := range n {
 		g.Go(func() error {
-			buf := make([]byte, chunkSize)
+			buf := newBuf()
 			for i := range jobs {
-				if err := fn(gctx, i, buf); err != nil {
+				if err := fn(gctx, w, i, buf); err != nil {
 					return err
 				}
 			}
@@ -176,32 +182,27 @@ func forEachChunk(ctx context.Context, n, nChunks, chunkSize int, fn func(ctx co
 	return err
 }
 
+// workers returns the number of workers to run for count items: n, or one
+// per CPU if n is 0, and never more than there are items.
+func workers(n, count int) int {
+	if n <= 0 {
+		n = runtime.NumCPU()
+	}
+	return max(1, min(n, count))
+}
+
 // writeChunks fetches every data chunk and writes it at its offset. Zero
 // chunks are skipped on files (already holes) and written on devices.
 func writeChunks(ctx context.Context, repo *chunkstore.Repository, m *chunkstore.Manifest, f *os.File, device bool, opts RestoreOptions) (RestoreStats, error) {
-	var stats RestoreStats
 	opts.Progress.SetTotal(m.Size)
 	var zeros []byte
 	if device {
 		zeros = make([]byte, m.ChunkSize)
 	}
-	type tally struct {
-		written int64
-		chunks  int
-		zero    int
-	}
-	results := make(chan tally, 1)
-	var total tally
-	done := make(chan struct{})
-	go func() {
-		for t := range results {
-			total.written += t.written
-			total.chunks += t.chunks
-			total.zero += t.zero
-		}
-		close(done)
-	}()
-	err := forEachChunk(ctx, opts.Parallelism, len(m.Chunks), m.ChunkSize, func(ctx context.Context, i int, buf []byte) error {
+	tallies := make([]RestoreStats, workers(opts.Parallelism, len(m.Chunks)))
+	newBuf := func() []byte { return make([]byte, m.ChunkSize) }
+	err := forEachChunk(ctx, opts.Parallelism, len(m.Chunks), nil, newBuf, func(ctx context.Context, w, i int, buf []byte) error {
+		t := &tallies[w]
 		off := int64(i) * int64(m.ChunkSize)
 		n := m.ChunkLen(i)
 		k := m.Chunks[i]
@@ -211,7 +212,7 @@ func writeChunks(ctx context.Context, repo *chunkstore.Repository, m *chunkstore
 					return fmt.Errorf("write zeros at offset %d: %w", off, err)
 				}
 			}
-			results <- tally{zero: 1}
+			t.ChunksZero++
 			opts.Progress.Add(int64(n))
 			return nil
 		}
@@ -225,20 +226,25 @@ func writeChunks(ctx context.Context, repo *chunkstore.Repository, m *chunkstore
 		if _, err := f.WriteAt(data, off); err != nil {
 			return fmt.Errorf("write chunk %s at offset %d: %w", k, off, err)
 		}
-		results <- tally{written: int64(n), chunks: 1}
+		t.BytesWritten += int64(n)
+		t.ChunksWritten++
 		opts.Progress.Add(int64(n))
 		return nil
 	})
-	close(results)
-	<-done
-	stats.BytesWritten, stats.ChunksWritten, stats.ChunksZero = total.written, total.chunks, total.zero
+	var stats RestoreStats
+	for _, t := range tallies {
+		stats.BytesWritten += t.BytesWritten
+		stats.ChunksWritten += t.ChunksWritten
+		stats.ChunksZero += t.ChunksZero
+	}
 	return stats, err
 }
 
 // verifyTarget re-reads the written target and checks every chunk against
 // the manifest.
 func verifyTarget(ctx context.Context, repo *chunkstore.Repository, m *chunkstore.Manifest, f *os.File, opts RestoreOptions) error {
-	return forEachChunk(ctx, opts.Parallelism, len(m.Chunks), m.ChunkSize, func(ctx context.Context, i int, buf []byte) error {
+	newBuf := func() []byte { return make([]byte, m.ChunkSize) }
+	return forEachChunk(ctx, opts.Parallelism, len(m.Chunks), nil, newBuf, func(ctx context.Context, _, i int, buf []byte) error {
 		off := int64(i) * int64(m.ChunkSize)
 		data := buf[:m.ChunkLen(i)]
 		if err := readFull(f, data, off); err != nil {
