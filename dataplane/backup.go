@@ -34,8 +34,52 @@ type BackupOptions struct {
 	Meta map[string]string
 	// Progress, if set, counts the bytes read.
 	Progress *Progress
+	// Plan, if set, is the result of PlanBackup for these options,
+	// computed earlier (a live backup plans while writes are paused).
+	Plan *Plan
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+}
+
+// Plan says which chunks a backup reads.
+type Plan struct {
+	// ToRead lists the chunk indexes to read, ascending.
+	ToRead []int
+	// Incremental is set when chunks not in ToRead come from the parent.
+	Incremental bool
+	read        []bool
+}
+
+// PlanBackup decides which chunks a backup of a size-byte volume reads:
+// with a parent and a non-nil list of changed extents, the chunks the
+// extents touch, plus any chunk the parent lacks or holds at another
+// length (a volume that grew re-reads its old last chunk); otherwise all.
+func PlanBackup(size int64, chunkSize int, parent *chunkstore.Manifest, changed []Extent) (*Plan, error) {
+	nChunks := chunkstore.ChunkCount(size, chunkSize)
+	p := &Plan{ToRead: make([]int, 0, nChunks), read: make([]bool, nChunks)}
+	chunkLen := func(i int) int { return int(min(int64(chunkSize), size-int64(i)*int64(chunkSize))) }
+	if parent == nil || changed == nil {
+		for i := range nChunks {
+			p.ToRead = append(p.ToRead, i)
+			p.read[i] = true
+		}
+		return p, nil
+	}
+	if parent.ChunkSize != chunkSize {
+		return nil, fmt.Errorf("parent %s has chunk size %d, want %d", parent.ID, parent.ChunkSize, chunkSize)
+	}
+	touched, err := chunksTouched(changed, size, chunkSize, nChunks)
+	if err != nil {
+		return nil, err
+	}
+	p.Incremental = true
+	for i := range nChunks {
+		if touched[i] || i >= len(parent.Chunks) || parent.ChunkLen(i) != chunkLen(i) {
+			p.ToRead = append(p.ToRead, i)
+			p.read[i] = true
+		}
+	}
+	return p, nil
 }
 
 // workerStats is each worker's own tally, summed after the workers end.
@@ -76,35 +120,29 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	}
 	chunkLen := func(i int) int { return int(min(int64(chunkSize), size-int64(i)*int64(chunkSize))) }
 
-	// Decide which chunks to read.
-	toRead := make([]int, 0, nChunks)
 	if p := opts.Parent; p != nil {
 		if p.ChunkSize != chunkSize {
 			return nil, fmt.Errorf("backup of volume %s: parent %s has chunk size %d, repository uses %d", opts.VolumeID, p.ID, p.ChunkSize, chunkSize)
 		}
 		m.Parent = p.ID
 	}
-	if opts.Parent != nil && opts.Changed != nil {
-		touched, err := chunksTouched(opts.Changed, size, chunkSize, nChunks)
-		if err != nil {
+	plan := opts.Plan
+	if plan == nil {
+		var err error
+		if plan, err = PlanBackup(size, chunkSize, opts.Parent, opts.Changed); err != nil {
 			return nil, fmt.Errorf("backup of volume %s: %w", opts.VolumeID, err)
 		}
+	}
+	if plan.Incremental {
 		m.Mode = ModeIncremental
 		for i := range nChunks {
-			// A chunk is reused only if the parent has it at the same
-			// length: a volume that grew re-reads its old last chunk.
-			if !touched[i] && i < len(opts.Parent.Chunks) && opts.Parent.ChunkLen(i) == chunkLen(i) {
+			if !plan.read[i] {
 				m.Chunks[i] = opts.Parent.Chunks[i]
 				m.Stats.ChunksReused++
-				continue
 			}
-			toRead = append(toRead, i)
-		}
-	} else {
-		for i := range nChunks {
-			toRead = append(toRead, i)
 		}
 	}
+	toRead := plan.ToRead
 	var total int64
 	for _, i := range toRead {
 		total += int64(chunkLen(i))

@@ -1,0 +1,354 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sync/semaphore"
+)
+
+// allowedFlags lists the command flags each command accepts; any other
+// flag is answered with EINVAL.
+var allowedFlags = map[Command]CommandFlags{
+	CmdRead:        FlagDF,
+	CmdWrite:       FlagFUA,
+	CmdDisc:        0,
+	CmdFlush:       0,
+	CmdTrim:        FlagFUA,
+	CmdCache:       0,
+	CmdWriteZeroes: FlagFUA | FlagNoHole | FlagFastZero,
+	CmdBlockStatus: FlagReqOne,
+}
+
+// maxDescriptors bounds the extents in one block status reply.
+const maxDescriptors = 1 << 16
+
+type transmission struct {
+	srv    *Server
+	s      *session
+	conn   net.Conn
+	r      *bufio.Reader
+	size   int64
+	budget *semaphore.Weighted
+	wg     sync.WaitGroup
+
+	wmu  sync.Mutex // serialises replies
+	werr error      // first reply write error; the connection is dead
+}
+
+func newTransmission(srv *Server, s *session, c net.Conn, r *bufio.Reader) *transmission {
+	return &transmission{srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget)}
+}
+
+// run reads requests until DISC, a broken stream or ctx's end. Each
+// request runs in its own goroutine, so replies leave in completion order;
+// run waits for all of them before returning.
+func (t *transmission) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer t.wg.Wait()
+	var hdr [RequestHeaderSize]byte
+	for {
+		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		req, err := ParseRequest(&hdr)
+		if err != nil {
+			return err // a broken MUST: the stream cannot be trusted
+		}
+		t.srv.Stats.Requests.Add(1)
+		if req.Type == CmdDisc {
+			return nil
+		}
+		var payload []byte
+		var weight int64
+		if req.Type == CmdWrite {
+			if req.Length > MaxPayload {
+				// Stay in step with the stream, then refuse.
+				if _, err := io.CopyN(io.Discard, t.r, int64(req.Length)); err != nil {
+					return fmt.Errorf("discard oversized write: %w", err)
+				}
+				t.replyError(req, EOVERFLOW, "write larger than 32 MiB")
+				continue
+			}
+			weight = int64(req.Length)
+			if err := t.budget.Acquire(ctx, weight); err != nil {
+				return err
+			}
+			payload = getBuf(int(req.Length))
+			if _, err := io.ReadFull(t.r, payload); err != nil {
+				putBuf(payload)
+				t.budget.Release(weight)
+				return fmt.Errorf("read write payload: %w", err)
+			}
+		} else if req.Type == CmdRead && req.Length <= MaxPayload {
+			weight = int64(req.Length)
+			if err := t.budget.Acquire(ctx, weight); err != nil {
+				return err
+			}
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			defer t.budget.Release(weight)
+			t.handle(ctx, req, payload)
+			if payload != nil {
+				putBuf(payload)
+			}
+		}()
+	}
+}
+
+// handle validates and executes one request and sends its reply.
+func (t *transmission) handle(ctx context.Context, req Request, payload []byte) {
+	e := t.s.export
+	allowed, known := allowedFlags[req.Type]
+	if !known {
+		t.replyError(req, EINVAL, fmt.Sprintf("unknown command %d", uint16(req.Type)))
+		return
+	}
+	if req.Flags&^allowed != 0 || (req.Flags&FlagDF != 0 && !t.s.structured) {
+		t.replyError(req, EINVAL, fmt.Sprintf("flags %#x not valid for %s", uint16(req.Flags), req.Type))
+		return
+	}
+	off, length := int64(req.Offset), int64(req.Length)
+	inRange := req.Offset <= uint64(t.size) && length <= t.size-off
+	writes := req.Type == CmdWrite || req.Type == CmdTrim || req.Type == CmdWriteZeroes
+	if writes && e.ReadOnly {
+		t.replyError(req, EPERM, "export is read-only")
+		return
+	}
+	if !inRange && req.Type != CmdFlush {
+		errno := EINVAL
+		if req.Type == CmdWrite || req.Type == CmdWriteZeroes {
+			errno = ENOSPC
+		}
+		t.replyError(req, errno, fmt.Sprintf("range [%d, +%d) beyond the %d-byte export", req.Offset, req.Length, t.size))
+		return
+	}
+	var err error
+	switch req.Type {
+	case CmdRead:
+		if length > MaxPayload {
+			t.replyError(req, EOVERFLOW, "read larger than 32 MiB")
+			return
+		}
+		buf := getBuf(int(length))
+		defer putBuf(buf)
+		if length > 0 {
+			err = e.Backend.ReadAt(ctx, buf, off)
+		}
+		if err == nil {
+			t.srv.Stats.BytesRead.Add(length)
+			t.replyRead(req, buf)
+			return
+		}
+	case CmdWrite:
+		if length > 0 {
+			err = e.Backend.WriteAt(ctx, payload, off, req.Flags&FlagFUA != 0)
+		}
+		if err == nil {
+			t.srv.Stats.BytesWritten.Add(length)
+		}
+	case CmdFlush:
+		if req.Offset != 0 || req.Length != 0 {
+			t.replyError(req, EINVAL, "FLUSH takes no range")
+			return
+		}
+		err = e.Backend.Flush(ctx)
+	case CmdTrim:
+		if length > 0 {
+			err = e.Backend.Trim(ctx, off, length, req.Flags&FlagFUA != 0)
+		}
+	case CmdWriteZeroes:
+		if length > 0 {
+			err = e.Backend.Zero(ctx, off, length, ZeroFlags{
+				NoHole: req.Flags&FlagNoHole != 0,
+				FUA:    req.Flags&FlagFUA != 0,
+				Fast:   req.Flags&FlagFastZero != 0,
+			})
+		}
+	case CmdCache:
+		if length > 0 {
+			err = e.Backend.Cache(ctx, off, length)
+		}
+	case CmdBlockStatus:
+		t.blockStatus(ctx, req)
+		return
+	}
+	if err != nil {
+		t.replyError(req, errnoOf(err), err.Error())
+		return
+	}
+	t.replyOK(req)
+}
+
+func (t *transmission) blockStatus(ctx context.Context, req Request) {
+	if !t.s.structured || len(t.s.contexts) == 0 {
+		t.replyError(req, EINVAL, "no metadata context was negotiated")
+		return
+	}
+	if req.Length == 0 {
+		t.replyError(req, EINVAL, "BLOCK_STATUS needs a length")
+		return
+	}
+	off, length := int64(req.Offset), int64(req.Length)
+	limit := maxDescriptors
+	if req.Flags&FlagReqOne != 0 {
+		limit = 1
+	}
+	chunks := make([][]byte, 0, len(t.s.contexts))
+	for i, name := range t.s.contexts {
+		b := binary.BigEndian.AppendUint32(make([]byte, 0, 64), uint32(i+1))
+		covered := int64(0)
+		n := 0
+		err := t.s.export.Backend.BlockStatus(ctx, name, off, length, func(l int64, flags uint32) bool {
+			l = min(l, length-covered)
+			if l <= 0 {
+				return false
+			}
+			b = binary.BigEndian.AppendUint32(b, uint32(l))
+			b = binary.BigEndian.AppendUint32(b, flags)
+			covered += l
+			n++
+			return n < limit && covered < length
+		})
+		if err == nil && n == 0 {
+			err = fmt.Errorf("no extents for %s at %d", name, off)
+		}
+		if err != nil {
+			t.replyError(req, errnoOf(err), err.Error())
+			return
+		}
+		chunks = append(chunks, b)
+	}
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	for i, b := range chunks {
+		flags := uint16(0)
+		if i == len(chunks)-1 {
+			flags = ReplyFlagDone
+		}
+		h := AppendStructuredReply(make([]byte, 0, structuredHeaderBytes), flags, ReplyTypeBlockStatus, req.Cookie, uint32(len(b)))
+		if !t.writeLocked(h, b) {
+			return
+		}
+	}
+}
+
+// errnoOf maps a backend error onto the protocol's error numbers.
+func errnoOf(err error) Errno {
+	var en Errno
+	switch {
+	case errors.As(err, &en):
+		return en
+	case errors.Is(err, ErrNotFast):
+		return ENOTSUP
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return ENOSPC
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EACCES):
+		return EPERM
+	case errors.Is(err, syscall.EINVAL):
+		return EINVAL
+	case errors.Is(err, syscall.ENOMEM):
+		return ENOMEM
+	case errors.Is(err, context.Canceled):
+		return ESHUTDOWN
+	}
+	return EIO
+}
+
+// writeLocked writes bufs as one vectored write; the caller holds wmu.
+// After the first failure the connection is closed and nothing more is
+// sent.
+func (t *transmission) writeLocked(bufs ...[]byte) bool {
+	if t.werr != nil {
+		return false
+	}
+	nb := net.Buffers(bufs)
+	if _, err := nb.WriteTo(t.conn); err != nil {
+		t.werr = err
+		t.conn.Close()
+		return false
+	}
+	return true
+}
+
+func (t *transmission) replyOK(req Request) {
+	h := AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
+	t.wmu.Lock()
+	t.writeLocked(h)
+	t.wmu.Unlock()
+}
+
+func (t *transmission) replyRead(req Request, data []byte) {
+	var h []byte
+	if t.s.structured {
+		h = AppendStructuredReply(make([]byte, 0, structuredHeaderBytes+8), ReplyFlagDone, ReplyTypeOffsetData, req.Cookie, uint32(8+len(data)))
+		h = binary.BigEndian.AppendUint64(h, req.Offset)
+	} else {
+		h = AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
+	}
+	t.wmu.Lock()
+	t.writeLocked(h, data)
+	t.wmu.Unlock()
+}
+
+// replyError sends an error reply: structured for READ and BLOCK_STATUS
+// once structured replies are on (the protocol requires it), simple
+// otherwise.
+func (t *transmission) replyError(req Request, errno Errno, msg string) {
+	t.srv.Stats.Errors.Add(1)
+	var b []byte
+	if t.s.structured && (req.Type == CmdRead || req.Type == CmdBlockStatus) {
+		if len(msg) > 4096 {
+			msg = msg[:4096]
+		}
+		b = AppendStructuredReply(nil, ReplyFlagDone, ReplyTypeError, req.Cookie, uint32(6+len(msg)))
+		b = binary.BigEndian.AppendUint32(b, uint32(errno))
+		b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+		b = append(b, msg...)
+	} else {
+		b = AppendSimpleReply(nil, errno, req.Cookie)
+	}
+	t.wmu.Lock()
+	t.writeLocked(b)
+	t.wmu.Unlock()
+}
+
+// Payload buffers come from pools by power-of-two size class, so steady
+// traffic allocates nothing.
+var bufPools [26]sync.Pool // classes 1 B .. 32 MiB
+
+func getBuf(n int) []byte {
+	if n == 0 {
+		return nil
+	}
+	c := bits.Len(uint(n - 1))
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*p)[:n]
+	}
+	return make([]byte, n, 1<<c)
+}
+
+func putBuf(b []byte) {
+	if cap(b) == 0 || cap(b)&(cap(b)-1) != 0 {
+		return
+	}
+	c := bits.Len(uint(cap(b) - 1))
+	if c < len(bufPools) {
+		b = b[:cap(b)]
+		bufPools[c].Put(&b)
+	}
+}
