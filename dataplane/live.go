@@ -178,4 +178,3 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 	}
 	return m, nil
 }
-

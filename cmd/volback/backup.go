@@ -3,12 +3,15 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/url"
+	"path/filepath"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/control"
 	"github.com/volback/volback/dataplane"
 )
 
@@ -24,10 +27,16 @@ func backupCommand() *cli.Command {
 			&cli.StringFlag{Name: "volume-id", Usage: "volume id recorded in the manifest (default: the file's path)"},
 			&cli.StringFlag{Name: "name", Usage: "backup name recorded in the manifest"},
 			&cli.StringFlag{Name: "id", Usage: "the backup's id (32 hex digits); default a random one"},
+			&cli.BoolFlag{Name: "live", Usage: "FILE is the UUID of a volume exported by a running `volback serve`: back it up live, with its changed-block map"},
+			&cli.StringFlag{Name: "mode", Value: "auto", Usage: "with --live: full, incremental or auto"},
+			stateDirFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return errors.New("backup takes exactly one FILE")
+			}
+			if c.Bool("live") {
+				return liveBackup(c)
 			}
 			path := c.Args().First()
 			o := outputOf(c)
@@ -76,6 +85,43 @@ func backupCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// liveBackup asks the serving process, through its admin socket, to back
+// up one of its volumes.
+func liveBackup(c *cli.Context) error {
+	o := outputOf(c)
+	repo, err := filepath.Abs(c.String("repo"))
+	if err != nil {
+		return err
+	}
+	req := control.LocalBackupRequest{Repo: repo, Mode: c.String("mode"), Parallelism: c.Int("parallelism"), ID: c.String("id")}
+	if n := c.String("name"); n != "" {
+		req.Meta = map[string]string{"name": n}
+	}
+	if c.String("parent") != "" {
+		return errors.New("--parent does not apply to --live: the volume's changed-block chain picks the parent")
+	}
+	sock := filepath.Join(c.String("state-dir"), "control.sock")
+	var reply control.LocalBackupReply
+	if err := control.CallLocal(c.Context, sock, "POST", "/v1/volumes/"+url.PathEscape(c.Args().First())+"/backups", req, &reply); err != nil {
+		return err
+	}
+	if o.json {
+		return o.printJSON(reply)
+	}
+	fmt.Println(reply.ID)
+	o.infof("live %s backup of volume %s in %.3fs: read %s in %d chunks, %d new (%s stored)%s",
+		reply.Mode, reply.VolumeID, reply.Seconds, humanize.IBytes(uint64(reply.Stats.BytesRead)), reply.Stats.ChunksRead,
+		reply.Stats.ChunksNew, humanize.IBytes(uint64(reply.Stats.BytesStored)), reasonSuffix(reply.Meta["fullReason"]))
+	return nil
+}
+
+func reasonSuffix(r string) string {
+	if r == "" {
+		return ""
+	}
+	return "; full read because " + r
 }
 
 type backupJSON struct {

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/volback/volback/control"
+)
+
+var stateDirFlag = &cli.StringFlag{
+	Name:    "state-dir",
+	Value:   "volback-data",
+	Usage:   "directory for sockets and changed-block maps",
+	EnvVars: []string{"VOLBACK_STATE_DIR"},
+}
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "export volumes over NBD, tracking changed blocks, until SIGTERM",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "volume", Usage: "UUID=PATH of a raw file or block device to export (repeatable)"},
+			&cli.StringFlag{Name: "nbd-listen", Usage: "unix:///PATH or tcp://HOST:PORT (default unix://<state-dir>/nbd.sock)"},
+			stateDirFlag,
+			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
+		},
+		Action: func(c *cli.Context) error {
+			vols := map[string]string{}
+			for _, s := range c.StringSlice("volume") {
+				id, path, err := control.ParseVolumeFlag(s)
+				if err != nil {
+					return err
+				}
+				if _, dup := vols[id]; dup {
+					return errors.New("volume " + id + " given twice")
+				}
+				vols[id] = path
+			}
+			if len(vols) == 0 {
+				return errors.New("serve needs at least one --volume UUID=PATH")
+			}
+			level := slog.LevelInfo
+			if c.Bool("debug") {
+				level = slog.LevelDebug
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			return control.Serve(c.Context, control.ServeConfig{
+				StateDir: c.String("state-dir"), Volumes: vols, NBDListen: c.String("nbd-listen"), Logger: log,
+			})
+		},
+	}
+}
