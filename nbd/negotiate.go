@@ -144,6 +144,9 @@ func (srv *Server) negotiate(r *bufio.Reader, w *bufio.Writer) (*session, error)
 			if err := n.reply(opt, repErrTooBig, []byte("option too long")); err != nil {
 				return nil, err
 			}
+			if err := w.Flush(); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		data := make([]byte, length)

@@ -123,6 +123,10 @@ func (t *transmission) handle(ctx context.Context, req Request, payload []byte) 
 		return
 	}
 	off, length := int64(req.Offset), int64(req.Length)
+	if req.Type == CmdRead && length > MaxPayload {
+		t.replyError(req, EOVERFLOW, "read larger than 32 MiB")
+		return
+	}
 	inRange := req.Offset <= uint64(t.size) && length <= t.size-off
 	writes := req.Type == CmdWrite || req.Type == CmdTrim || req.Type == CmdWriteZeroes
 	if writes && e.ReadOnly {
@@ -140,10 +144,6 @@ func (t *transmission) handle(ctx context.Context, req Request, payload []byte) 
 	var err error
 	switch req.Type {
 	case CmdRead:
-		if length > MaxPayload {
-			t.replyError(req, EOVERFLOW, "read larger than 32 MiB")
-			return
-		}
 		buf := getBuf(int(length))
 		defer putBuf(buf)
 		if length > 0 {
