@@ -163,18 +163,22 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 		Parent: parent, Changed: changed, Plan: plan, Meta: meta, Progress: opts.Progress,
 	})
 	v.gate.Lock()
-	defer v.gate.Unlock()
 	if err != nil {
 		// Give the frozen changes back so the next backup reads them.
 		if frozen != nil {
 			c.bitmap.Or(frozen)
 		}
+		v.gate.Unlock()
 		return nil, err
 	}
 	c.lastBackup = m.ID
 	c.invalid = ""
-	if m.Meta == nil {
-		m.Meta = map[string]string{}
+	v.gate.Unlock()
+	// Record the chain and its last backup now, still marked in use: after
+	// a crash the next start knows the chain and why it must read it all.
+	// Writers run on meanwhile (saveState takes the gate shared).
+	if err := v.saveState(true); err != nil {
+		return m, fmt.Errorf("backup %s is complete, but: %w", m.ID, err)
 	}
 	return m, nil
 }

@@ -38,6 +38,7 @@ type Volume struct {
 	block bool
 	// statePath holds the chains' maps between runs; "" keeps none.
 	statePath string
+	stateMu   sync.Mutex // serialises writes of the state file
 
 	gate   sync.RWMutex
 	chains map[string]*chain
@@ -408,13 +409,22 @@ func (v *Volume) loadState() error {
 	return nil
 }
 
+// saveState writes the state file while the volume is in use. Writers
+// keep running: the read lock only keeps the chain list still, and the
+// maps' bits are read atomically.
 func (v *Volume) saveState(inUse bool) error {
-	v.gate.Lock()
-	defer v.gate.Unlock()
+	if v.statePath == "" {
+		return nil
+	}
+	v.gate.RLock()
+	defer v.gate.RUnlock()
 	return v.saveStateLocked(inUse)
 }
 
+// saveStateLocked writes the state file; the caller holds gate.
 func (v *Volume) saveStateLocked(inUse bool) error {
+	v.stateMu.Lock()
+	defer v.stateMu.Unlock()
 	st := volumeState{Version: 1, Volume: v.ID, Size: v.size, Granularity: v.gran, InUse: inUse}
 	if fi, err := v.f.Stat(); err == nil && !inUse {
 		st.ModTime = fi.ModTime()

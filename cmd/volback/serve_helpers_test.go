@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,7 +81,10 @@ func startServe(t *testing.T, state string, args []string) *served {
 	s := &served{t: t, stateDir: state, cmd: cmd, log: logf}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := os.Stat(filepath.Join(state, "control.sock")); err == nil {
+		// Ready when the admin socket answers (a socket file alone may
+		// be a stale one from a killed server).
+		if c, err := net.Dial("unix", filepath.Join(state, "control.sock")); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
