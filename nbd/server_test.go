@@ -50,7 +50,7 @@ func (m *memBackend) Zero(_ context.Context, off, n int64, f ZeroFlags) error {
 	return nil
 }
 func (m *memBackend) Cache(context.Context, int64, int64) error { return nil }
-func (m *memBackend) MetaContexts() []string                   { return []string{MetaBaseAllocation} }
+func (m *memBackend) MetaContexts() []string                    { return []string{MetaBaseAllocation} }
 func (m *memBackend) BlockStatus(_ context.Context, _ string, off, n int64, fn func(int64, uint32) bool) error {
 	fn(n, 0)
 	return nil
