@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
@@ -17,6 +18,58 @@ func benchCommand() *cli.Command {
 		Name:  "bench",
 		Usage: "measure volback against the tools users would pick instead",
 		Subcommands: []*cli.Command{{
+			Name:  "nbd",
+			Usage: "nbdcopy and fio against volback's NBD server, nbdkit file and the go-nbd server, side by side",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "dir", Value: "bench-out", Usage: "working directory"},
+				&cli.StringFlag{Name: "size", Value: "1GiB", Usage: "export size"},
+				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "rounds; servers take turns in each, medians are reported"},
+				&cli.StringFlag{Name: "servers", Value: "volback,nbdkit,go-nbd", Usage: "comma-separated servers"},
+				&cli.IntFlag{Name: "connections", Value: 4, Usage: "nbdcopy connections"},
+				&cli.DurationFlag{Name: "fio-runtime", Value: 10 * time.Second, Usage: "fio random-write run time"},
+				&cli.BoolFlag{Name: "live-backup", Value: true, Usage: "also measure volback's write throughput during a live backup"},
+				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
+			},
+			Action: func(c *cli.Context) error {
+				size, err := humanize.ParseBytes(c.String("size"))
+				if err != nil {
+					return fmt.Errorf("--size: %w", err)
+				}
+				self, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				res, err := bench.CompareNBD(c.Context, bench.NBDConfig{
+					Dir: c.String("dir"), Size: int64(size), Rounds: c.Int("rounds"),
+					Servers: strings.Split(c.String("servers"), ","), Volback: self,
+					Connections: c.Int("connections"), FioRuntime: c.Duration("fio-runtime"), LiveBackup: c.Bool("live-backup"),
+				}, os.Stderr)
+				if err != nil {
+					return err
+				}
+				if p := c.String("json-out"); p != "" {
+					b, _ := json.MarshalIndent(res, "", "  ")
+					if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+						return err
+					}
+				}
+				if outputOf(c).json {
+					return outputOf(c).printJSON(res)
+				}
+				return res.WriteTable(os.Stdout)
+			},
+		}, {
+			Name:   "gonbd-server",
+			Usage:  "serve a file with the go-nbd v0.3.2 server (the bench's baseline)",
+			Hidden: true,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "file", Required: true},
+				&cli.StringFlag{Name: "socket", Required: true},
+			},
+			Action: func(c *cli.Context) error {
+				return bench.ServeGoNBD(c.Context, c.String("file"), c.String("socket"))
+			},
+		}, {
 			Name:      "image",
 			Usage:     "generate a test image: 16 MiB stripes of random, text and zero data",
 			ArgsUsage: "PATH",

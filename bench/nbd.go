@@ -1,0 +1,353 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+)
+
+// NBD servers CompareNBD can run.
+const (
+	ServerVolback = "volback"
+	ServerNbdkit  = "nbdkit"
+	ServerGoNBD   = "go-nbd"
+)
+
+// NBDConfig configures CompareNBD.
+type NBDConfig struct {
+	Dir         string
+	Size        int64    // export size; the copy workload writes all of it
+	Rounds      int      // rounds; servers take turns in each
+	Servers     []string // servers to compare
+	Volback     string   // path of the volback binary
+	Connections int      // nbdcopy connections (default 4)
+	FioRuntime  time.Duration
+	// LiveBackup also measures volback's write throughput while a live
+	// backup of the same volume runs.
+	LiveBackup bool
+}
+
+// NBDServerResult holds one server's figures, one per round.
+type NBDServerResult struct {
+	Server        string    `json:"server"`
+	WriteMiBps    []float64 `json:"writeMiBps"`
+	ReadMiBps     []float64 `json:"readMiBps"`
+	RandWriteIOPS []float64 `json:"randWriteIops"`
+	Errors        []string  `json:"errors,omitempty"`
+}
+
+// LiveBackupResult compares write throughput without and during a backup.
+type LiveBackupResult struct {
+	UnloadedMiBps     float64 `json:"unloadedMiBps"`
+	DuringBackupMiBps float64 `json:"duringBackupMiBps"`
+	Ratio             float64 `json:"ratio"`
+	BackupSeconds     float64 `json:"backupSeconds"`
+	Overlapped        bool    `json:"overlapped"`
+}
+
+// NBDResult is CompareNBD's report.
+type NBDResult struct {
+	When        time.Time         `json:"when"`
+	Size        int64             `json:"size"`
+	Connections int               `json:"connections"`
+	Rounds      int               `json:"rounds"`
+	Servers     []NBDServerResult `json:"servers"`
+	Live        *LiveBackupResult `json:"live,omitempty"`
+}
+
+type nbdServer struct {
+	cmd *exec.Cmd
+	uri string
+}
+
+func (s *nbdServer) stop() {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func startNBDServer(ctx context.Context, cfg NBDConfig, name, file string) (*nbdServer, error) {
+	sockDir := filepath.Join(cfg.Dir, "sock-"+name)
+	os.RemoveAll(sockDir)
+	if err := os.MkdirAll(sockDir, 0o700); err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(sockDir, "nbd.sock")
+	var cmd *exec.Cmd
+	uri := "nbd+unix:///bench?socket=" + sock
+	switch name {
+	case ServerVolback:
+		cmd = exec.CommandContext(ctx, cfg.Volback, "serve", "--state-dir", sockDir, "--volume", "bench="+file)
+	case ServerNbdkit:
+		cmd = exec.CommandContext(ctx, "nbdkit", "--foreground", "--unix", sock, "file", "file="+file)
+		uri = "nbd+unix:///?socket=" + sock
+	case ServerGoNBD:
+		cmd = exec.CommandContext(ctx, cfg.Volback, "bench", "gonbd-server", "--file", file, "--socket", sock)
+	default:
+		return nil, fmt.Errorf("unknown NBD server %q (want volback, nbdkit or go-nbd)", name)
+	}
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, fmt.Errorf("%s did not listen on %s", name, sock)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return &nbdServer{cmd: cmd, uri: uri}, nil
+}
+
+// timedRun runs a command with a timeout and returns its wall time.
+func timedRun(ctx context.Context, timeout time.Duration, name string, args ...string) (time.Duration, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	d := time.Since(start)
+	if ctx.Err() == context.DeadlineExceeded {
+		return d, out, fmt.Errorf("%s: no answer within %s (hang)", name, timeout)
+	}
+	if err != nil {
+		return d, out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return d, out, nil
+}
+
+// CompareNBD measures nbdcopy write and read throughput and fio 4 KiB
+// random-write IOPS at queue depth 32 against each server, on the same
+// file, servers taking turns in each round.
+func CompareNBD(ctx context.Context, cfg NBDConfig, log io.Writer) (*NBDResult, error) {
+	if cfg.Rounds <= 0 {
+		cfg.Rounds = 3
+	}
+	if cfg.Connections <= 0 {
+		cfg.Connections = 4
+	}
+	if cfg.FioRuntime <= 0 {
+		cfg.FioRuntime = 10 * time.Second
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	src := filepath.Join(cfg.Dir, "nbd-src.raw")
+	if err := GenerateImage(ctx, src, ImageSpec{Size: cfg.Size, Pattern: "r", Seed: 77}); err != nil {
+		return nil, err
+	}
+	target := filepath.Join(cfg.Dir, "nbd-target.raw")
+	res := &NBDResult{When: time.Now().UTC(), Size: cfg.Size, Connections: cfg.Connections, Rounds: cfg.Rounds}
+	results := make([]NBDServerResult, len(cfg.Servers))
+	mib := float64(cfg.Size) / (1 << 20)
+	conns := fmt.Sprintf("--connections=%d", cfg.Connections)
+	for round := 1; round <= cfg.Rounds; round++ {
+		for i, name := range cfg.Servers {
+			r := &results[i]
+			r.Server = name
+			// A fresh sparse target each time, flushed to disk.
+			if err := os.WriteFile(target, nil, 0o644); err != nil {
+				return nil, err
+			}
+			if err := os.Truncate(target, cfg.Size); err != nil {
+				return nil, err
+			}
+			syscall.Sync()
+			srv, err := startNBDServer(ctx, cfg, name, target)
+			if err != nil {
+				r.Errors = append(r.Errors, err.Error())
+				continue
+			}
+			d, _, err := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, "--flush", src, srv.uri)
+			if err != nil {
+				r.Errors = append(r.Errors, "write: "+err.Error())
+			} else {
+				r.WriteMiBps = append(r.WriteMiBps, mib/d.Seconds())
+			}
+			d, _, err = timedRun(ctx, 5*time.Minute, "nbdcopy", conns, srv.uri, "null:")
+			if err != nil {
+				r.Errors = append(r.Errors, "read: "+err.Error())
+			} else {
+				r.ReadMiBps = append(r.ReadMiBps, mib/d.Seconds())
+			}
+			if _, err := exec.LookPath("fio"); err == nil {
+				iops, err := fioRandWrite(ctx, srv.uri, cfg.Size, cfg.FioRuntime)
+				if err != nil {
+					r.Errors = append(r.Errors, "fio: "+err.Error())
+				} else {
+					r.RandWriteIOPS = append(r.RandWriteIOPS, iops)
+				}
+			}
+			srv.stop()
+			fmt.Fprintf(log, "round %d %s: write %s, read %s, randwrite %s\n", round, name,
+				lastOf(r.WriteMiBps, "%.0f MiB/s"), lastOf(r.ReadMiBps, "%.0f MiB/s"), lastOf(r.RandWriteIOPS, "%.0f IOPS"))
+		}
+	}
+	res.Servers = results
+	if cfg.LiveBackup {
+		live, err := liveBackupLoad(ctx, cfg, src, target, log)
+		if err != nil {
+			return nil, err
+		}
+		res.Live = live
+	}
+	return res, nil
+}
+
+func lastOf(xs []float64, format string) string {
+	if len(xs) == 0 {
+		return "failed"
+	}
+	return fmt.Sprintf(format, xs[len(xs)-1])
+}
+
+func fioRandWrite(ctx context.Context, uri string, size int64, runtime time.Duration) (float64, error) {
+	_, out, err := timedRun(ctx, runtime+2*time.Minute, "fio", "--name=randwrite", "--ioengine=nbd", "--uri="+uri,
+		"--rw=randwrite", "--bs=4k", "--iodepth=32", fmt.Sprintf("--size=%d", size),
+		"--time_based", fmt.Sprintf("--runtime=%d", int(runtime.Seconds())), "--output-format=json")
+	if err != nil {
+		return 0, err
+	}
+	// fio may print warnings before its JSON.
+	if i := strings.IndexByte(string(out), '{'); i > 0 {
+		out = out[i:]
+	}
+	var rep struct {
+		Jobs []struct {
+			Write struct {
+				IOPS float64 `json:"iops"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil || len(rep.Jobs) == 0 {
+		return 0, fmt.Errorf("fio output: %v", err)
+	}
+	return rep.Jobs[0].Write.IOPS, nil
+}
+
+// liveBackupLoad measures nbdcopy write throughput into a volback export,
+// first alone, then while a full live backup of the same volume runs.
+func liveBackupLoad(ctx context.Context, cfg NBDConfig, src, target string, log io.Writer) (*LiveBackupResult, error) {
+	if err := os.Truncate(target, cfg.Size); err != nil {
+		return nil, err
+	}
+	srv, err := startNBDServer(ctx, cfg, ServerVolback, target)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.stop()
+	mib := float64(cfg.Size) / (1 << 20)
+	conns := fmt.Sprintf("--connections=%d", cfg.Connections)
+	// Fill the volume once so the backup has real data to read.
+	if _, _, err := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, "--flush", src, srv.uri); err != nil {
+		return nil, err
+	}
+	d, _, err := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, "--flush", src, srv.uri)
+	if err != nil {
+		return nil, err
+	}
+	res := &LiveBackupResult{UnloadedMiBps: mib / d.Seconds()}
+	repo := filepath.Join(cfg.Dir, "repo-live")
+	os.RemoveAll(repo)
+	if _, _, err := timedRun(ctx, time.Minute, cfg.Volback, "--quiet", "repo", "init", "--repo", repo); err != nil {
+		return nil, err
+	}
+	stateDir := filepath.Join(cfg.Dir, "sock-"+ServerVolback)
+	backup := exec.CommandContext(ctx, cfg.Volback, "--quiet", "backup", "--live", "--mode", "full",
+		"--state-dir", stateDir, "--repo", repo, "bench")
+	bstart := time.Now()
+	if err := backup.Start(); err != nil {
+		return nil, err
+	}
+	time.Sleep(50 * time.Millisecond) // let the backup freeze first
+	wstart := time.Now()
+	d, _, werr := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, "--flush", src, srv.uri)
+	wend := time.Now()
+	berr := backup.Wait()
+	res.BackupSeconds = time.Since(bstart).Seconds()
+	if werr != nil {
+		return nil, werr
+	}
+	if berr != nil {
+		return nil, fmt.Errorf("live backup: %w", berr)
+	}
+	res.DuringBackupMiBps = mib / d.Seconds()
+	res.Ratio = res.DuringBackupMiBps / res.UnloadedMiBps
+	// The figure means something only if the backup ran for the whole copy.
+	res.Overlapped = bstart.Add(time.Duration(res.BackupSeconds * float64(time.Second))).After(wend)
+	fmt.Fprintf(log, "live backup: writes %.0f MiB/s alone, %.0f MiB/s during a %.2f s backup (%.0f%%, overlapped from %s: %v)\n",
+		res.UnloadedMiBps, res.DuringBackupMiBps, res.BackupSeconds, 100*res.Ratio, wstart.Sub(bstart).Round(time.Millisecond), res.Overlapped)
+	return res, nil
+}
+
+// WriteTable prints medians and ratios against volback.
+func (r *NBDResult) WriteTable(w io.Writer) error {
+	fmt.Fprintf(w, "NBD over a Unix socket, %s export, nbdcopy --connections=%d, median of %d rounds\n", humanize.IBytes(uint64(r.Size)), r.Connections, r.Rounds)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVER\tWRITE MiB/s\tREAD MiB/s\t4K RANDWRITE QD32 IOPS\tVOLBACK WRITE/READ/IOPS RATIO\tERRORS")
+	var vb *NBDServerResult
+	for i := range r.Servers {
+		if r.Servers[i].Server == ServerVolback {
+			vb = &r.Servers[i]
+		}
+	}
+	for _, s := range r.Servers {
+		ratio := "-"
+		if vb != nil && s.Server != ServerVolback {
+			ratio = fmt.Sprintf("%.2fx / %.2fx / %.2fx", safeDiv(medianOr0(vb.WriteMiBps), medianOr0(s.WriteMiBps)),
+				safeDiv(medianOr0(vb.ReadMiBps), medianOr0(s.ReadMiBps)), safeDiv(medianOr0(vb.RandWriteIOPS), medianOr0(s.RandWriteIOPS)))
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%s\t%d\n", s.Server, medianOr0(s.WriteMiBps), medianOr0(s.ReadMiBps), medianOr0(s.RandWriteIOPS), ratio, len(s.Errors))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, s := range r.Servers {
+		for _, e := range s.Errors {
+			fmt.Fprintf(w, "%s error: %s\n", s.Server, e)
+		}
+	}
+	if r.Live != nil {
+		fmt.Fprintf(w, "guest writes during a live backup: %.0f MiB/s vs %.0f MiB/s unloaded = %.0f%% (backup %.2f s, overlapped: %v)\n",
+			r.Live.DuringBackupMiBps, r.Live.UnloadedMiBps, 100*r.Live.Ratio, r.Live.BackupSeconds, r.Live.Overlapped)
+	}
+	return nil
+}
+
+func medianOr0(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	return median(xs)
+}
+
+func safeDiv(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
