@@ -181,7 +181,9 @@ func CompareNBD(ctx context.Context, cfg NBDConfig, log io.Writer) (*NBDResult, 
 				r.Errors = append(r.Errors, err.Error())
 				continue
 			}
-			d, _, err := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, "--flush", src, srv.uri)
+			// No --flush: the go-nbd server cannot flush, and every
+			// server should be measured on the same work.
+			d, _, err := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, src, srv.uri)
 			if err != nil {
 				r.Errors = append(r.Errors, "write: "+err.Error())
 			} else {
@@ -265,7 +267,7 @@ func liveBackupLoad(ctx context.Context, cfg NBDConfig, src, target string, log 
 	if _, _, err := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, "--flush", src, srv.uri); err != nil {
 		return nil, err
 	}
-	d, _, err := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, "--flush", src, srv.uri)
+	d, _, err := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, src, srv.uri)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +286,7 @@ func liveBackupLoad(ctx context.Context, cfg NBDConfig, src, target string, log 
 	}
 	time.Sleep(50 * time.Millisecond) // let the backup freeze first
 	wstart := time.Now()
-	d, _, werr := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, "--flush", src, srv.uri)
+	d, _, werr := timedRun(ctx, 5*time.Minute, "nbdcopy", conns, src, srv.uri)
 	wend := time.Now()
 	berr := backup.Wait()
 	res.BackupSeconds = time.Since(bstart).Seconds()

@@ -34,6 +34,9 @@ type BackupOptions struct {
 	Meta map[string]string
 	// Progress, if set, counts the bytes read.
 	Progress *Progress
+	// Nice, if positive, lowers the workers' CPU priority (a live backup
+	// runs beside guest I/O that must keep its speed).
+	Nice int
 	// Plan, if set, is the result of PlanBackup for these options,
 	// computed earlier (a live backup plans while writes are paused).
 	Plan *Plan
@@ -150,7 +153,7 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	opts.Progress.SetTotal(total)
 
 	stats := make([]workerStats, workers(opts.Parallelism, len(toRead)))
-	err := forEachChunk(ctx, opts.Parallelism, 0, toRead, repo.NewChunkBuffer, func(ctx context.Context, w, i int, buf []byte) error {
+	err := forEachChunkNice(ctx, opts.Nice, opts.Parallelism, 0, toRead, repo.NewChunkBuffer, func(ctx context.Context, w, i int, buf []byte) error {
 		st := &stats[w]
 		off := int64(i) * int64(chunkSize)
 		data := buf[:chunkLen(i)]

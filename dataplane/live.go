@@ -29,6 +29,10 @@ type LiveBackupOptions struct {
 	SpillDir string
 }
 
+// liveBackupNice is the nice value of live backup workers: guest I/O
+// first, the backup takes what CPU is left.
+const liveBackupNice = 10
+
 // ErrBackupRunning is returned when the chain already has a backup running.
 var ErrBackupRunning = errors.New("a backup of this volume to this chain is already running")
 
@@ -161,6 +165,7 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 	m, err := Backup(ctx, repo, snap, v.size, BackupOptions{
 		ID: opts.ID, VolumeID: v.ID, Parallelism: opts.Parallelism,
 		Parent: parent, Changed: changed, Plan: plan, Meta: meta, Progress: opts.Progress,
+		Nice: liveBackupNice,
 	})
 	v.gate.Lock()
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"runtime"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/volback/volback/chunkstore"
 )
@@ -143,6 +144,20 @@ func fill(ctx context.Context, repo *chunkstore.Repository, m *chunkstore.Manife
 // n chunk buffers whatever the volume's size: the producer hands out
 // indexes, never data. The first error cancels the rest.
 func forEachChunk(ctx context.Context, n, count int, idx []int, newBuf func() []byte, fn func(ctx context.Context, w, i int, buf []byte) error) error {
+	return forEachChunkNice(ctx, 0, n, count, idx, newBuf, fn)
+}
+
+// ioprio_set(2) arguments: who = a thread, class best-effort (2) at
+// level 7, the lowest.
+const (
+	ioprioWhoProcess = 1
+	ioprioLowest     = 3 << 13
+)
+
+// forEachChunkNice is forEachChunk with the workers' threads at the given
+// nice value (0 = unchanged), so that a live backup yields the CPU to the
+// guest I/O it runs beside.
+func forEachChunkNice(ctx context.Context, nice, n, count int, idx []int, newBuf func() []byte, fn func(ctx context.Context, w, i int, buf []byte) error) error {
 	if idx != nil {
 		count = len(idx)
 	}
@@ -166,6 +181,17 @@ func forEachChunk(ctx context.Context, n, count int, idx []int, newBuf func() []
 	})
 	for w := range n {
 		g.Go(func() error {
+			if nice != 0 {
+				// The thread is ours alone from here on and is
+				// discarded when the goroutine ends, so the lowered
+				// priority never leaks to other goroutines.
+				runtime.LockOSThread()
+				_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), nice)
+				// Its disk I/O yields too: the best-effort class at
+				// its lowest level (schedulers without priorities
+				// ignore this).
+				_, _, _ = unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(unix.Gettid()), ioprioLowest)
+			}
 			buf := newBuf()
 			for i := range jobs {
 				if err := fn(gctx, w, i, buf); err != nil {

@@ -18,24 +18,32 @@ import (
 // block a writer touches was saved, under the same lock, before the write
 // began. Once read, a chunk costs writers one atomic load.
 //
-// Saved blocks stay in memory up to memLimit, then spill to a temporary
-// file, so a guest that rewrites the whole volume during a slow backup
-// cannot exhaust the host's memory.
+// Saved blocks live in pooled buffers (a guest rewriting the volume during
+// a backup would otherwise fault in fresh memory for every block), indexed
+// per chunk, so saving a block takes the chunk's lock only. Beyond memLimit
+// they spill to an unlinked temporary file, so a guest that rewrites the
+// whole volume during a slow backup cannot exhaust the host's memory.
 type snapshot struct {
 	v         *Volume
 	chunkSize int64
-	state     []atomic.Uint32 // per chunk: stateIdle, statePending, stateDone
-	locks     []sync.Mutex
+	perChunk  int64 // blocks per chunk
+	chunks    []cowChunk
 
-	mu        sync.Mutex
-	saved     map[int64]savedBlock // block index -> its old content
-	memBytes  int64
-	memLimit  int64
+	arena *blockArena
+
+	spillMu   sync.Mutex
 	spill     *os.File
 	spillDir  string
 	spillNext int64
-	// PreservedBytes counts old data saved for the backup.
-	preserved atomic.Int64
+	spillErr  error
+
+	preserved atomic.Int64 // bytes of old data saved
+}
+
+type cowChunk struct {
+	state atomic.Uint32 // stateIdle, statePending, stateDone
+	mu    sync.Mutex
+	saved []savedBlock // per block of the chunk; nil until a write comes
 }
 
 const (
@@ -45,9 +53,9 @@ const (
 )
 
 type savedBlock struct {
-	data []byte // in memory, or nil when spilled
-	off  int64  // offset in the spill file
-	n    int
+	buf      []byte // arena block, or nil
+	spillOff int64   // offset in the spill file when spilled
+	n        int     // bytes saved; 0 = nothing saved
 }
 
 // defaultCowMemory bounds saved blocks in memory per snapshot.
@@ -56,12 +64,11 @@ const defaultCowMemory = 256 << 20
 func newSnapshot(v *Volume, chunkSize int, toRead []int, spillDir string) *snapshot {
 	n := (v.size + int64(chunkSize) - 1) / int64(chunkSize)
 	s := &snapshot{
-		v: v, chunkSize: int64(chunkSize),
-		state: make([]atomic.Uint32, n), locks: make([]sync.Mutex, n),
-		saved: make(map[int64]savedBlock), memLimit: defaultCowMemory, spillDir: spillDir,
+		v: v, chunkSize: int64(chunkSize), perChunk: (int64(chunkSize) + v.gran - 1) / v.gran,
+		chunks: make([]cowChunk, n), arena: newBlockArena(int(v.gran), defaultCowMemory), spillDir: spillDir,
 	}
 	for _, i := range toRead {
-		s.state[i].Store(statePending)
+		s.chunks[i].state.Store(statePending)
 	}
 	return s
 }
@@ -76,12 +83,13 @@ func (s *snapshot) preserve(off, length int64) error {
 	first := off / s.chunkSize
 	last := (off + length - 1) / s.chunkSize
 	for c := first; c <= last; c++ {
-		if s.state[c].Load() != statePending {
+		ch := &s.chunks[c]
+		if ch.state.Load() != statePending {
 			continue
 		}
-		s.locks[c].Lock()
-		err := s.preserveInChunkLocked(c, off, length)
-		s.locks[c].Unlock()
+		ch.mu.Lock()
+		err := s.preserveLocked(c, ch, off, length)
+		ch.mu.Unlock()
 		if err != nil {
 			return err
 		}
@@ -89,101 +97,119 @@ func (s *snapshot) preserve(off, length int64) error {
 	return nil
 }
 
-func (s *snapshot) preserveInChunkLocked(c, off, length int64) error {
-	if s.state[c].Load() != statePending {
+func (s *snapshot) preserveLocked(c int64, ch *cowChunk, off, length int64) error {
+	if ch.state.Load() != statePending {
 		return nil
 	}
+	if ch.saved == nil {
+		ch.saved = make([]savedBlock, s.perChunk)
+	}
 	gran := s.v.gran
-	lo := max(off, c*s.chunkSize)
-	hi := min(off+length, (c+1)*s.chunkSize, s.v.size)
+	base := c * s.chunkSize
+	lo := max(off, base)
+	hi := min(off+length, base+s.chunkSize, s.v.size)
 	for b := lo / gran; b*gran < hi; b++ {
-		s.mu.Lock()
-		_, have := s.saved[b]
-		s.mu.Unlock()
-		if have {
-			continue
+		sb := &ch.saved[b-base/gran]
+		if sb.n > 0 {
+			continue // saved by an earlier write
 		}
 		boff := b * gran
 		n := int(min(gran, s.v.size-boff))
-		buf := make([]byte, n)
-		if err := readFull(s.v.f, buf, boff); err != nil {
-			return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, boff, err)
-		}
-		if err := s.store(b, buf); err != nil {
+		buf, err := s.arena.get()
+		if err != nil {
 			return err
+		}
+		if buf == nil {
+			// Memory is at its limit: the block goes to the spill file.
+			tmp := make([]byte, n)
+			if err := readFull(s.v.f, tmp, boff); err != nil {
+				return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, boff, err)
+			}
+			at, err := s.spillBlock(tmp)
+			if err != nil {
+				return err
+			}
+			*sb = savedBlock{spillOff: at, n: n}
+		} else {
+			if err := readFull(s.v.f, buf[:n], boff); err != nil {
+				s.arena.put(buf)
+				return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, boff, err)
+			}
+			*sb = savedBlock{buf: buf, n: n}
 		}
 		s.preserved.Add(int64(n))
 	}
 	return nil
 }
 
-func (s *snapshot) store(b int64, data []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.memBytes+int64(len(data)) <= s.memLimit {
-		s.saved[b] = savedBlock{data: data, n: len(data)}
-		s.memBytes += int64(len(data))
-		return nil
+func (s *snapshot) spillBlock(data []byte) (int64, error) {
+	s.spillMu.Lock()
+	defer s.spillMu.Unlock()
+	if s.spillErr != nil {
+		return 0, s.spillErr
 	}
 	if s.spill == nil {
 		f, err := os.CreateTemp(s.spillDir, "volback-cow-*")
 		if err != nil {
-			return fmt.Errorf("copy-before-write spill file: %w", err)
+			s.spillErr = fmt.Errorf("copy-before-write spill file: %w", err)
+			return 0, s.spillErr
 		}
-		os.Remove(f.Name()) // unlinked: vanishes with the process
+		os.Remove(f.Name()) // unlinked: it vanishes with the process
 		s.spill = f
 	}
-	if _, err := s.spill.WriteAt(data, s.spillNext); err != nil {
-		return fmt.Errorf("copy-before-write spill: %w", err)
+	at := s.spillNext
+	if _, err := s.spill.WriteAt(data, at); err != nil {
+		return 0, fmt.Errorf("copy-before-write spill: %w", err)
 	}
-	s.saved[b] = savedBlock{off: s.spillNext, n: len(data)}
 	s.spillNext += int64(len(data))
-	return nil
+	return at, nil
 }
 
 // ReadAt reads one whole planned chunk as it was at the freeze. The
 // backup engine reads each planned chunk exactly once, chunk-aligned.
 func (s *snapshot) ReadAt(p []byte, off int64) (int, error) {
 	c := off / s.chunkSize
-	if off%s.chunkSize != 0 || c >= int64(len(s.state)) {
+	if off%s.chunkSize != 0 || c >= int64(len(s.chunks)) {
 		return 0, fmt.Errorf("snapshot read at %d: not a chunk boundary", off)
 	}
-	s.locks[c].Lock()
-	defer s.locks[c].Unlock()
-	if s.state[c].Load() != statePending {
+	ch := &s.chunks[c]
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.state.Load() != statePending {
 		return 0, fmt.Errorf("snapshot read of chunk %d: not planned or already read", c)
 	}
 	if err := readFull(s.v.f, p, off); err != nil {
 		return 0, err
 	}
 	gran := s.v.gran
-	end := off + int64(len(p))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for b := off / gran; b*gran < end; b++ {
-		sb, ok := s.saved[b]
-		if !ok {
+	for i := range ch.saved {
+		sb := &ch.saved[i]
+		if sb.n == 0 {
 			continue
 		}
-		dst := p[b*gran-off : b*gran-off+int64(sb.n)]
-		if sb.data != nil {
-			copy(dst, sb.data)
-			s.memBytes -= int64(sb.n)
-		} else if _, err := s.spill.ReadAt(dst, sb.off); err != nil {
+		at := int64(i) * gran
+		if at >= int64(len(p)) {
+			break
+		}
+		dst := p[at : at+int64(sb.n)]
+		if sb.buf != nil {
+			copy(dst, sb.buf[:sb.n])
+			s.arena.put(sb.buf)
+		} else if _, err := s.spill.ReadAt(dst, sb.spillOff); err != nil {
 			return 0, fmt.Errorf("copy-before-write spill read: %w", err)
 		}
-		delete(s.saved, b)
 	}
-	s.state[c].Store(stateDone)
+	ch.saved = nil
+	ch.state.Store(stateDone)
 	return len(p), nil
 }
 
 func (s *snapshot) close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.arena.release()
+	s.spillMu.Lock()
+	defer s.spillMu.Unlock()
 	if s.spill != nil {
 		s.spill.Close()
 		s.spill = nil
 	}
-	s.saved = nil
 }
