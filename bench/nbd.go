@@ -352,4 +352,3 @@ func safeDiv(a, b float64) float64 {
 	}
 	return a / b
 }
-

@@ -54,8 +54,8 @@ const (
 
 type savedBlock struct {
 	buf      []byte // arena block, or nil
-	spillOff int64   // offset in the spill file when spilled
-	n        int     // bytes saved; 0 = nothing saved
+	spillOff int64  // offset in the spill file when spilled
+	n        int    // bytes saved; 0 = nothing saved
 }
 
 // defaultCowMemory bounds saved blocks in memory per snapshot.
