@@ -49,12 +49,24 @@ type transmission struct {
 	slots chan struct{}
 	wg    sync.WaitGroup
 
-	wmu  sync.Mutex // serialises replies
-	werr error      // first reply write error; the connection is dead
+	// replies feeds the writer goroutine, which sends whatever replies
+	// are waiting in one vectored write: under a deep queue of small
+	// requests that is one system call for many replies.
+	replies chan reply
 }
 
+// reply is one complete reply: its buffers go out back to back, and
+// release (if set) runs once they are written or dropped.
+type reply struct {
+	bufs    [][]byte
+	release func()
+}
+
+// maxBatch bounds the replies gathered into one write.
+const maxBatch = 64
+
 func newTransmission(srv *Server, s *session, c net.Conn, r *bufio.Reader) *transmission {
-	return &transmission{srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget), slots: make(chan struct{}, maxInFlight)}
+	return &transmission{srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget), slots: make(chan struct{}, maxInFlight), replies: make(chan reply, 2*maxInFlight)}
 }
 
 // run reads requests until DISC, a broken stream or ctx's end. Each
@@ -63,7 +75,13 @@ func newTransmission(srv *Server, s *session, c net.Conn, r *bufio.Reader) *tran
 func (t *transmission) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer t.wg.Wait()
+	writerDone := make(chan struct{})
+	go func() { t.writer(); close(writerDone) }()
+	defer func() {
+		t.wg.Wait()
+		close(t.replies)
+		<-writerDone
+	}()
 	var hdr [RequestHeaderSize]byte
 	for {
 		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
@@ -156,15 +174,15 @@ func (t *transmission) handle(ctx context.Context, req Request, payload []byte) 
 	switch req.Type {
 	case CmdRead:
 		buf := getBuf(int(length))
-		defer putBuf(buf)
 		if length > 0 {
 			err = e.Backend.ReadAt(ctx, buf, off)
 		}
 		if err == nil {
 			t.srv.Stats.BytesRead.Add(length)
-			t.replyRead(req, buf)
+			t.replyRead(req, buf) // the writer returns buf to the pool
 			return
 		}
+		putBuf(buf)
 	case CmdWrite:
 		if length > 0 {
 			err = e.Backend.WriteAt(ctx, payload, off, req.Flags&FlagFUA != 0)
@@ -244,18 +262,16 @@ func (t *transmission) blockStatus(ctx context.Context, req Request) {
 		}
 		chunks = append(chunks, b)
 	}
-	t.wmu.Lock()
-	defer t.wmu.Unlock()
+	var bufs [][]byte
 	for i, b := range chunks {
 		flags := uint16(0)
 		if i == len(chunks)-1 {
 			flags = ReplyFlagDone
 		}
 		h := AppendStructuredReply(make([]byte, 0, structuredHeaderBytes), flags, ReplyTypeBlockStatus, req.Cookie, uint32(len(b)))
-		if !t.writeLocked(h, b) {
-			return
-		}
+		bufs = append(bufs, h, b)
 	}
+	t.replies <- reply{bufs: bufs}
 }
 
 // errnoOf maps a backend error onto the protocol's error numbers.
@@ -280,29 +296,50 @@ func errnoOf(err error) Errno {
 	return EIO
 }
 
-// writeLocked writes bufs as one vectored write; the caller holds wmu.
-// After the first failure the connection is closed and nothing more is
-// sent.
-func (t *transmission) writeLocked(bufs ...[]byte) bool {
-	if t.werr != nil {
-		return false
+// writer sends replies until the channel closes. After a failed write the
+// connection is closed and later replies are only released.
+func (t *transmission) writer() {
+	var werr error
+	batch := make([]reply, 0, maxBatch)
+	var nb net.Buffers
+	for r := range t.replies {
+		batch = append(batch[:0], r)
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-t.replies:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		if werr == nil {
+			nb = nb[:0]
+			for _, r := range batch {
+				nb = append(nb, r.bufs...)
+			}
+			if _, err := nb.WriteTo(t.conn); err != nil {
+				werr = err
+				t.conn.Close()
+			}
+		}
+		for i := range batch {
+			if batch[i].release != nil {
+				batch[i].release()
+			}
+			batch[i] = reply{}
+		}
 	}
-	nb := net.Buffers(bufs)
-	if _, err := nb.WriteTo(t.conn); err != nil {
-		t.werr = err
-		t.conn.Close()
-		return false
-	}
-	return true
 }
 
 func (t *transmission) replyOK(req Request) {
-	h := AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
-	t.wmu.Lock()
-	t.writeLocked(h)
-	t.wmu.Unlock()
+	t.replies <- reply{bufs: [][]byte{AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)}}
 }
 
+// replyRead sends data, then returns it to the buffer pool.
 func (t *transmission) replyRead(req Request, data []byte) {
 	var h []byte
 	if t.s.structured {
@@ -311,9 +348,7 @@ func (t *transmission) replyRead(req Request, data []byte) {
 	} else {
 		h = AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
 	}
-	t.wmu.Lock()
-	t.writeLocked(h, data)
-	t.wmu.Unlock()
+	t.replies <- reply{bufs: [][]byte{h, data}, release: func() { putBuf(data) }}
 }
 
 // replyError sends an error reply: structured for READ and BLOCK_STATUS
@@ -333,9 +368,7 @@ func (t *transmission) replyError(req Request, errno Errno, msg string) {
 	} else {
 		b = AppendSimpleReply(nil, errno, req.Cookie)
 	}
-	t.wmu.Lock()
-	t.writeLocked(b)
-	t.wmu.Unlock()
+	t.replies <- reply{bufs: [][]byte{b}}
 }
 
 // Payload buffers come from pools by power-of-two size class, so steady
