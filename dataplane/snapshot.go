@@ -58,6 +58,9 @@ type savedBlock struct {
 	n        int    // bytes saved; 0 = nothing saved
 }
 
+// spillBufs holds staging buffers for blocks on their way to the spill file.
+var spillBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // defaultCowMemory bounds saved blocks in memory per snapshot.
 const defaultCowMemory = 256 << 20
 
@@ -121,13 +124,19 @@ func (s *snapshot) preserveLocked(c int64, ch *cowChunk, off, length int64) erro
 		}
 		if buf == nil {
 			// Memory is at its limit: the block goes to the spill file.
-			tmp := make([]byte, n)
-			if err := readFull(s.v.f, tmp, boff); err != nil {
-				return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, boff, err)
+			tp := spillBufs.Get().(*[]byte)
+			if len(*tp) < n {
+				*tp = make([]byte, gran)
 			}
-			at, err := s.spillBlock(tmp)
+			tmp := (*tp)[:n]
+			err := readFull(s.v.f, tmp, boff)
+			var at int64
+			if err == nil {
+				at, err = s.spillBlock(tmp)
+			}
+			spillBufs.Put(tp)
 			if err != nil {
-				return err
+				return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, boff, err)
 			}
 			*sb = savedBlock{spillOff: at, n: n}
 		} else {
