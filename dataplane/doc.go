@@ -17,6 +17,26 @@
 // extents: chunks no extent touches keep the parent's key without being
 // read. Every manifest lists every chunk, so each backup restores alone.
 //
+// # Live volumes
+//
+// A Volume is a raw file or block device served over NBD (it implements
+// nbd.Backend). Every write, trim and zero marks one DirtyMap per backup
+// chain (64 KiB granularity, lock-free atomic ORs). The maps are saved on
+// Close with an in-use flag cleared; the flag is set again when the volume
+// opens and after every backup, so a crash leaves it set and the next start
+// distrusts every map: the next backup of each chain reads everything (and
+// says why in the manifest's meta "fullReason").
+//
+// Volume.Backup takes a live, crash-consistent backup: it takes the volume's
+// write gate exclusively (in-flight writes drain, new ones wait), swaps the
+// chain's map for an empty one, plans the chunks to read and installs a
+// copy-before-write snapshot over exactly those chunks, then releases the
+// gate: writes are held off for microseconds. A write that then lands in a
+// chunk the backup has not read saves the old content of the blocks it
+// covers first (see snapshot.go); the backup lays those blocks over what it
+// reads. On failure or cancellation the frozen map is merged back. Backup
+// workers run at a lowered CPU and I/O priority, so guest I/O comes first.
+//
 // # Restore
 //
 // Restore writes a manifest back to a regular file (through a temporary

@@ -1,15 +1,45 @@
-// Package nbd speaks the Network Block Device protocol (doc/proto.md of the
-// NetworkBlockDevice project) as a server.
+// Package nbd is volback's Network Block Device server, written to the
+// protocol (doc/proto.md of the NetworkBlockDevice project) and serving any
+// Backend.
 //
-// This file set holds the transmission-phase wire format: the 28-byte
-// request header, simple and structured reply headers, command types,
-// command flags and error numbers. Constants that
-// github.com/pojntfx/go-nbd's protocol package defines are taken from it,
-// so both stay in step; the rest of the protocol (structured replies,
-// meta contexts, the newer commands) is defined here.
+// # Negotiation
 //
-// Parsing is strict about what the protocol calls a MUST (the request
-// magic) and lenient about everything else: a request with an unknown
-// command or unknown flags parses fine, and it is the server's job to
-// answer it with an error reply rather than drop the connection.
+// Fixed newstyle only, with NO_ZEROES. Options: EXPORT_NAME, ABORT, LIST,
+// INFO and GO (NBD_INFO_EXPORT, NAME, DESCRIPTION and always BLOCK_SIZE:
+// minimum 1, preferred 64 KiB, maximum 32 MiB), STRUCTURED_REPLY,
+// LIST_META_CONTEXT and SET_META_CONTEXT. Anything else, extended headers
+// and STARTTLS included, gets ERR_UNSUP and negotiation goes on. Option
+// data is bounded; malformed options get ERR_INVALID.
+//
+// # Transmission
+//
+// One goroutine reads requests. Each request then runs in a goroutine of
+// its own, at most maxInFlight per connection, so replies leave in
+// completion order, not request order. A write's payload is read before
+// anything else happens, so a refused write never desynchronises the
+// stream. Replies go through one writer goroutine per connection, which
+// sends every reply that is waiting in one vectored write. The payload
+// bytes a connection holds are bounded (connBudget), so a client that
+// pipelines deeply cannot exhaust memory.
+//
+// Errors are replies, never disconnects: EINVAL for reads, trims and
+// block-status queries out of range and for flags a command does not take,
+// ENOSPC for writes and zeroes past the end, EPERM on read-only exports,
+// EOVERFLOW for requests over 32 MiB (an oversized write's payload is read
+// and discarded), ENOTSUP for a fast zero the backend cannot do fast, EIO
+// for backend failures. Only a broken MUST, a request without the request
+// magic, drops the connection.
+//
+// CAN_MULTI_CONN is advertised: every connection to an export shares its
+// Backend, whose Flush covers writes completed on any connection.
+//
+// # Metadata contexts
+//
+// The Backend names its contexts; volback's volumes offer base:allocation
+// (holes from SEEK_HOLE/SEEK_DATA) and qemu:dirty-bitmap:<chain> (bit 0 =
+// changed since the chain's last backup), the form QEMU, libnbd and
+// oVirt's tools read.
+//
+// Constants that github.com/pojntfx/go-nbd's protocol package defines are
+// taken from it.
 package nbd
