@@ -54,6 +54,11 @@ type LiveBackupResult struct {
 	Ratio             float64 `json:"ratio"`
 	BackupSeconds     float64 `json:"backupSeconds"`
 	Overlapped        bool    `json:"overlapped"`
+	// The same for fio 4 KiB random writes at queue depth 32.
+	RandWriteIOPSAlone  float64 `json:"randWriteIopsAlone"`
+	RandWriteIOPSDuring float64 `json:"randWriteIopsDuring"`
+	RandWriteRatio      float64 `json:"randWriteRatio"`
+	RandWriteOverlapped bool    `json:"randWriteOverlapped"`
 }
 
 // NBDResult is CompareNBD's report.
@@ -302,6 +307,35 @@ func liveBackupLoad(ctx context.Context, cfg NBDConfig, src, target string, log 
 	res.Overlapped = bstart.Add(time.Duration(res.BackupSeconds * float64(time.Second))).After(wend)
 	fmt.Fprintf(log, "live backup: writes %.0f MiB/s alone, %.0f MiB/s during a %.2f s backup (%.0f%%, overlapped from %s: %v)\n",
 		res.UnloadedMiBps, res.DuringBackupMiBps, res.BackupSeconds, 100*res.Ratio, wstart.Sub(bstart).Round(time.Millisecond), res.Overlapped)
+
+	// Random 4 KiB writes, alone and during another full backup.
+	if _, err := exec.LookPath("fio"); err == nil {
+		const fioRun = 2 * time.Second
+		alone, err := fioRandWrite(ctx, srv.uri, cfg.Size, fioRun)
+		if err != nil {
+			return nil, err
+		}
+		backup := exec.CommandContext(ctx, cfg.Volback, "--quiet", "backup", "--live", "--mode", "full",
+			"--state-dir", stateDir, "--repo", repo, "bench")
+		if err := backup.Start(); err != nil {
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond)
+		during, ferr := fioRandWrite(ctx, srv.uri, cfg.Size, fioRun)
+		fend := time.Now()
+		berr := backup.Wait()
+		bend := time.Now()
+		if ferr != nil {
+			return nil, ferr
+		}
+		if berr != nil {
+			return nil, fmt.Errorf("live backup: %w", berr)
+		}
+		res.RandWriteIOPSAlone, res.RandWriteIOPSDuring = alone, during
+		res.RandWriteRatio = during / alone
+		res.RandWriteOverlapped = bend.After(fend)
+		fmt.Fprintf(log, "live backup: 4K random writes %.0f IOPS alone, %.0f IOPS during a backup (%.0f%%, overlapped: %v)\n", alone, during, 100*res.RandWriteRatio, res.RandWriteOverlapped)
+	}
 	return res, nil
 }
 
@@ -335,6 +369,10 @@ func (r *NBDResult) WriteTable(w io.Writer) error {
 	if r.Live != nil {
 		fmt.Fprintf(w, "guest writes during a live backup: %.0f MiB/s vs %.0f MiB/s unloaded = %.0f%% (backup %.2f s, overlapped: %v)\n",
 			r.Live.DuringBackupMiBps, r.Live.UnloadedMiBps, 100*r.Live.Ratio, r.Live.BackupSeconds, r.Live.Overlapped)
+		if r.Live.RandWriteIOPSAlone > 0 {
+			fmt.Fprintf(w, "guest 4K random writes during a live backup: %.0f IOPS vs %.0f IOPS unloaded = %.0f%%\n",
+				r.Live.RandWriteIOPSDuring, r.Live.RandWriteIOPSAlone, 100*r.Live.RandWriteRatio)
+		}
 	}
 	return nil
 }

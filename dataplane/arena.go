@@ -34,21 +34,30 @@ func newBlockArena(blockSize int, limit int64) *blockArena {
 	return &blockArena{blockSize: blockSize, slabSize: slab, maxBlocks: int(limit / int64(blockSize))}
 }
 
-// get returns a block, or nil when the arena is at its limit.
-func (a *blockArena) get() ([]byte, error) {
+// getN appends n blocks to dst, or returns dst unchanged when the arena
+// cannot supply all n within its limit.
+func (a *blockArena) getN(dst [][]byte, n int) ([][]byte, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if n := len(a.free); n > 0 {
-		b := a.free[n-1]
-		a.free = a.free[:n-1]
-		return b, nil
+	for len(a.free) < n {
+		if a.blocks >= a.maxBlocks {
+			return dst, nil
+		}
+		if err := a.grow(); err != nil {
+			return dst, err
+		}
 	}
-	if a.blocks >= a.maxBlocks {
-		return nil, nil
-	}
+	k := len(a.free) - n
+	dst = append(dst, a.free[k:]...)
+	a.free = a.free[:k]
+	return dst, nil
+}
+
+// grow maps one more slab; the caller holds mu.
+func (a *blockArena) grow() error {
 	slab, err := unix.Mmap(-1, 0, a.slabSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		return nil, fmt.Errorf("copy-before-write memory: %w", err)
+		return fmt.Errorf("copy-before-write memory: %w", err)
 	}
 	_ = unix.Madvise(slab, unix.MADV_HUGEPAGE)
 	a.slabs = append(a.slabs, slab)
@@ -56,14 +65,15 @@ func (a *blockArena) get() ([]byte, error) {
 		a.free = append(a.free, slab[off:off+a.blockSize:off+a.blockSize])
 		a.blocks++
 	}
-	b := a.free[len(a.free)-1]
-	a.free = a.free[:len(a.free)-1]
-	return b, nil
+	return nil
 }
 
-func (a *blockArena) put(b []byte) {
+// putN returns blocks to the arena.
+func (a *blockArena) putN(bs [][]byte) {
 	a.mu.Lock()
-	a.free = append(a.free, b[:a.blockSize])
+	for _, b := range bs {
+		a.free = append(a.free, b[:a.blockSize:a.blockSize])
+	}
 	a.mu.Unlock()
 }
 

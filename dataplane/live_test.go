@@ -251,7 +251,7 @@ func BenchmarkGuestWriteDuringBackup(b *testing.B) {
 	defer v.Close()
 	plan, _ := PlanBackup(size, 4<<20, nil, nil)
 	snap := newSnapshot(v, 4<<20, plan.ToRead, b.TempDir())
-	snap.arena = newBlockArena(int(v.gran), size) // measure the copy, not the spill
+	snap.arena = newBlockArena(cowBlock, size) // measure the copy, not the spill
 	v.snaps = append(v.snaps, snap)
 	defer func() { snap.close() }()
 	buf := make([]byte, 64<<10)
@@ -264,7 +264,7 @@ func BenchmarkGuestWriteDuringBackup(b *testing.B) {
 			b.StopTimer()
 			snap.close()
 			snap = newSnapshot(v, 4<<20, plan.ToRead, b.TempDir())
-			snap.arena = newBlockArena(int(v.gran), size)
+			snap.arena = newBlockArena(cowBlock, size)
 			v.snaps[0] = snap
 			b.StartTimer()
 		}
@@ -298,5 +298,42 @@ func BenchmarkGuestWrite(b *testing.B) {
 			b.Fatal(err)
 		}
 		off = (off + int64(len(buf))) % size
+	}
+}
+
+// BenchmarkGuestRandomWriteDuringBackup: 4 KiB writes at random places
+// into chunks a running backup has yet to read.
+func BenchmarkGuestRandomWriteDuringBackup(b *testing.B) {
+	b.Run("backup", func(b *testing.B) { benchRandomWrite(b, true) })
+	b.Run("alone", func(b *testing.B) { benchRandomWrite(b, false) })
+}
+
+func benchRandomWrite(b *testing.B, backup bool) {
+	path := filepath.Join(b.TempDir(), "vol.raw")
+	const size = 256 << 20
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{3}).Read(data)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	v, err := OpenLiveVolume("bench", path, VolumeOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer v.Close()
+	if backup {
+		plan, _ := PlanBackup(size, 4<<20, nil, nil)
+		snap := newSnapshot(v, 4<<20, plan.ToRead, b.TempDir())
+		v.snaps = append(v.snaps, snap)
+		defer snap.close()
+	}
+	buf := make([]byte, 4096)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(1, 1))
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		if err := v.WriteAt(ctx, buf, r.Int64N(size/4096)*4096, false); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

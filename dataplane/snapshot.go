@@ -5,6 +5,8 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 // A snapshot gives a backup the volume as it was when the backup froze its
@@ -16,7 +18,8 @@ import (
 // the chunk's lock and lays the saved blocks over what it read, so a write
 // that is in flight during the read cannot leak into the backup: every
 // block a writer touches was saved, under the same lock, before the write
-// began. Once read, a chunk costs writers one atomic load.
+// began. Blocks are 4 KiB pages, so random small writes save only what
+// they overwrite; runs of blocks are read with one preadv. Once read, a chunk costs writers one atomic load.
 //
 // Saved blocks live in pooled buffers (a guest rewriting the volume during
 // a backup would otherwise fault in fresh memory for every block), indexed
@@ -67,8 +70,8 @@ const defaultCowMemory = 256 << 20
 func newSnapshot(v *Volume, chunkSize int, toRead []int, spillDir string) *snapshot {
 	n := (v.size + int64(chunkSize) - 1) / int64(chunkSize)
 	s := &snapshot{
-		v: v, chunkSize: int64(chunkSize), perChunk: (int64(chunkSize) + v.gran - 1) / v.gran,
-		chunks: make([]cowChunk, n), arena: newBlockArena(int(v.gran), defaultCowMemory), spillDir: spillDir,
+		v: v, chunkSize: int64(chunkSize), perChunk: (int64(chunkSize) + cowBlock - 1) / cowBlock,
+		chunks: make([]cowChunk, n), arena: newBlockArena(cowBlock, defaultCowMemory), spillDir: spillDir,
 	}
 	for _, i := range toRead {
 		s.chunks[i].state.Store(statePending)
@@ -107,46 +110,114 @@ func (s *snapshot) preserveLocked(c int64, ch *cowChunk, off, length int64) erro
 	if ch.saved == nil {
 		ch.saved = make([]savedBlock, s.perChunk)
 	}
-	gran := s.v.gran
 	base := c * s.chunkSize
 	lo := max(off, base)
 	hi := min(off+length, base+s.chunkSize, s.v.size)
-	for b := lo / gran; b*gran < hi; b++ {
-		sb := &ch.saved[b-base/gran]
-		if sb.n > 0 {
-			continue // saved by an earlier write
+	first := (lo - base) / cowBlock
+	last := (hi - 1 - base) / cowBlock
+	for b := first; b <= last; {
+		if ch.saved[b].n > 0 {
+			b++ // saved by an earlier write
+			continue
 		}
-		boff := b * gran
-		n := int(min(gran, s.v.size-boff))
-		buf, err := s.arena.get()
-		if err != nil {
+		// A run of unsaved blocks, read with one preadv.
+		e := b
+		for e <= last && e-b < maxRun && ch.saved[e].n == 0 {
+			e++
+		}
+		if err := s.saveRun(ch, base, b, e); err != nil {
 			return err
 		}
-		if buf == nil {
-			// Memory is at its limit: the block goes to the spill file.
-			tp := spillBufs.Get().(*[]byte)
-			if len(*tp) < n {
-				*tp = make([]byte, gran)
+		b = e
+	}
+	return nil
+}
+
+// cowBlock is the unit of copy-before-write: a page, so that a 4 KiB
+// random write saves 4 KiB, not a whole changed-block-map block.
+const cowBlock = 4096
+
+// maxRun bounds the blocks read by one preadv (256 KiB).
+const maxRun = 64
+
+// saveRun saves blocks [b, e) of the chunk at base into arena blocks, or
+// the spill file once memory is at its limit.
+func (s *snapshot) saveRun(ch *cowChunk, base, b, e int64) error {
+	off := base + b*cowBlock
+	end := min(base+e*cowBlock, s.v.size)
+	var iov [maxRun][]byte
+	bufs, err := s.arena.getN(iov[:0], int(e-b))
+	if err != nil {
+		return err
+	}
+	if len(bufs) == 0 {
+		return s.spillRun(ch, base, b, e)
+	}
+	// The last block of the volume may be short.
+	last := len(bufs) - 1
+	bufs[last] = bufs[last][:min(cowBlock, end-(base+(e-1)*cowBlock))]
+	// preadvFull consumes its slice; keep the blocks' own headers.
+	var rd [maxRun][]byte
+	if err := preadvFull(s.v.f, append(rd[:0], bufs...), off); err != nil {
+		s.arena.putN(bufs)
+		return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, off, err)
+	}
+	for i, x := range bufs {
+		ch.saved[b+int64(i)] = savedBlock{buf: x, n: len(x)}
+	}
+	s.preserved.Add(end - off)
+	return nil
+}
+
+func (s *snapshot) spillRun(ch *cowChunk, base, b, e int64) error {
+	off := base + b*cowBlock
+	end := min(base+e*cowBlock, s.v.size)
+	tp := spillBufs.Get().(*[]byte)
+	defer spillBufs.Put(tp)
+	if int64(len(*tp)) < end-off {
+		*tp = make([]byte, maxRun*cowBlock)
+	}
+	tmp := (*tp)[:end-off]
+	if err := readFull(s.v.f, tmp, off); err != nil {
+		return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, off, err)
+	}
+	at, err := s.spillBlock(tmp)
+	if err != nil {
+		return err
+	}
+	for i := b; i < e; i++ {
+		rel := (i - b) * cowBlock
+		n := min(cowBlock, end-off-rel)
+		ch.saved[i] = savedBlock{spillOff: at + rel, n: int(n)}
+	}
+	s.preserved.Add(end - off)
+	return nil
+}
+
+// preadvFull fills bufs from consecutive offsets starting at off.
+func preadvFull(f *os.File, bufs [][]byte, off int64) error {
+	fd := int(f.Fd())
+	for len(bufs) > 0 {
+		n, err := unix.Preadv(fd, bufs, off)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
 			}
-			tmp := (*tp)[:n]
-			err := readFull(s.v.f, tmp, boff)
-			var at int64
-			if err == nil {
-				at, err = s.spillBlock(tmp)
-			}
-			spillBufs.Put(tp)
-			if err != nil {
-				return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, boff, err)
-			}
-			*sb = savedBlock{spillOff: at, n: n}
-		} else {
-			if err := readFull(s.v.f, buf[:n], boff); err != nil {
-				s.arena.put(buf)
-				return fmt.Errorf("copy-before-write of volume %s at %d: %w", s.v.ID, boff, err)
-			}
-			*sb = savedBlock{buf: buf, n: n}
+			return err
 		}
-		s.preserved.Add(int64(n))
+		if n == 0 {
+			return fmt.Errorf("read at %d: unexpected end of volume", off)
+		}
+		off += int64(n)
+		for n > 0 && len(bufs) > 0 {
+			if n >= len(bufs[0]) {
+				n -= len(bufs[0])
+				bufs = bufs[1:]
+			} else {
+				bufs[0] = bufs[0][n:]
+				n = 0
+			}
+		}
 	}
 	return nil
 }
@@ -190,20 +261,21 @@ func (s *snapshot) ReadAt(p []byte, off int64) (int, error) {
 	if err := readFull(s.v.f, p, off); err != nil {
 		return 0, err
 	}
-	gran := s.v.gran
+	var done [][]byte
+	defer func() { s.arena.putN(done) }()
 	for i := range ch.saved {
 		sb := &ch.saved[i]
 		if sb.n == 0 {
 			continue
 		}
-		at := int64(i) * gran
+		at := int64(i) * cowBlock
 		if at >= int64(len(p)) {
 			break
 		}
 		dst := p[at : at+int64(sb.n)]
 		if sb.buf != nil {
 			copy(dst, sb.buf[:sb.n])
-			s.arena.put(sb.buf)
+			done = append(done, sb.buf)
 		} else if _, err := s.spill.ReadAt(dst, sb.spillOff); err != nil {
 			return 0, fmt.Errorf("copy-before-write spill read: %w", err)
 		}
