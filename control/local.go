@@ -1,7 +1,6 @@
 package control
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -117,7 +116,7 @@ func (a *LocalAPI) backup(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("parallelism must be from 0 to %d", MaxParallelism))
 		return
 	}
-	repo, err := openLocalRepo(r.Context(), req.Repo)
+	repo, err := local.OpenRepository(r.Context(), req.Repo)
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, err)
 		return
@@ -142,17 +141,4 @@ func (a *LocalAPI) backup(w http.ResponseWriter, r *http.Request) {
 		ID: m.ID, VolumeID: m.VolumeID, Size: m.Size, Parent: m.Parent, Mode: m.Mode,
 		Seconds: time.Since(start).Seconds(), Stats: m.Stats, Meta: m.Meta,
 	})
-}
-
-func openLocalRepo(ctx context.Context, dir string) (*chunkstore.Repository, error) {
-	s, err := local.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	r, err := chunkstore.Open(ctx, s)
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
-	return r, nil
 }

@@ -236,19 +236,8 @@ func TestChangedBlockStatePersistence(t *testing.T) {
 // BenchmarkGuestWriteDuringBackup measures a 64 KiB guest write into a
 // chunk that a running backup has yet to read: the copy-before-write path.
 func BenchmarkGuestWriteDuringBackup(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "vol.raw")
 	const size = 256 << 20
-	// A volume full of data, in the page cache, as a running guest's is.
-	data := make([]byte, size)
-	rand.NewChaCha8([32]byte{3}).Read(data)
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		b.Fatal(err)
-	}
-	v, err := OpenLiveVolume("bench", path, VolumeOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer v.Close()
+	v := benchVolume(b, size)
 	plan, _ := PlanBackup(size, 4<<20, nil, nil)
 	snap := newSnapshot(v, 4<<20, plan.ToRead, b.TempDir())
 	snap.arena = newBlockArena(cowBlock, size) // measure the copy, not the spill
@@ -277,18 +266,8 @@ func BenchmarkGuestWriteDuringBackup(b *testing.B) {
 
 // BenchmarkGuestWrite is the same write with no backup running.
 func BenchmarkGuestWrite(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "vol.raw")
 	const size = 256 << 20
-	data := make([]byte, size)
-	rand.NewChaCha8([32]byte{3}).Read(data)
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		b.Fatal(err)
-	}
-	v, err := OpenLiveVolume("bench", path, VolumeOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer v.Close()
+	v := benchVolume(b, size)
 	buf := make([]byte, 64<<10)
 	ctx := context.Background()
 	b.SetBytes(int64(len(buf)))
@@ -309,18 +288,8 @@ func BenchmarkGuestRandomWriteDuringBackup(b *testing.B) {
 }
 
 func benchRandomWrite(b *testing.B, backup bool) {
-	path := filepath.Join(b.TempDir(), "vol.raw")
 	const size = 256 << 20
-	data := make([]byte, size)
-	rand.NewChaCha8([32]byte{3}).Read(data)
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		b.Fatal(err)
-	}
-	v, err := OpenLiveVolume("bench", path, VolumeOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer v.Close()
+	v := benchVolume(b, size)
 	if backup {
 		plan, _ := PlanBackup(size, 4<<20, nil, nil)
 		snap := newSnapshot(v, 4<<20, plan.ToRead, b.TempDir())
@@ -336,4 +305,22 @@ func benchRandomWrite(b *testing.B, backup bool) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// benchVolume returns a live volume full of data, in the page cache, as a
+// running guest's is; it closes with the benchmark.
+func benchVolume(b *testing.B, size int) *Volume {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "vol.raw")
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{3}).Read(data)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	v, err := OpenLiveVolume("bench", path, VolumeOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { v.Close() })
+	return v
 }

@@ -555,3 +555,17 @@ func randSuffix() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// OpenRepository opens the repository in directory dir.
+func OpenRepository(ctx context.Context, dir string) (*chunkstore.Repository, error) {
+	s, err := Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	r, err := chunkstore.Open(ctx, s)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return r, nil
+}

@@ -47,11 +47,8 @@ func benchCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				if p := c.String("json-out"); p != "" {
-					b, _ := json.MarshalIndent(res, "", "  ")
-					if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
-						return err
-					}
+				if err := writeJSONFile(c.String("json-out"), res); err != nil {
+					return err
 				}
 				if outputOf(c).json {
 					return outputOf(c).printJSON(res)
@@ -125,11 +122,8 @@ func benchCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				if p := c.String("json-out"); p != "" {
-					b, _ := json.MarshalIndent(res, "", "  ")
-					if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
-						return err
-					}
+				if err := writeJSONFile(c.String("json-out"), res); err != nil {
+					return err
 				}
 				if outputOf(c).json {
 					return outputOf(c).printJSON(res)
@@ -138,4 +132,17 @@ func benchCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+// writeJSONFile writes v as indented JSON to path; an empty path writes
+// nothing.
+func writeJSONFile(path string, v any) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }

@@ -26,16 +26,7 @@ var parallelismFlag = &cli.IntFlag{
 }
 
 func openRepo(ctx context.Context, dir string) (*chunkstore.Repository, error) {
-	s, err := local.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	r, err := chunkstore.Open(ctx, s)
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
-	return r, nil
+	return local.OpenRepository(ctx, dir)
 }
 
 func repoCommand() *cli.Command {
