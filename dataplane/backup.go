@@ -34,6 +34,9 @@ type BackupOptions struct {
 	Meta map[string]string
 	// Progress, if set, counts the bytes read.
 	Progress *Progress
+	// Pace, if set, runs after a worker stores a chunk of n bytes (a live
+	// backup uses it to yield the disk to guest writes).
+	Pace func(n int64)
 	// Nice, if positive, lowers the workers' CPU priority (a live backup
 	// runs beside guest I/O that must keep its speed).
 	Nice int
@@ -186,6 +189,9 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 		st.stored++
 		st.bytesNew += int64(len(data))
 		st.bytesStored += int64(stored)
+		if opts.Pace != nil {
+			opts.Pace(int64(len(data)))
+		}
 		return nil
 	})
 	if err != nil {

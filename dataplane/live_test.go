@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
@@ -107,6 +108,9 @@ func TestLiveBackupIsPointInTime(t *testing.T) {
 					return
 				}
 				writes.Add(1)
+				// Leave the (lower-priority, paced) backup some room:
+				// these writers would otherwise hold both CPUs.
+				time.Sleep(20 * time.Microsecond)
 			}
 		}()
 	}
@@ -323,4 +327,34 @@ func benchVolume(b *testing.B, size int) *Volume {
 	}
 	b.Cleanup(func() { v.Close() })
 	return v
+}
+
+func TestPaceYieldsToWritersButProgresses(t *testing.T) {
+	v, _ := newLive(t, 1<<20, "")
+	defer v.Close()
+	start := time.Now()
+	v.pace(4 << 20) // no client has written: no wait
+	if d := time.Since(start); d > 20*time.Millisecond {
+		t.Fatalf("pace waited %s with no client writes", d)
+	}
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = v.WriteAt(context.Background(), []byte{1}, 0, false)
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	defer close(stop)
+	time.Sleep(5 * time.Millisecond)
+	start = time.Now()
+	v.pace(4 << 20) // clients keep writing: waits, but boundedly
+	d := time.Since(start)
+	if d < paceQuiet || d > time.Duration(paceWaitsPer4MiB)*paceQuiet*4 {
+		t.Fatalf("pace under constant writes took %s, want between %s and %s", d, paceQuiet, time.Duration(paceWaitsPer4MiB)*paceQuiet*4)
+	}
 }

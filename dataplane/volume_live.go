@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,6 +48,9 @@ type Volume struct {
 	mu     sync.Mutex // serialises backups per chain and Close
 	busy   map[string]bool
 	closed bool
+
+	// lastWrite is when a client last wrote, in nanotime units.
+	lastWrite atomic.Int64
 
 	// onFreeze, if set, runs while a backup holds writes off at its
 	// freeze point (tests capture the volume's content there).
@@ -124,6 +128,7 @@ func (v *Volume) ReadAt(_ context.Context, p []byte, off int64) error {
 // beforeWrite preserves old data for running backups and marks the maps.
 // The caller holds gate for reading.
 func (v *Volume) beforeWrite(off, length int64) error {
+	v.lastWrite.Store(nanotime())
 	for _, s := range v.snaps {
 		if err := s.preserve(off, length); err != nil {
 			return err
@@ -476,3 +481,8 @@ func writeFileAtomic(path string, data []byte) error {
 
 var _ nbd.Backend = (*Volume)(nil)
 var _ io.ReaderAt = (*snapshot)(nil)
+
+var clockBase = time.Now()
+
+// nanotime is a monotonic clock reading, cheap enough for every write.
+func nanotime() int64 { return int64(time.Since(clockBase)) }
