@@ -1,0 +1,184 @@
+package inventory
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func openTest(t *testing.T) (*DB, *clock, string) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
+	path := filepath.Join(t.TempDir(), "inventory.db")
+	d, err := Open(context.Background(), path, c.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, c, path
+}
+
+func TestMigrationsApplyOnce(t *testing.T) {
+	ctx := context.Background()
+	d, c, path := openTest(t)
+	if v, err := d.SchemaVersion(ctx); err != nil || v != len(migrations) {
+		t.Fatalf("schema version %d (%v), want %d", v, err, len(migrations))
+	}
+	if err := d.EnsureAccount(ctx, "acct1", "admin", HashPassword("password")); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d2, err := Open(ctx, path, c.now)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer d2.Close()
+	if _, err := d2.LogIn(ctx, "admin", HashPassword("password"), "s1", time.Hour); err != nil {
+		t.Fatalf("data lost across reopen: %v", err)
+	}
+	// A database from a newer build is refused, not damaged.
+	if _, err := d2.db.Exec(`PRAGMA user_version = 99`); err != nil {
+		t.Fatal(err)
+	}
+	d2.Close()
+	if _, err := Open(ctx, path, c.now); err == nil {
+		t.Fatal("opened a database with a newer schema")
+	}
+}
+
+func TestSessions(t *testing.T) {
+	ctx := context.Background()
+	d, c, _ := openTest(t)
+	if err := d.EnsureAccount(ctx, "acct1", "admin", HashPassword("password")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.LogIn(ctx, "admin", HashPassword("wrong"), "s0", time.Hour); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if _, err := d.LogIn(ctx, "nobody", HashPassword("password"), "s0", time.Hour); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("unknown account: %v", err)
+	}
+	s, err := d.LogIn(ctx, "admin", HashPassword("password"), "s1", 7200*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Expires.Sub(s.Created) != 7200*time.Second || s.AccountUUID != "acct1" {
+		t.Fatalf("session %+v", s)
+	}
+	if _, err := d.ValidSession(ctx, "s1"); err != nil {
+		t.Fatalf("fresh session invalid: %v", err)
+	}
+	c.add(7199 * time.Second)
+	if _, err := d.ValidSession(ctx, "s1"); err != nil {
+		t.Fatalf("session invalid before expiry: %v", err)
+	}
+	c.add(time.Second)
+	if _, err := d.ValidSession(ctx, "s1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired session: %v", err)
+	}
+	if n, err := d.PurgeExpiredSessions(ctx); err != nil || n != 1 {
+		t.Fatalf("purge: %d %v", n, err)
+	}
+	s2, _ := d.LogIn(ctx, "admin", HashPassword("password"), "s2", time.Hour)
+	if err := d.LogOut(ctx, s2.UUID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ValidSession(ctx, "s2"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("logged-out session: %v", err)
+	}
+	// Changing the password keeps the account.
+	if err := d.EnsureAccount(ctx, "other", "admin", HashPassword("new")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.LogIn(ctx, "admin", HashPassword("new"), "s3", time.Hour); err != nil {
+		t.Fatalf("new password: %v", err)
+	}
+}
+
+func TestJobsSurviveRestartAsFailed(t *testing.T) {
+	ctx := context.Background()
+	d, c, path := openTest(t)
+	if err := d.CreateJob(ctx, "j1", "CreateVolumeBackup", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateJob(ctx, "j2", "CreateVolumeBackup", "http://hook"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.FinishJob(ctx, "j2", []byte(`{"inventory":{}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.FinishJob(ctx, "j2", []byte(`{}`), nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("finishing a finished job: %v", err)
+	}
+	if err := d.CreateJob(ctx, "j1", "x", ""); err == nil {
+		t.Fatal("duplicate job id accepted")
+	}
+	d.Close() // the daemon dies with j1 running
+
+	d2, err := Open(ctx, path, c.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	n, err := d2.FailRunningJobs(ctx, []byte(`{"error":{"code":"SYS.1006"}}`))
+	if err != nil || n != 1 {
+		t.Fatalf("FailRunningJobs: %d %v", n, err)
+	}
+	j1, err := d2.GetJob(ctx, "j1")
+	if err != nil || j1.State != JobFailed || string(j1.Error) == "" {
+		t.Fatalf("j1 after restart: %+v %v", j1, err)
+	}
+	j2, _ := d2.GetJob(ctx, "j2")
+	if j2.State != JobSucceeded || string(j2.Result) != `{"inventory":{}}` || j2.Webhook != "http://hook" {
+		t.Fatalf("j2: %+v", j2)
+	}
+	c.add(3*time.Hour + time.Second)
+	if n, err := d2.PurgeJobs(ctx, 3*time.Hour); err != nil || n != 2 {
+		t.Fatalf("purge after 3 h: %d %v", n, err)
+	}
+	if _, err := d2.GetJob(ctx, "j1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("purged job: %v", err)
+	}
+}
+
+func TestConcurrentSessions(t *testing.T) {
+	ctx := context.Background()
+	d, _, _ := openTest(t)
+	_ = d.EnsureAccount(ctx, "acct1", "admin", HashPassword("password"))
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := "s" + string(rune('A'+i%26)) + string(rune('a'+i/26))
+			if _, err := d.LogIn(ctx, "admin", HashPassword("password"), id, time.Hour); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := d.ValidSession(ctx, id); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
