@@ -50,7 +50,9 @@ func (e *QueryError) Error() string { return fmt.Sprintf("query parameter %q: %s
 
 // ParseCondition parses one q= value.
 func ParseCondition(s string) (Condition, error) {
-	bad := func(reason string) (Condition, error) { return Condition{}, &QueryError{Param: "q=" + s, Reason: reason} }
+	bad := func(reason string) (Condition, error) {
+		return Condition{}, &QueryError{Param: "q=" + s, Reason: reason}
+	}
 	for _, suffix := range []string{" is null", " not null"} {
 		if strings.HasSuffix(s, suffix) {
 			f := strings.TrimSpace(strings.TrimSuffix(s, suffix))
