@@ -54,9 +54,10 @@ const SessionTTL = 7200 * time.Second
 
 // API serves ZStack's REST API under /zstack/v1.
 type API struct {
-	DB  *inventory.DB
-	Log *slog.Logger
-	mux *http.ServeMux
+	DB   *inventory.DB
+	Jobs *Jobs
+	Log  *slog.Logger
+	mux  *http.ServeMux
 }
 
 // Handler returns the API's routes.
@@ -207,7 +208,13 @@ func (a *API) pollJob(w http.ResponseWriter, r *http.Request) {
 	}
 	switch j.State {
 	case inventory.JobRunning:
-		writeZJSON(w, http.StatusAccepted, map[string]any{})
+		body := map[string]any{}
+		if a.Jobs != nil {
+			if p := a.Jobs.Progress(j.UUID); p != nil {
+				body["progress"] = map[string]int64{"done": p.Done(), "total": p.Total()}
+			}
+		}
+		writeZJSON(w, http.StatusAccepted, body)
 	case inventory.JobSucceeded:
 		w.Header().Set("Content-Type", "application/json;charset=UTF-8")
 		w.WriteHeader(http.StatusOK)
