@@ -1,0 +1,286 @@
+package inventory
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// BackupStorage is a registered backup storage (an ImageStore directory).
+type BackupStorage struct {
+	UUID       string
+	Name       string
+	Type       string // "ImageStoreBackupStorage"
+	URL        string
+	Hostname   string
+	Username   string
+	SystemTags string // JSON array
+	Created    time.Time
+	LastOp     time.Time
+}
+
+// Volume is a volume the daemon serves.
+type Volume struct {
+	UUID, Name, Path string
+	Size             int64
+	Type             string // Root | Data
+	State            string // Enabled | Disabled
+	Status           string // Ready | ...
+	Created, LastOp  time.Time
+}
+
+// VolumeBackup is a backup's inventory record.
+type VolumeBackup struct {
+	UUID, VolumeUUID, Name, Description string
+	Type, State, Status                 string
+	Size                                int64
+	Metadata                            string // JSON object
+	Mode                                string
+	UserTags                            string // JSON array
+	Created, LastOp                     time.Time
+	Refs                                []BackupStorageRef
+}
+
+// BackupStorageRef says where a backup is stored.
+type BackupStorageRef struct {
+	VolumeBackupUUID, BackupStorageUUID, InstallPath, Status string
+	Created, LastOp                                          time.Time
+}
+
+func ns(t time.Time) int64 { return t.UnixNano() }
+func tm(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+// AddBackupStorage records a backup storage.
+func (d *DB) AddBackupStorage(ctx context.Context, b *BackupStorage) error {
+	now := d.now().UTC()
+	b.Created, b.LastOp = now, now
+	if b.SystemTags == "" {
+		b.SystemTags = "[]"
+	}
+	_, err := d.db.ExecContext(ctx, `INSERT INTO backup_storages(uuid, name, type, url, hostname, username, system_tags, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)`, b.UUID, b.Name, b.Type, b.URL, b.Hostname, b.Username, b.SystemTags, ns(now), ns(now))
+	if err != nil {
+		return fmt.Errorf("backup storage %s: %w", b.UUID, err)
+	}
+	return nil
+}
+
+const storageCols = `uuid, name, type, url, COALESCE(hostname, ''), COALESCE(username, ''), system_tags, create_date, last_op_date`
+
+func scanStorage(row interface{ Scan(...any) error }) (*BackupStorage, error) {
+	var b BackupStorage
+	var c, l int64
+	if err := row.Scan(&b.UUID, &b.Name, &b.Type, &b.URL, &b.Hostname, &b.Username, &b.SystemTags, &c, &l); err != nil {
+		return nil, err
+	}
+	b.Created, b.LastOp = tm(c), tm(l)
+	return &b, nil
+}
+
+// GetBackupStorage returns one backup storage.
+func (d *DB) GetBackupStorage(ctx context.Context, uuid string) (*BackupStorage, error) {
+	b, err := scanStorage(d.db.QueryRowContext(ctx, `SELECT `+storageCols+` FROM backup_storages WHERE uuid = ?`, uuid))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return b, err
+}
+
+// DeleteBackupStorage removes a backup storage record.
+func (d *DB) DeleteBackupStorage(ctx context.Context, uuid string) error {
+	return d.deleteRow(ctx, "backup_storages", uuid)
+}
+
+func (d *DB) deleteRow(ctx context.Context, table, uuid string) error {
+	r, err := d.db.ExecContext(ctx, `DELETE FROM `+table+` WHERE uuid = ?`, uuid)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", table, uuid, err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// AddVolume records a volume.
+func (d *DB) AddVolume(ctx context.Context, v *Volume) error {
+	now := d.now().UTC()
+	v.Created, v.LastOp = now, now
+	_, err := d.db.ExecContext(ctx, `INSERT INTO volumes(uuid, name, path, size, type, state, status, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)`, v.UUID, v.Name, v.Path, v.Size, v.Type, v.State, v.Status, ns(now), ns(now))
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", v.UUID, err)
+	}
+	return nil
+}
+
+const volumeCols = `uuid, name, path, size, type, state, status, create_date, last_op_date`
+
+func scanVolume(row interface{ Scan(...any) error }) (*Volume, error) {
+	var v Volume
+	var c, l int64
+	if err := row.Scan(&v.UUID, &v.Name, &v.Path, &v.Size, &v.Type, &v.State, &v.Status, &c, &l); err != nil {
+		return nil, err
+	}
+	v.Created, v.LastOp = tm(c), tm(l)
+	return &v, nil
+}
+
+// GetVolume returns one volume.
+func (d *DB) GetVolume(ctx context.Context, uuid string) (*Volume, error) {
+	v, err := scanVolume(d.db.QueryRowContext(ctx, `SELECT `+volumeCols+` FROM volumes WHERE uuid = ?`, uuid))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return v, err
+}
+
+// DeleteVolume removes a volume record.
+func (d *DB) DeleteVolume(ctx context.Context, uuid string) error {
+	return d.deleteRow(ctx, "volumes", uuid)
+}
+
+// CreateVolumeBackup records a backup in status Creating with its
+// storage reference, in one transaction.
+func (d *DB) CreateVolumeBackup(ctx context.Context, b *VolumeBackup, ref BackupStorageRef) error {
+	now := d.now().UTC()
+	b.Created, b.LastOp = now, now
+	if b.UserTags == "" {
+		b.UserTags = "[]"
+	}
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO volume_backups(uuid, volume_uuid, name, description, type, state, status, size, metadata, mode, user_tags, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, b.UUID, b.VolumeUUID, b.Name, nullIfEmpty(b.Description), b.Type, b.State, b.Status, b.Size,
+		nullIfEmpty(b.Metadata), b.Mode, b.UserTags, ns(now), ns(now)); err != nil {
+		return fmt.Errorf("volume backup %s: %w", b.UUID, err)
+	}
+	ref.VolumeBackupUUID = b.UUID
+	ref.Created, ref.LastOp = now, now
+	if _, err := tx.ExecContext(ctx, `INSERT INTO volume_backup_refs(volume_backup_uuid, backup_storage_uuid, install_path, status, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?)`, ref.VolumeBackupUUID, ref.BackupStorageUUID, ref.InstallPath, ref.Status, ns(now), ns(now)); err != nil {
+		return fmt.Errorf("volume backup %s: %w", b.UUID, err)
+	}
+	b.Refs = []BackupStorageRef{ref}
+	return tx.Commit()
+}
+
+// FinishVolumeBackup sets a backup's status (and its refs'), size and
+// metadata in one transaction.
+func (d *DB) FinishVolumeBackup(ctx context.Context, uuid, status string, size int64, metadata string) error {
+	now := ns(d.now())
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	r, err := tx.ExecContext(ctx, `UPDATE volume_backups SET status = ?, size = ?, metadata = ?, last_op_date = ? WHERE uuid = ?`, status, size, nullIfEmpty(metadata), now, uuid)
+	if err != nil {
+		return fmt.Errorf("volume backup %s: %w", uuid, err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE volume_backup_refs SET status = ?, last_op_date = ? WHERE volume_backup_uuid = ?`, status, now, uuid); err != nil {
+		return fmt.Errorf("volume backup %s: %w", uuid, err)
+	}
+	return tx.Commit()
+}
+
+// DeleteVolumeBackup removes a backup record and its refs.
+func (d *DB) DeleteVolumeBackup(ctx context.Context, uuid string) error {
+	return d.deleteRow(ctx, "volume_backups", uuid)
+}
+
+// AbandonCreatingBackups removes backups a previous run left in Creating:
+// a backup is recorded Ready only after its manifest is durable, so one
+// still Creating never finished and must not be shown.
+func (d *DB) AbandonCreatingBackups(ctx context.Context) ([]string, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT uuid FROM volume_backups WHERE status = 'Creating'`)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	for _, id := range ids {
+		if err := d.DeleteVolumeBackup(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
+			return ids, err
+		}
+	}
+	return ids, nil
+}
+
+const backupCols = `uuid, volume_uuid, name, COALESCE(description, ''), type, state, status, size, COALESCE(metadata, ''), mode, user_tags, create_date, last_op_date`
+
+// QueryVolumeBackups runs a query (a WHERE clause and ORDER BY over the
+// volume_backups columns, values bound) and loads each backup's refs.
+// It returns the page and the total number of matches.
+func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, order string, limit, start int) ([]*VolumeBackup, int, error) {
+	var total int
+	if err := d.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM volume_backups`+where, args...).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("query volume backups: %w", err)
+	}
+	if order == "" {
+		order = " ORDER BY create_date"
+	}
+	q := `SELECT ` + backupCols + ` FROM volume_backups` + where + order + ` LIMIT ? OFFSET ?`
+	rows, err := d.db.QueryContext(ctx, q, append(append([]any{}, args...), limit, start)...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("query volume backups: %w", err)
+	}
+	defer rows.Close()
+	var out []*VolumeBackup
+	byID := map[string]*VolumeBackup{}
+	for rows.Next() {
+		var b VolumeBackup
+		var c, l int64
+		if err := rows.Scan(&b.UUID, &b.VolumeUUID, &b.Name, &b.Description, &b.Type, &b.State, &b.Status, &b.Size, &b.Metadata, &b.Mode, &b.UserTags, &c, &l); err != nil {
+			return nil, 0, err
+		}
+		b.Created, b.LastOp = tm(c), tm(l)
+		b.Refs = []BackupStorageRef{}
+		out = append(out, &b)
+		byID[b.UUID] = &b
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	if len(out) == 0 {
+		return out, total, nil
+	}
+	ph := strings.TrimSuffix(strings.Repeat("?,", len(out)), ",")
+	ids := make([]any, len(out))
+	for i, b := range out {
+		ids[i] = b.UUID
+	}
+	rrows, err := d.db.QueryContext(ctx, `SELECT volume_backup_uuid, backup_storage_uuid, install_path, status, create_date, last_op_date
+		FROM volume_backup_refs WHERE volume_backup_uuid IN (`+ph+`)`, ids...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rrows.Close()
+	for rrows.Next() {
+		var r BackupStorageRef
+		var c, l int64
+		if err := rrows.Scan(&r.VolumeBackupUUID, &r.BackupStorageUUID, &r.InstallPath, &r.Status, &c, &l); err != nil {
+			return nil, 0, err
+		}
+		r.Created, r.LastOp = tm(c), tm(l)
+		byID[r.VolumeBackupUUID].Refs = append(byID[r.VolumeBackupUUID].Refs, r)
+	}
+	return out, total, rrows.Err()
+}

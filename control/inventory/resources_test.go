@@ -1,0 +1,65 @@
+package inventory
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+func TestVolumeBackupRecords(t *testing.T) {
+	ctx := context.Background()
+	d, _, path := openTest(t)
+	bs := &BackupStorage{UUID: "bs1", Name: "store", Type: "ImageStoreBackupStorage", URL: "/srv/backup"}
+	if err := d.AddBackupStorage(ctx, bs); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := d.GetBackupStorage(ctx, "bs1"); err != nil || got.URL != "/srv/backup" || got.SystemTags != "[]" {
+		t.Fatalf("GetBackupStorage: %+v %v", got, err)
+	}
+	v := &Volume{UUID: "v1", Name: "data", Path: "/vol", Size: 1 << 30, Type: "Data", State: "Enabled", Status: "Ready"}
+	if err := d.AddVolume(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"backup-1", "backup-2", "other"} {
+		b := &VolumeBackup{UUID: "b" + string(rune('1'+i)), VolumeUUID: "v1", Name: name, Type: "Data", State: "Enabled", Status: "Creating", Mode: "full"}
+		if err := d.CreateVolumeBackup(ctx, b, BackupStorageRef{BackupStorageUUID: "bs1", InstallPath: "/srv/backup/manifests/" + b.UUID, Status: "Creating"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.FinishVolumeBackup(ctx, "b1", "Ready", 1<<30, `{"mode":"full"}`); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.FinishVolumeBackup(ctx, "b2", "Ready", 1<<30, `{}`); err != nil {
+		t.Fatal(err)
+	}
+	got, total, err := d.QueryVolumeBackups(ctx, " WHERE name LIKE ?", []any{"backup-%"}, " ORDER BY name DESC", 10, 0)
+	if err != nil || total != 2 || len(got) != 2 || got[0].Name != "backup-2" || len(got[0].Refs) != 1 || got[0].Refs[0].Status != "Ready" {
+		t.Fatalf("query: %v total %d err %v", got, total, err)
+	}
+	page, total, _ := d.QueryVolumeBackups(ctx, "", nil, "", 1, 1)
+	if total != 3 || len(page) != 1 {
+		t.Fatalf("paging: %d of %d", len(page), total)
+	}
+	// A restart abandons the backup still Creating, with its refs.
+	d.Close()
+	d2, err := Open(ctx, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	ids, err := d2.AbandonCreatingBackups(ctx)
+	if err != nil || len(ids) != 1 || ids[0] != "b3" {
+		t.Fatalf("abandon: %v %v", ids, err)
+	}
+	if _, total, _ := d2.QueryVolumeBackups(ctx, "", nil, "", 10, 0); total != 2 {
+		t.Fatalf("%d backups after abandoning, want 2", total)
+	}
+	var refs int
+	d2.db.QueryRow(`SELECT COUNT(*) FROM volume_backup_refs`).Scan(&refs)
+	if refs != 2 {
+		t.Fatalf("%d refs left, want 2 (cascade)", refs)
+	}
+	if err := d2.DeleteVolumeBackup(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("delete missing: %v", err)
+	}
+}
