@@ -56,6 +56,7 @@ const SessionTTL = 7200 * time.Second
 type API struct {
 	DB   *inventory.DB
 	Jobs *Jobs
+	Host *Host
 	Log  *slog.Logger
 	mux  *http.ServeMux
 }
@@ -70,6 +71,18 @@ func (a *API) Handler() http.Handler {
 	m.HandleFunc("DELETE /zstack/v1/accounts/sessions/{uuid}", a.logOut)
 	m.HandleFunc("GET /zstack/v1/accounts/sessions/{uuid}/valid", a.validateSession)
 	m.Handle("GET /zstack/v1/api-jobs/{uuid}", a.authed(a.pollJob))
+	if a.Host != nil && a.Jobs != nil {
+		m.Handle("POST /zstack/v1/backup-storage/image-store", a.authed(a.addImageStore))
+		m.Handle("GET /zstack/v1/backup-storage", a.authed(a.queryStorages))
+		m.Handle("GET /zstack/v1/backup-storage/{uuid}", a.authed(a.queryStorages))
+		m.Handle("POST /zstack/v1/volumes/data", a.authed(a.createDataVolume))
+		m.Handle("GET /zstack/v1/volumes", a.authed(a.queryVolumes))
+		m.Handle("GET /zstack/v1/volumes/{uuid}", a.authed(a.queryVolumes))
+		m.Handle("POST /zstack/v1/volumes/{volumeUuid}/volume-backups", a.authed(a.createVolumeBackup))
+		m.Handle("GET /zstack/v1/volume-backups", a.authed(a.queryVolumeBackups))
+		m.Handle("GET /zstack/v1/volume-backups/{uuid}", a.authed(a.queryVolumeBackups))
+		m.Handle("DELETE /zstack/v1/volume-backups/{uuid}", a.authed(a.deleteVolumeBackup))
+	}
 	a.mux = m
 	return m
 }

@@ -66,6 +66,7 @@ func newApp() *cli.App {
 			restoreCommand(),
 			lsCommand(),
 			verifyCommand(),
+			daemonCommand(),
 			serveCommand(),
 			demoCommand(),
 			benchCommand(),

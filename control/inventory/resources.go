@@ -284,3 +284,53 @@ func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, o
 	}
 	return out, total, rrows.Err()
 }
+
+// QueryUUIDs runs a query over table (a WHERE clause and ORDER BY built
+// from whitelisted columns, values bound) and returns the matching uuids of
+// the page and the total number of matches.
+func (d *DB) QueryUUIDs(ctx context.Context, table, where string, args []any, order string, limit, start int) ([]string, int, error) {
+	switch table {
+	case "backup_storages", "volumes", "volume_backups":
+	default:
+		return nil, 0, fmt.Errorf("query: unknown table %q", table)
+	}
+	var total int
+	if err := d.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table+where, args...).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("query %s: %w", table, err)
+	}
+	if order == "" {
+		order = " ORDER BY create_date"
+	}
+	rows, err := d.db.QueryContext(ctx, `SELECT uuid FROM `+table+where+order+` LIMIT ? OFFSET ?`, append(append([]any{}, args...), limit, start)...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("query %s: %w", table, err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, 0, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, total, rows.Err()
+}
+
+// ListVolumes returns every volume.
+func (d *DB) ListVolumes(ctx context.Context) ([]*Volume, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+volumeCols+` FROM volumes ORDER BY create_date`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Volume
+	for rows.Next() {
+		v, err := scanVolume(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/volback/volback/control"
+)
+
+func daemonCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "daemon",
+		Usage: "run the daemon: ZStack-compatible API, volumes over NBD, backup jobs",
+		Flags: []cli.Flag{
+			stateDirFlag,
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", Usage: "API address", EnvVars: []string{"VOLBACK_LISTEN"}},
+			&cli.StringFlag{Name: "nbd-listen", Usage: "unix:///PATH or tcp://HOST:PORT (default unix://<state-dir>/nbd.sock)"},
+			&cli.StringSliceFlag{Name: "volume", Usage: "UUID=PATH of an existing image or block device to register and export (repeatable)"},
+			&cli.StringFlag{Name: "admin-password", Usage: "the admin account's password (default \"password\")", EnvVars: []string{"VOLBACK_ADMIN_PASSWORD"}},
+			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
+		},
+		Action: func(c *cli.Context) error {
+			vols := map[string]string{}
+			for _, s := range c.StringSlice("volume") {
+				id, path, err := control.ParseVolumeFlag(s)
+				if err != nil {
+					return err
+				}
+				if _, dup := vols[id]; dup {
+					return errors.New("volume " + id + " given twice")
+				}
+				vols[id] = path
+			}
+			level := slog.LevelInfo
+			if c.Bool("debug") {
+				level = slog.LevelDebug
+			}
+			return control.RunDaemon(c.Context, control.DaemonConfig{
+				StateDir: c.String("state-dir"), Listen: c.String("listen"), NBDListen: c.String("nbd-listen"),
+				Volumes: vols, AdminPassword: c.String("admin-password"),
+				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+			})
+		},
+	}
+}
