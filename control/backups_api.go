@@ -86,6 +86,10 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	ticket, ok := a.Jobs.Accept(w, r)
+	if !ok {
+		return
+	}
 	ctx := r.Context()
 	volID := r.PathValue("volumeUuid")
 	vrec, err := a.DB.GetVolume(ctx, volID)
@@ -166,7 +170,7 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, apiErr(CodeInvalidArg, "cannot record the backup", err.Error()))
 		return
 	}
-	a.Jobs.Start(w, r, "CreateVolumeBackup", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
+	started := a.Jobs.Launch(w, r, ticket, "CreateVolumeBackup", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
 		fail := func(desc string, err error) (any, *ErrorCode) {
 			// No inventory is left in Creating: the record goes.
 			dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -201,6 +205,10 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		}
 		return map[string]any{"inventory": toBackupInventory(got[0])}, nil
 	})
+	if !started {
+		// The job could not be recorded: neither may the backup be.
+		_ = a.DB.DeleteVolumeBackup(context.WithoutCancel(ctx), id)
+	}
 }
 
 // mergeTags puts the request's tags after the storage's, dropping a

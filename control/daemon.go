@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/local"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/nbd"
 )
@@ -85,6 +86,10 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		return err
 	} else if len(ids) > 0 {
 		log.Warn("backups left unfinished by the last stop are dropped from the inventory", "backups", strings.Join(ids, ","))
+	}
+
+	if err := ensureDefaultStore(ctx, db, cfg.StateDir, log); err != nil {
+		return err
 	}
 
 	srv := nbd.NewServer()
@@ -200,4 +205,33 @@ func volumeSizeOf(path string) (int64, error) {
 	}
 	defer f.Close()
 	return f.Seek(0, io.SeekEnd)
+}
+
+// ensureDefaultStore gives a new daemon a local ImageStore backup storage
+// under its state directory, so backups work with no set-up.
+func ensureDefaultStore(ctx context.Context, db *inventory.DB, stateDir string, log *slog.Logger) error {
+	ids, _, err := db.QueryUUIDs(ctx, "backup_storages", "", nil, "", 1, 0)
+	if err != nil || len(ids) > 0 {
+		return err
+	}
+	dir := filepath.Join(stateDir, "imagestore")
+	s, err := local.Open(dir)
+	if err != nil {
+		return err
+	}
+	repo, err := chunkstore.Open(ctx, s)
+	if errors.Is(err, chunkstore.ErrNoRepository) {
+		repo, err = chunkstore.Init(ctx, s, chunkstore.InitOptions{})
+	}
+	if err != nil {
+		s.Close()
+		return fmt.Errorf("default image store %s: %w", dir, err)
+	}
+	repo.Close()
+	bs := &inventory.BackupStorage{UUID: chunkstore.NewID(), Name: "local", Type: "ImageStoreBackupStorage", URL: dir}
+	if err := db.AddBackupStorage(ctx, bs); err != nil {
+		return err
+	}
+	log.Info("created the default local ImageStore backup storage", "uuid", bs.UUID, "url", dir)
+	return nil
 }

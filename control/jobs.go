@@ -52,37 +52,59 @@ func (j *Jobs) init() {
 	})
 }
 
-// Start validates the request's job headers, records the job, answers 202
-// with its location and runs fn in the background.
-func (j *Jobs) Start(w http.ResponseWriter, r *http.Request, api string, fn JobFunc) {
+// JobTicket is a validated async request, ready to launch.
+type JobTicket struct {
+	id, hook string
+}
+
+// Accept validates the request's job headers (X-Job-UUID: 32 lowercase
+// hex digits, not in use; X-Web-Hook: an http(s) URL) and answers 400 if
+// they are wrong. Nothing is recorded yet, so a caller may still refuse
+// the request for its own reasons.
+func (j *Jobs) Accept(w http.ResponseWriter, r *http.Request) (*JobTicket, bool) {
 	j.init()
-	id := r.Header.Get("X-Job-UUID")
-	if id == "" {
-		id = chunkstore.NewID()
-	} else if chunkstore.ValidID(id) != nil {
+	t := &JobTicket{id: r.Header.Get("X-Job-UUID"), hook: r.Header.Get("X-Web-Hook")}
+	if t.id == "" {
+		t.id = chunkstore.NewID()
+	} else if chunkstore.ValidID(t.id) != nil {
 		badRequest(w, "X-Job-UUID must be 32 lowercase hex digits")
-		return
+		return nil, false
 	}
-	hook := r.Header.Get("X-Web-Hook")
-	if hook != "" {
-		if u, err := url.Parse(hook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if t.hook != "" {
+		if u, err := url.Parse(t.hook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			badRequest(w, "X-Web-Hook must be an http or https URL")
-			return
+			return nil, false
 		}
 	}
-	if _, err := j.DB.GetJob(r.Context(), id); err == nil {
-		badRequest(w, "X-Job-UUID "+id+" is already in use")
-		return
+	if _, err := j.DB.GetJob(r.Context(), t.id); err == nil {
+		badRequest(w, "X-Job-UUID "+t.id+" is already in use")
+		return nil, false
 	}
+	return t, true
+}
+
+// Start is Accept then Launch.
+func (j *Jobs) Start(w http.ResponseWriter, r *http.Request, api string, fn JobFunc) bool {
+	t, ok := j.Accept(w, r)
+	if !ok {
+		return false
+	}
+	return j.Launch(w, r, t, api, fn)
+}
+
+// Launch records the job, answers 202 with its location and runs fn in
+// the background. It returns false (having answered) if the job could not
+// be recorded, for example because a concurrent request took its id.
+func (j *Jobs) Launch(w http.ResponseWriter, r *http.Request, t *JobTicket, api string, fn JobFunc) bool {
+	j.init()
+	id, hook := t.id, t.hook
 	if err := j.DB.CreateJob(r.Context(), id, api, hook); err != nil {
-		// A concurrent request may have taken the id between the check
-		// and the insert: that is a duplicate too.
 		if _, gerr := j.DB.GetJob(r.Context(), id); gerr == nil {
 			badRequest(w, "X-Job-UUID "+id+" is already in use")
-			return
+			return false
 		}
 		writeZJSON(w, http.StatusServiceUnavailable, map[string]*ErrorCode{"error": apiErr(CodeInternal, "internal error", err.Error())})
-		return
+		return false
 	}
 	p := &dataplane.Progress{}
 	j.mu.Lock()
@@ -128,6 +150,7 @@ func (j *Jobs) Start(w http.ResponseWriter, r *http.Request, api string, fn JobF
 			j.callHook(hook, id, ecode == nil, body)
 		}
 	}()
+	return true
 }
 
 // Progress returns a running job's progress, or nil.

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type daemonProc struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	state   string
+	base    string // http://host:port/zstack/v1
+	session string
+	logPath string
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startDaemon(t *testing.T, state string, extra ...string) *daemonProc {
+	t.Helper()
+	addr := freePort(t)
+	logPath := filepath.Join(t.TempDir(), "daemon.log")
+	logf, _ := os.Create(logPath)
+	cmd := exec.Command(volbackBin, append([]string{"daemon", "--state-dir", state, "--listen", addr}, extra...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonProc{t: t, cmd: cmd, state: state, base: "http://" + addr + "/zstack/v1", logPath: logPath}
+	for i := 0; ; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		if i > 500 {
+			cmd.Process.Kill()
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("daemon did not start:\n%s", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			d.stop()
+		}
+	})
+	sum := sha512.Sum512([]byte("password"))
+	r := d.do("PUT", "/accounts/login", "", fmt.Sprintf(`{"logInByAccount":{"accountName":"admin","password":"%s"}}`, hex.EncodeToString(sum[:])), nil)
+	if r.status != 200 {
+		t.Fatalf("login: %d %s", r.status, r.body)
+	}
+	d.session = r.obj(t)["inventory"].(map[string]any)["uuid"].(string)
+	return d
+}
+
+func (d *daemonProc) stop() {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Wait(); err != nil {
+		b, _ := os.ReadFile(d.logPath)
+		d.t.Errorf("daemon exited with %v:\n%s", err, b)
+	}
+}
+
+type apiReply struct {
+	status int
+	body   []byte
+}
+
+func (r apiReply) obj(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Fatalf("reply %q: %v", r.body, err)
+	}
+	return m
+}
+
+func (d *daemonProc) do(method, path, auth, body string, headers map[string]string) apiReply {
+	d.t.Helper()
+	req, _ := http.NewRequest(method, d.base+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json;charset=UTF-8")
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return apiReply{resp.StatusCode, b}
+}
+
+// job posts an async API and polls its location until it ends.
+func (d *daemonProc) job(method, path, body string, headers map[string]string) apiReply {
+	d.t.Helper()
+	r := d.do(method, path, "OAuth "+d.session, body, headers)
+	if r.status != 202 {
+		return r
+	}
+	loc := r.obj(d.t)["location"].(string)
+	for i := 0; i < 3000; i++ {
+		req, _ := http.NewRequest("GET", loc, nil)
+		req.Header.Set("Authorization", "OAuth "+d.session)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 202 {
+			return apiReply{resp.StatusCode, b}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.t.Fatalf("job %s never ended", loc)
+	return apiReply{}
+}
+
+func zcode(t *testing.T, r apiReply) string {
+	t.Helper()
+	e, _ := r.obj(t)["error"].(map[string]any)
+	c, _ := e["code"].(string)
+	return c
+}
+
+// TestDaemonFlow drives the whole flow over real HTTP and a real NBD
+// connection: log in, add an ImageStore, create a volume, write to it over
+// NBD, back it up with the seed page's request as written, poll, query,
+// back up again (incremental), restore with the CLI, delete.
+func TestDaemonFlow(t *testing.T) {
+	requireTools(t, "qemu-io")
+	dir := t.TempDir()
+	d := startDaemon(t, filepath.Join(dir, "state"))
+	store := filepath.Join(dir, "store")
+	const bsUUID, volUUID = "1c4b0a3a24533c4faa9b156a0ef98fdf", "ec7196ba2d993236aceddd9b31f5d19b"
+
+	r := d.job("POST", "/backup-storage/image-store", fmt.Sprintf(`{"params":{"name":"store","url":"%s","resourceUuid":"%s"}}`, store, bsUUID), nil)
+	if r.status != 200 || r.obj(t)["inventory"].(map[string]any)["uuid"] != bsUUID {
+		t.Fatalf("AddImageStoreBackupStorage: %d %s", r.status, r.body)
+	}
+	r = d.job("POST", "/volumes/data", fmt.Sprintf(`{"params":{"name":"data","diskSize":6.7108864E7,"resourceUuid":"%s"}}`, volUUID), nil)
+	if r.status != 200 {
+		t.Fatalf("CreateDataVolume: %d %s", r.status, r.body)
+	}
+	uri := fmt.Sprintf("nbd+unix:///%s?socket=%s", volUUID, filepath.Join(d.state, "nbd.sock"))
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 8M", "-c", "write -P 0x33 40M 1M", uri)
+
+	// The seed's curl sample, as written (host and port aside).
+	seed := `{"params":{"backupStorageUuid":"1c4b0a3a24533c4faa9b156a0ef98fdf","name":"backup-1","description":"a critical volume backup"}}`
+	r = d.job("POST", "/volumes/"+volUUID+"/volume-backups", seed, nil)
+	if r.status != 200 {
+		t.Fatalf("CreateVolumeBackup: %d %s", r.status, r.body)
+	}
+	inv := r.obj(t)["inventory"].(map[string]any)
+	for _, f := range []string{"uuid", "volumeUuid", "name", "description", "type", "state", "status", "size", "metadata", "mode", "createDate", "lastOpDate", "backupStorageRefs"} {
+		if _, ok := inv[f]; !ok {
+			t.Errorf("inventory lacks %s: %s", f, r.body)
+		}
+	}
+	if inv["status"] != "Ready" || inv["size"] != float64(64<<20) || inv["volumeUuid"] != volUUID {
+		t.Fatalf("inventory: %s", r.body)
+	}
+	if _, err := time.Parse("Jan 2, 2006 3:04:05 PM", inv["createDate"].(string)); err != nil {
+		t.Errorf("createDate %q is not in Gson's format: %v", inv["createDate"], err)
+	}
+	var md map[string]any
+	if err := json.Unmarshal([]byte(inv["metadata"].(string)), &md); err != nil || md["mode"] != "full" || md["fullReason"] == nil {
+		t.Errorf("metadata %q: %v", inv["metadata"], err)
+	}
+	refs := inv["backupStorageRefs"].([]any)
+	ref := refs[0].(map[string]any)
+	if ref["backupStorageUuid"] != bsUUID || !strings.HasPrefix(ref["installPath"].(string), store) {
+		t.Errorf("backupStorageRefs: %v", refs)
+	}
+	id := inv["uuid"].(string)
+
+	for _, q := range []string{"q=name=backup-1", "q=volumeUuid=" + volUUID} {
+		r := d.do("GET", "/volume-backups?"+q, "OAuth "+d.session, "", nil)
+		invs, _ := r.obj(t)["inventories"].([]any)
+		if r.status != 200 || len(invs) != 1 || invs[0].(map[string]any)["uuid"] != id {
+			t.Errorf("QueryVolumeBackup %s: %d %s", q, r.status, r.body)
+		}
+	}
+	if r := d.do("GET", "/volume-backups/"+id, "OAuth "+d.session, "", nil); len(r.obj(t)["inventories"].([]any)) != 1 {
+		t.Errorf("GET /volume-backups/{uuid}: %s", r.body)
+	}
+
+	// Change 1 MiB, back up again: incremental, reads one chunk.
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x77 20M 1M", uri)
+	r = d.job("POST", "/volumes/"+volUUID+"/volume-backups", `{"params":{"backupStorageUuid":"`+bsUUID+`","name":"backup-2"}}`, nil)
+	if r.status != 200 {
+		t.Fatalf("second backup: %d %s", r.status, r.body)
+	}
+	inv2 := r.obj(t)["inventory"].(map[string]any)
+	json.Unmarshal([]byte(inv2["metadata"].(string)), &md)
+	if md["mode"] != "incremental" || md["chunksRead"] != float64(1) || md["parent"] != id {
+		t.Errorf("second backup metadata: %s", inv2["metadata"])
+	}
+
+	// The storage's url is a repository the CLI restores from as it is.
+	out := filepath.Join(dir, "restored.raw")
+	mustRun(t, "restore", "--repo", store, inv2["uuid"].(string), out)
+	live := filepath.Join(dir, "live.raw")
+	tool(t, time.Minute, "nbdcopy", uri, live)
+	if !sameFiles(t, out, live) {
+		t.Fatal("restored backup differs from the volume read over NBD")
+	}
+
+	r = d.job("DELETE", "/volume-backups/"+id, "", nil)
+	if r.status != 200 {
+		t.Fatalf("DeleteVolumeBackup: %d %s", r.status, r.body)
+	}
+	if r := d.do("GET", "/volume-backups?q=uuid="+id, "OAuth "+d.session, "", nil); len(r.obj(t)["inventories"].([]any)) != 0 {
+		t.Errorf("deleted backup still listed: %s", r.body)
+	}
+	if _, err := os.Stat(filepath.Join(store, "manifests", id)); !os.IsNotExist(err) {
+		t.Errorf("deleted backup's manifest still in the repository")
+	}
+}
+
+func TestDaemonErrors(t *testing.T) {
+	dir := t.TempDir()
+	d := startDaemon(t, filepath.Join(dir, "state"))
+	const bsUUID = "1c4b0a3a24533c4faa9b156a0ef98fdf"
+	if r := d.job("POST", "/backup-storage/image-store", fmt.Sprintf(`{"params":{"name":"s","url":"%s","resourceUuid":"%s"}}`, filepath.Join(dir, "store"), bsUUID), nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	vol := "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	if r := d.job("POST", "/volumes/data", `{"params":{"name":"v","diskSize":1048576,"resourceUuid":"`+vol+`"}}`, nil); r.status != 200 {
+		t.Fatalf("create volume: %d %s", r.status, r.body)
+	}
+	auth := "OAuth " + d.session
+	body := func(extra string) string {
+		return `{"params":{"backupStorageUuid":"` + bsUUID + `","name":"b"` + extra + `}}`
+	}
+	cases := []struct {
+		name, method, path, auth, body string
+		headers                        map[string]string
+		status                         int
+		code                           string
+	}{
+		{"no Authorization", "POST", "/volumes/" + vol + "/volume-backups", "", body(""), nil, 400, ""},
+		{"not OAuth", "POST", "/volumes/" + vol + "/volume-backups", "Basic x", body(""), nil, 400, ""},
+		{"unknown session", "POST", "/volumes/" + vol + "/volume-backups", "OAuth bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", body(""), nil, 503, "ID.1001"},
+		{"bad JSON", "POST", "/volumes/" + vol + "/volume-backups", auth, `{"params":`, nil, 400, ""},
+		{"unknown volume", "POST", "/volumes/cccccccccccccccccccccccccccccccc/volume-backups", auth, body(""), nil, 503, "SYS.1003"},
+		{"unknown storage", "POST", "/volumes/" + vol + "/volume-backups", auth, `{"params":{"backupStorageUuid":"dddddddddddddddddddddddddddddddd","name":"b"}}`, nil, 503, "SYS.1003"},
+		{"unknown tag", "POST", "/volumes/" + vol + "/volume-backups", auth, `{"params":{"backupStorageUuid":"` + bsUUID + `","name":"b"},"systemTags":["nope::x"]}`, nil, 503, "SYS.1007"},
+		{"bad parallelism", "POST", "/volumes/" + vol + "/volume-backups", auth, `{"params":{"backupStorageUuid":"` + bsUUID + `","name":"b"},"systemTags":["volumeLiveBackup::parallelismDegree::0"]}`, nil, 503, "SYS.1007"},
+		{"bad fsInfo", "POST", "/volumes/" + vol + "/volume-backups", auth, `{"params":{"backupStorageUuid":"` + bsUUID + `","name":"b"},"systemTags":["fsInfo::type::ftp::url::x"]}`, nil, 503, "SYS.1007"},
+		{"bad cidr", "POST", "/volumes/" + vol + "/volume-backups", auth, `{"params":{"backupStorageUuid":"` + bsUUID + `","name":"b"},"systemTags":["backup::network::cidr::10.0.0.0"]}`, nil, 503, "SYS.1007"},
+		{"bandwidth too low", "POST", "/volumes/" + vol + "/volume-backups", auth, body(`,"volumeReadBandwidth":100`), nil, 503, "SYS.1007"},
+		{"bad mode", "POST", "/volumes/" + vol + "/volume-backups", auth, body(`,"mode":"partial"`), nil, 503, "SYS.1007"},
+		{"bad X-Job-UUID", "POST", "/volumes/" + vol + "/volume-backups", auth, body(""), map[string]string{"X-Job-UUID": "nope"}, 400, ""},
+		{"bad query", "GET", "/volume-backups?q=nosuch=1", auth, "", nil, 503, "SYS.1007"},
+	}
+	for _, c := range cases {
+		r := d.do(c.method, c.path, c.auth, c.body, c.headers)
+		if r.status != c.status || (c.code != "" && zcode(t, r) != c.code) {
+			t.Errorf("%s: got %d %s, want %d %s", c.name, r.status, r.body, c.status, c.code)
+		}
+	}
+	// Duplicate X-Job-UUID: the second request with the same id is refused.
+	h := map[string]string{"X-Job-UUID": "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"}
+	if r := d.job("POST", "/volumes/"+vol+"/volume-backups", body(""), h); r.status != 200 {
+		t.Fatalf("backup with X-Job-UUID: %d %s", r.status, r.body)
+	}
+	if r := d.do("POST", "/volumes/"+vol+"/volume-backups", auth, body(""), h); r.status != 400 {
+		t.Errorf("duplicate X-Job-UUID: %d %s", r.status, r.body)
+	}
+	// Nothing failed above may leave an inventory behind.
+	r := d.do("GET", "/volume-backups?replyWithCount=true", auth, "", nil)
+	if r.obj(t)["total"] != float64(1) || bytes.Contains(r.body, []byte("Creating")) {
+		t.Errorf("inventory after the errors: %s", r.body)
+	}
+}
