@@ -53,9 +53,6 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:8080"
 	}
-	if cfg.NBDListen == "" {
-		cfg.NBDListen = "unix://" + filepath.Join(cfg.StateDir, "nbd.sock")
-	}
 	if cfg.AdminPassword == "" {
 		cfg.AdminPassword = "password"
 	}
@@ -66,6 +63,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	// directory of the next start.
 	if cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
 		return err
+	}
+	if cfg.NBDListen == "" {
+		cfg.NBDListen = "unix://" + filepath.Join(cfg.StateDir, "nbd.sock")
 	}
 	db, err := inventory.Open(ctx, filepath.Join(cfg.StateDir, "inventory.db"), nil)
 	if err != nil {
