@@ -172,6 +172,7 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 	}
 	started := a.Jobs.Launch(w, r, ticket, "CreateVolumeBackup", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
 		fail := func(desc string, err error) (any, *ErrorCode) {
+			a.Metrics.backupFailed()
 			// No inventory is left in Creating: the record goes.
 			dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -199,6 +200,7 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		if err := a.DB.FinishVolumeBackup(ctx, id, "Ready", m.Size, string(md)); err != nil {
 			return fail("cannot record the backup", err)
 		}
+		a.Metrics.backupDone(m.Mode, m.Stats.BytesRead, m.Stats.BytesStored, time.Since(start).Seconds())
 		got, _, err := a.DB.QueryVolumeBackups(ctx, " WHERE uuid = ?", []any{id}, "", 1, 0)
 		if err != nil || len(got) != 1 {
 			return fail("cannot read the backup back", fmt.Errorf("%v", err))

@@ -136,8 +136,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		log.Info("exporting volume", "volume", v.UUID, "path", v.Path, "size", v.Size)
 	}
 
-	jobs := &Jobs{DB: db, Log: log}
-	api := &API{DB: db, Jobs: jobs, Host: host, Log: log}
+	metrics := NewMetrics(srv)
+	jobs := &Jobs{DB: db, Log: log, Metrics: metrics}
+	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics}
 	nl, err := nbd.Listen(cfg.NBDListen)
 	if err != nil {
 		return err

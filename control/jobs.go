@@ -29,6 +29,8 @@ type Jobs struct {
 	HookRetries int
 	// HookBackoff is the first retry's delay, doubled each time; 0 means 1 s.
 	HookBackoff time.Duration
+	// Metrics, if set, counts running jobs.
+	Metrics *Metrics
 
 	once     sync.Once
 	ctx      context.Context
@@ -117,8 +119,10 @@ func (j *Jobs) Launch(w http.ResponseWriter, r *http.Request, t *JobTicket, api 
 	writeZJSON(w, http.StatusAccepted, map[string]string{"location": fmt.Sprintf("%s://%s/zstack/v1/api-jobs/%s", scheme, r.Host, id)})
 
 	j.wg.Add(1)
+	j.Metrics.jobStarted()
 	go func() {
 		defer j.wg.Done()
+		defer j.Metrics.jobEnded()
 		result, ecode := fn(j.ctx, p)
 		if ecode == nil && j.ctx.Err() != nil {
 			ecode = apiErr(CodeOperationFail, "operation failed", "the daemon is shutting down")

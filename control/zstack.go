@@ -54,11 +54,12 @@ const SessionTTL = 7200 * time.Second
 
 // API serves ZStack's REST API under /zstack/v1.
 type API struct {
-	DB   *inventory.DB
-	Jobs *Jobs
-	Host *Host
-	Log  *slog.Logger
-	mux  *http.ServeMux
+	DB      *inventory.DB
+	Jobs    *Jobs
+	Host    *Host
+	Metrics *Metrics
+	Log     *slog.Logger
+	mux     *http.ServeMux
 }
 
 // Handler returns the API's routes.
@@ -71,6 +72,9 @@ func (a *API) Handler() http.Handler {
 	m.HandleFunc("DELETE /zstack/v1/accounts/sessions/{uuid}", a.logOut)
 	m.HandleFunc("GET /zstack/v1/accounts/sessions/{uuid}/valid", a.validateSession)
 	m.Handle("GET /zstack/v1/api-jobs/{uuid}", a.authed(a.pollJob))
+	if a.Metrics != nil {
+		m.Handle("GET /metrics", a.Metrics.Handler())
+	}
 	if a.Host != nil && a.Jobs != nil {
 		m.Handle("POST /zstack/v1/backup-storage/image-store", a.authed(a.addImageStore))
 		m.Handle("GET /zstack/v1/backup-storage", a.authed(a.queryStorages))
@@ -102,6 +106,7 @@ func writeZJSON(w http.ResponseWriter, status int, v any) {
 
 // fail answers an API-level error: 503 with the error body, as ZStack does.
 func (a *API) fail(w http.ResponseWriter, e *ErrorCode) {
+	a.Metrics.apiError(e.Code)
 	writeZJSON(w, http.StatusServiceUnavailable, map[string]*ErrorCode{"error": e})
 }
 

@@ -231,6 +231,20 @@ func TestDaemonFlow(t *testing.T) {
 		t.Fatal("restored backup differs from the volume read over NBD")
 	}
 
+	// Prometheus metrics count the two backups and the NBD traffic.
+	resp, err := http.Get(strings.TrimSuffix(d.base, "/zstack/v1") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`volback_backups_total{mode="full",result="success"} 1`, `volback_backups_total{mode="incremental",result="success"} 1`,
+		"volback_nbd_requests_total", "volback_backup_duration_seconds_count 2"} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
 	r = d.job("DELETE", "/volume-backups/"+id, "", nil)
 	if r.status != 200 {
 		t.Fatalf("DeleteVolumeBackup: %d %s", r.status, r.body)
