@@ -395,3 +395,55 @@ func (a *API) createDataVolume(w http.ResponseWriter, r *http.Request) {
 		return map[string]any{"inventory": toVolumeInventory(v)}, nil
 	})
 }
+
+// deleteBackupStorage is DeleteBackupStorage: the record goes, together
+// with the inventory of its backups; the repository stays on disk, so it
+// can be added again (or to another daemon) later.
+func (a *API) deleteBackupStorage(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("uuid")
+	if _, err := a.DB.GetBackupStorage(r.Context(), id); errors.Is(err, inventory.ErrNotFound) {
+		a.fail(w, apiErr(CodeNotFound, "resource not found", "no backup storage "+id))
+		return
+	} else if err != nil {
+		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
+		return
+	}
+	a.Jobs.Start(w, r, "DeleteBackupStorage", func(ctx context.Context, _ *dataplane.Progress) (any, *ErrorCode) {
+		if err := a.DB.DeleteBackupStorageAndBackups(ctx, id); err != nil && !errors.Is(err, inventory.ErrNotFound) {
+			return nil, apiErr(CodeOperationFail, "cannot delete the backup storage", err.Error())
+		}
+		return map[string]any{}, nil
+	})
+}
+
+// deleteDataVolume is DeleteDataVolume: refused while NBD clients are
+// attached; the file goes if the daemon created it.
+func (a *API) deleteDataVolume(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("uuid")
+	v, err := a.DB.GetVolume(r.Context(), id)
+	if errors.Is(err, inventory.ErrNotFound) {
+		a.fail(w, apiErr(CodeNotFound, "resource not found", "no volume "+id))
+		return
+	} else if err != nil {
+		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
+		return
+	}
+	if n := a.Host.NBD.ConnectionsTo(id); n > 0 {
+		a.fail(w, apiErr(CodeOperationFail, "volume in use", fmt.Sprintf("%d NBD connections are attached to volume %s", n, id)))
+		return
+	}
+	a.Jobs.Start(w, r, "DeleteDataVolume", func(ctx context.Context, _ *dataplane.Progress) (any, *ErrorCode) {
+		if err := a.Host.CloseVolume(id); err != nil {
+			return nil, apiErr(CodeOperationFail, "cannot close the volume", err.Error())
+		}
+		if err := a.DB.DeleteVolume(ctx, id); err != nil && !errors.Is(err, inventory.ErrNotFound) {
+			return nil, apiErr(CodeOperationFail, "cannot delete the volume record", err.Error())
+		}
+		owned := filepath.Join(a.Host.StateDir, "volumes", id+".raw")
+		if v.Path == owned {
+			os.Remove(owned)
+			os.Remove(filepath.Join(a.Host.StateDir, "cbt", id+".cbt"))
+		}
+		return map[string]any{}, nil
+	})
+}

@@ -255,6 +255,55 @@ func TestDaemonFlow(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(store, "manifests", id)); !os.IsNotExist(err) {
 		t.Errorf("deleted backup's manifest still in the repository")
 	}
+
+	// A volume with an NBD client attached cannot be deleted.
+	if _, err := os.Stat("/usr/lib/python3/dist-packages/nbd.py"); err == nil {
+		// libnbd's Python module (nbdsh's engine) holds a connection.
+		hold := exec.Command("/usr/bin/python3", "-c", "import nbd, sys, time\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\ntime.sleep(3)", uri)
+		if err := hold.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Wait until the connection is up (the metrics count it).
+		for i := 0; ; i++ {
+			resp, err := http.Get(strings.TrimSuffix(d.base, "/zstack/v1") + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			mb, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(mb), "volback_nbd_connections 1") {
+				break
+			}
+			if i > 200 {
+				t.Fatal("nbdsh never connected")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if r := d.do("DELETE", "/volumes/"+volUUID, "OAuth "+d.session, "", nil); r.status != 503 || zcode(t, r) != "SYS.1006" {
+			t.Fatalf("delete of an attached volume: %d %s, want 503 SYS.1006", r.status, r.body)
+		}
+		hold.Wait()
+	}
+	if r := d.job("DELETE", "/volumes/"+volUUID, "", nil); r.status != 200 {
+		t.Fatalf("DeleteDataVolume: %d %s", r.status, r.body)
+	}
+	if r := d.do("GET", "/volumes/"+volUUID, "OAuth "+d.session, "", nil); len(r.obj(t)["inventories"].([]any)) != 0 {
+		t.Errorf("deleted volume still listed: %s", r.body)
+	}
+	if _, err := os.Stat(filepath.Join(d.state, "volumes", volUUID+".raw")); !os.IsNotExist(err) {
+		t.Errorf("deleted volume's file is still there")
+	}
+	// Deleting the storage drops its backups from the inventory but
+	// leaves the repository on disk.
+	if r := d.job("DELETE", "/backup-storage/"+bsUUID, "", nil); r.status != 200 {
+		t.Fatalf("DeleteBackupStorage: %d %s", r.status, r.body)
+	}
+	if r := d.do("GET", "/volume-backups?replyWithCount=true", "OAuth "+d.session, "", nil); r.obj(t)["total"] != float64(0) {
+		t.Errorf("backups of a deleted storage still listed: %s", r.body)
+	}
+	if _, err := os.Stat(filepath.Join(store, "config")); err != nil {
+		t.Errorf("deleting the storage removed its repository: %v", err)
+	}
 }
 
 func TestDaemonErrors(t *testing.T) {

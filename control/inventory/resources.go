@@ -334,3 +334,25 @@ func (d *DB) ListVolumes(ctx context.Context) ([]*Volume, error) {
 	}
 	return out, rows.Err()
 }
+
+// DeleteBackupStorageAndBackups removes a backup storage and the inventory
+// of the backups stored on it, in one transaction.
+func (d *DB) DeleteBackupStorageAndBackups(ctx context.Context, uuid string) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM volume_backups WHERE uuid IN
+		(SELECT volume_backup_uuid FROM volume_backup_refs WHERE backup_storage_uuid = ?)`, uuid); err != nil {
+		return fmt.Errorf("backup storage %s: %w", uuid, err)
+	}
+	r, err := tx.ExecContext(ctx, `DELETE FROM backup_storages WHERE uuid = ?`, uuid)
+	if err != nil {
+		return fmt.Errorf("backup storage %s: %w", uuid, err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return tx.Commit()
+}
