@@ -508,3 +508,59 @@ func TestDaemonConcurrency(t *testing.T) {
 	}
 	t.Logf("50 clients x 6 requests and 4 concurrent backups of 256 MiB volumes in %.2f s", time.Since(start).Seconds())
 }
+
+// TestSeedCurlSample sends the API page's curl sample as written (host,
+// port and session aside) with the real curl.
+func TestSeedCurlSample(t *testing.T) {
+	requireTools(t, "curl")
+	dir := t.TempDir()
+	d := startDaemon(t, filepath.Join(dir, "state"))
+	const bs, vol = "1c4b0a3a24533c4faa9b156a0ef98fdf", "ec7196ba2d993236aceddd9b31f5d19b"
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+filepath.Join(dir, "store")+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	if r := d.job("POST", "/volumes/data", `{"params":{"name":"v","diskSize":16777216,"resourceUuid":"`+vol+`"}}`, nil); r.status != 200 {
+		t.Fatalf("create volume: %d %s", r.status, r.body)
+	}
+	host := strings.TrimSuffix(strings.TrimPrefix(d.base, "http://"), "/zstack/v1")
+	out, err := exec.Command("curl", "-s", "-w", "\n%{http_code}",
+		"-H", "Content-Type: application/json;charset=UTF-8",
+		"-H", "Authorization: OAuth "+d.session,
+		"-X", "POST", "-d", `{"params":{"backupStorageUuid":"1c4b0a3a24533c4faa9b156a0ef98fdf","name":"backup-1","description":"a critical volume backup"}}`,
+		"http://"+host+"/zstack/v1/volumes/ec7196ba2d993236aceddd9b31f5d19b/volume-backups").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if lines[len(lines)-1] != "202" {
+		t.Fatalf("curl sample: %s", out)
+	}
+	var loc struct {
+		Location string `json:"location"`
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &loc); err != nil || !strings.Contains(loc.Location, "/zstack/v1/api-jobs/") {
+		t.Fatalf("curl sample body %q: %v", lines[0], err)
+	}
+	for i := 0; ; i++ {
+		out, err := exec.Command("curl", "-s", "-w", "\n%{http_code}", "-H", "Authorization: OAuth "+d.session, loc.Location).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if code := lines[len(lines)-1]; code == "200" {
+			if !strings.Contains(lines[0], `"name":"backup-1"`) || !strings.Contains(lines[0], `"status":"Ready"`) {
+				t.Fatalf("polled result: %s", lines[0])
+			}
+			break
+		} else if code != "202" || i > 500 {
+			t.Fatalf("polling: %s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, q := range []string{"q=name=backup-1", "q=volumeUuid=" + vol} {
+		r := d.do("GET", "/volume-backups?"+q, "OAuth "+d.session, "", nil)
+		if invs := r.obj(t)["inventories"].([]any); len(invs) != 1 {
+			t.Errorf("QueryVolumeBackup %s: %s", q, r.body)
+		}
+	}
+}
