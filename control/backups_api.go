@@ -11,6 +11,7 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/ratelimit"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
 )
@@ -66,6 +67,8 @@ type backupMetadata struct {
 	Seconds      float64 `json:"durationSeconds"`
 	FullReason   string  `json:"fullReason,omitempty"`
 	Parallelism  int     `json:"parallelismDegree,omitempty"`
+	// Bandwidth holds the limits the request set, in bytes per second.
+	Bandwidth map[string]int64 `json:"bandwidth,omitempty"`
 }
 
 // createVolumeBackup is CreateVolumeBackup (POST
@@ -113,6 +116,7 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", fmt.Sprintf("mode %q: want full, incremental or auto", p.Mode)))
 		return
 	}
+	bw := map[string]int64{}
 	for name, n := range map[string]json.Number{"volumeReadBandwidth": p.VolumeReadBandwidth, "volumeWriteBandwidth": p.VolumeWriteBandwidth,
 		"networkReadBandwidth": p.NetworkReadBandwidth, "networkWriteBandwidth": p.NetworkWriteBandwidth} {
 		v, err := intParam(n)
@@ -120,10 +124,7 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, apiErr(CodeInvalidArg, "invalid argument", name+" must be at least 1024 bytes per second"))
 			return
 		}
-		if v > 0 {
-			a.fail(w, apiErr(CodeInvalidArg, "invalid argument", name+": bandwidth limits are not supported by this version"))
-			return
-		}
+		bw[name] = v
 	}
 	bs, err := a.DB.GetBackupStorage(ctx, p.BackupStorageUUID)
 	if errors.Is(err, inventory.ErrNotFound) {
@@ -180,14 +181,23 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 			return nil, &ErrorCode{Code: CodeOperationFail, Description: desc, Details: err.Error(),
 				Cause: apiErr(CodeInternal, "cause", err.Error())}
 		}
-		repo, err := local.OpenRepository(ctx, bs.URL)
+		// The target's bandwidth limits wrap the store; the volume's read
+		// limit is the backup's own. volumeWriteBandwidth limits writes to
+		// the volume, which a backup does not make.
+		st, err := local.Open(bs.URL)
 		if err != nil {
+			return fail("cannot open the backup storage "+bs.UUID, err)
+		}
+		repo, err := chunkstore.Open(ctx, ratelimit.New(st, bw["networkWriteBandwidth"], bw["networkReadBandwidth"]))
+		if err != nil {
+			st.Close()
 			return fail("cannot open the backup storage "+bs.UUID, err)
 		}
 		defer repo.Close()
 		start := time.Now()
 		m, err := vol.Backup(ctx, repo, dataplane.LiveBackupOptions{
-			Chain: bs.UUID, Mode: p.Mode, ID: id, Parallelism: tags.Parallelism, Progress: prog,
+			ReadBytesPerSec: bw["volumeReadBandwidth"],
+			Chain:           bs.UUID, Mode: p.Mode, ID: id, Parallelism: tags.Parallelism, Progress: prog,
 			Meta: map[string]string{"name": p.Name, "description": p.Description, "backupStorageUuid": bs.UUID},
 		})
 		if err != nil {
@@ -196,7 +206,8 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		md, _ := json.Marshal(backupMetadata{Mode: m.Mode, Parent: m.Parent, BytesRead: m.Stats.BytesRead,
 			BytesStored: m.Stats.BytesStored, ChunksTotal: m.Stats.ChunksTotal, ChunksRead: m.Stats.ChunksRead,
 			ChunksNew: m.Stats.ChunksNew, ChunksZero: m.Stats.ChunksZero, ChunksReused: m.Stats.ChunksReused,
-			Seconds: time.Since(start).Seconds(), FullReason: m.Meta["fullReason"], Parallelism: tags.Parallelism})
+			Seconds: time.Since(start).Seconds(), FullReason: m.Meta["fullReason"], Parallelism: tags.Parallelism,
+			Bandwidth: nonZero(bw)})
 		if err := a.DB.FinishVolumeBackup(ctx, id, "Ready", m.Size, string(md)); err != nil {
 			return fail("cannot record the backup", err)
 		}
@@ -304,4 +315,17 @@ func (a *API) deleteVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		}
 		return map[string]any{}, nil
 	})
+}
+
+func nonZero(m map[string]int64) map[string]int64 {
+	out := map[string]int64{}
+	for k, v := range m {
+		if v > 0 {
+			out[k] = v
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }

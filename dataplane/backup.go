@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/ratelimit"
 )
 
 // Backup modes recorded in manifests.
@@ -34,6 +35,9 @@ type BackupOptions struct {
 	Meta map[string]string
 	// Progress, if set, counts the bytes read.
 	Progress *Progress
+	// ReadBytesPerSec, if positive, limits how fast the volume is read
+	// (ZStack's volumeReadBandwidth), across all workers.
+	ReadBytesPerSec int64
 	// Pace, if set, runs after a worker stores a chunk of n bytes (a live
 	// backup uses it to yield the disk to guest writes).
 	Pace func(n int64)
@@ -155,11 +159,15 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	}
 	opts.Progress.SetTotal(total)
 
+	readLimit := ratelimit.NewLimiter(opts.ReadBytesPerSec)
 	stats := make([]workerStats, workers(opts.Parallelism, len(toRead)))
 	err := forEachChunkNice(ctx, opts.Nice, opts.Parallelism, 0, toRead, repo.NewChunkBuffer, func(ctx context.Context, w, i int, buf []byte) error {
 		st := &stats[w]
 		off := int64(i) * int64(chunkSize)
 		data := buf[:chunkLen(i)]
+		if err := ratelimit.Wait(ctx, readLimit, len(data)); err != nil {
+			return err
+		}
 		if err := readFull(src, data, off); err != nil {
 			return fmt.Errorf("volume %s: %w", opts.VolumeID, err)
 		}

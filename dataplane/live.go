@@ -28,6 +28,8 @@ type LiveBackupOptions struct {
 	Progress    *Progress
 	// SpillDir holds copy-before-write data beyond memory; "" = TMPDIR.
 	SpillDir string
+	// ReadBytesPerSec limits how fast the volume is read (0 = no limit).
+	ReadBytesPerSec int64
 }
 
 // liveBackupNice is the nice value of live backup workers: guest I/O
@@ -166,7 +168,7 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 	m, err := Backup(ctx, repo, snap, v.size, BackupOptions{
 		ID: opts.ID, VolumeID: v.ID, Parallelism: opts.Parallelism,
 		Parent: parent, Changed: changed, Plan: plan, Meta: meta, Progress: opts.Progress,
-		Nice: liveBackupNice, Pace: v.pace,
+		Nice: liveBackupNice, Pace: v.pace, ReadBytesPerSec: opts.ReadBytesPerSec,
 	})
 	v.gate.Lock()
 	if err != nil {

@@ -564,3 +564,39 @@ func TestSeedCurlSample(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonBandwidthLimits: volumeReadBandwidth and networkWriteBandwidth
+// hold a backup to about size / limit.
+func TestDaemonBandwidthLimits(t *testing.T) {
+	requireTools(t, "nbdcopy")
+	dir := t.TempDir()
+	d := startDaemon(t, filepath.Join(dir, "state"))
+	const bs, vol = "1c4b0a3a24533c4faa9b156a0ef98fdf", "ec7196ba2d993236aceddd9b31f5d19b"
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+filepath.Join(dir, "store")+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	if r := d.job("POST", "/volumes/data", `{"params":{"name":"v","diskSize":16777216,"resourceUuid":"`+vol+`"}}`, nil); r.status != 200 {
+		t.Fatalf("create volume: %d %s", r.status, r.body)
+	}
+	uri := fmt.Sprintf("nbd+unix:///%s?socket=%s", vol, filepath.Join(d.state, "nbd.sock"))
+	for i, limit := range []string{"volumeReadBandwidth", "networkWriteBandwidth"} {
+		// New random data each time, so every chunk is read and stored.
+		src := filepath.Join(dir, "src.raw")
+		mustRun(t, "bench", "image", "--size", "16MiB", "--seed", fmt.Sprint(40+i), "--pattern", "r", src)
+		tool(t, time.Minute, "nbdcopy", src, uri)
+		start := time.Now()
+		r := d.job("POST", "/volumes/"+vol+"/volume-backups", `{"params":{"backupStorageUuid":"`+bs+`","name":"limited","mode":"full","`+limit+`":8388608}}`, nil)
+		took := time.Since(start)
+		if r.status != 200 {
+			t.Fatalf("%s: %d %s", limit, r.status, r.body)
+		}
+		// 16 MiB at 8 MiB/s: about 2 s (less the first burst).
+		if took < 1500*time.Millisecond || took > 6*time.Second {
+			t.Errorf("%s 8 MiB/s: 16 MiB took %s, want about 2 s", limit, took)
+		}
+		if !strings.Contains(r.obj(t)["inventory"].(map[string]any)["metadata"].(string), limit) {
+			t.Errorf("metadata does not record %s", limit)
+		}
+		t.Logf("%s = 8 MiB/s: 16 MiB backed up in %.2f s", limit, took.Seconds())
+	}
+}
