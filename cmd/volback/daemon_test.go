@@ -600,3 +600,54 @@ func TestDaemonBandwidthLimits(t *testing.T) {
 		t.Logf("%s = 8 MiB/s: 16 MiB backed up in %.2f s", limit, took.Seconds())
 	}
 }
+
+// TestDaemonBackupFailsMidway: the storage fills up (a small tmpfs) in the
+// middle of a backup. The job fails with 503 and the cause, no inventory is
+// left in Creating, and the next backup still reads every change.
+func TestDaemonBackupFailsMidway(t *testing.T) {
+	requireRoot(t)
+	requireTools(t, "nbdcopy", "mount", "umount")
+	dir := t.TempDir()
+	small := filepath.Join(dir, "small")
+	os.MkdirAll(small, 0o755)
+	run0(t, "mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", small)
+	defer exec.Command("umount", small).Run()
+
+	d := startDaemon(t, filepath.Join(dir, "state"))
+	const bs, vol = "1c4b0a3a24533c4faa9b156a0ef98fdf", "ec7196ba2d993236aceddd9b31f5d19b"
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"small","url":"`+small+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	if r := d.job("POST", "/volumes/data", `{"params":{"name":"v","diskSize":67108864,"resourceUuid":"`+vol+`"}}`, nil); r.status != 200 {
+		t.Fatalf("create volume: %d %s", r.status, r.body)
+	}
+	src := filepath.Join(dir, "src.raw")
+	mustRun(t, "bench", "image", "--size", "64MiB", "--seed", "50", "--pattern", "r", src)
+	uri := fmt.Sprintf("nbd+unix:///%s?socket=%s", vol, filepath.Join(d.state, "nbd.sock"))
+	tool(t, time.Minute, "nbdcopy", src, uri)
+
+	r := d.job("POST", "/volumes/"+vol+"/volume-backups", `{"params":{"backupStorageUuid":"`+bs+`","name":"too-big"}}`, nil)
+	if r.status != 503 || zcode(t, r) != "SYS.1006" {
+		t.Fatalf("backup into a full storage: %d %s, want 503 SYS.1006", r.status, r.body)
+	}
+	if !strings.Contains(string(r.body), "no space left") || !strings.Contains(string(r.body), "cause") {
+		t.Errorf("the error does not carry the cause: %s", r.body)
+	}
+	if l := d.do("GET", "/volume-backups?replyWithCount=true", "OAuth "+d.session, "", nil); l.obj(t)["total"] != float64(0) {
+		t.Errorf("inventory after the failure: %s", l.body)
+	}
+	// A roomy storage takes the next backup of the volume whole.
+	const bs2 = "2c4b0a3a24533c4faa9b156a0ef98fdf"
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"big","url":"`+filepath.Join(dir, "big")+`","resourceUuid":"`+bs2+`"}}`, nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	r = d.job("POST", "/volumes/"+vol+"/volume-backups", `{"params":{"backupStorageUuid":"`+bs2+`","name":"fits"}}`, nil)
+	if r.status != 200 {
+		t.Fatalf("backup into a roomy storage: %d %s", r.status, r.body)
+	}
+	out := filepath.Join(dir, "out.raw")
+	mustRun(t, "restore", "--repo", filepath.Join(dir, "big"), r.obj(t)["inventory"].(map[string]any)["uuid"].(string), out)
+	if !sameFiles(t, src, out) {
+		t.Fatal("restored backup differs from the volume")
+	}
+}
