@@ -151,10 +151,8 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", "backup::network::cidr is not supported by this version"))
 		return
 	}
-	id := p.ResourceUUID
-	if id == "" {
-		id = chunkstore.NewID()
-	} else if chunkstore.ValidID(id) != nil {
+	id, ok := resourceID(p.ResourceUUID)
+	if !ok {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "resourceUuid must be 32 lowercase hex digits"))
 		return
 	}

@@ -172,10 +172,8 @@ func (a *API) addImageStore(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "name is required and url must be an absolute directory path"))
 		return
 	}
-	id := p.ResourceUUID
-	if id == "" {
-		id = chunkstore.NewID()
-	} else if chunkstore.ValidID(id) != nil {
+	id, ok := resourceID(p.ResourceUUID)
+	if !ok {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "resourceUuid must be 32 lowercase hex digits"))
 		return
 	}
@@ -360,10 +358,8 @@ func (a *API) createDataVolume(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "name is required"))
 		return
 	}
-	id := p.ResourceUUID
-	if id == "" {
-		id = chunkstore.NewID()
-	} else if chunkstore.ValidID(id) != nil {
+	id, ok := resourceID(p.ResourceUUID)
+	if !ok {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "resourceUuid must be 32 lowercase hex digits"))
 		return
 	}
@@ -446,4 +442,13 @@ func (a *API) deleteDataVolume(w http.ResponseWriter, r *http.Request) {
 		}
 		return map[string]any{}, nil
 	})
+}
+
+// resourceID returns the requested resourceUuid, or a fresh one when none
+// was given; ok is false for a malformed one.
+func resourceID(requested string) (id string, ok bool) {
+	if requested == "" {
+		return chunkstore.NewID(), true
+	}
+	return requested, chunkstore.ValidID(requested) == nil
 }

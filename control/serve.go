@@ -50,6 +50,23 @@ func ParseVolumeFlag(s string) (id, path string, err error) {
 	return id, path, nil
 }
 
+// ParseVolumeFlags parses repeated UUID=PATH flags; a UUID given twice is
+// an error.
+func ParseVolumeFlags(flags []string) (map[string]string, error) {
+	vols := map[string]string{}
+	for _, f := range flags {
+		id, path, err := ParseVolumeFlag(f)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := vols[id]; dup {
+			return nil, fmt.Errorf("--volume %s given twice", id)
+		}
+		vols[id] = path
+	}
+	return vols, nil
+}
+
 // Serve exports the volumes over NBD and offers the local admin API until
 // ctx is done, then stops accepting, waits for requests in flight, and
 // closes every volume cleanly (persisting its changed-block maps).

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"log/slog"
 	"os"
 
@@ -23,16 +22,9 @@ func daemonCommand() *cli.Command {
 			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
 		},
 		Action: func(c *cli.Context) error {
-			vols := map[string]string{}
-			for _, s := range c.StringSlice("volume") {
-				id, path, err := control.ParseVolumeFlag(s)
-				if err != nil {
-					return err
-				}
-				if _, dup := vols[id]; dup {
-					return errors.New("volume " + id + " given twice")
-				}
-				vols[id] = path
+			vols, err := control.ParseVolumeFlags(c.StringSlice("volume"))
+			if err != nil {
+				return err
 			}
 			level := slog.LevelInfo
 			if c.Bool("debug") {

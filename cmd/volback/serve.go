@@ -28,16 +28,9 @@ func serveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
 		},
 		Action: func(c *cli.Context) error {
-			vols := map[string]string{}
-			for _, s := range c.StringSlice("volume") {
-				id, path, err := control.ParseVolumeFlag(s)
-				if err != nil {
-					return err
-				}
-				if _, dup := vols[id]; dup {
-					return errors.New("volume " + id + " given twice")
-				}
-				vols[id] = path
+			vols, err := control.ParseVolumeFlags(c.StringSlice("volume"))
+			if err != nil {
+				return err
 			}
 			if len(vols) == 0 {
 				return errors.New("serve needs at least one --volume UUID=PATH")
