@@ -277,6 +277,21 @@ func (r *Repository) LoadManifest(ctx context.Context, id string) (*Manifest, er
 	return m, nil
 }
 
+// HasManifest reports whether backup id's manifest is stored.
+func (r *Repository) HasManifest(ctx context.Context, id string) (bool, error) {
+	if err := ValidID(id); err != nil {
+		return false, fmt.Errorf("backup %q: %w", id, err)
+	}
+	_, err := r.store.Stat(ctx, manifestPrefix+id)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("backup %s: %w", id, err)
+	}
+	return true, nil
+}
+
 // DeleteManifest removes backup id's manifest. Its chunks stay until a
 // garbage collection finds no manifest that names them.
 func (r *Repository) DeleteManifest(ctx context.Context, id string) error {

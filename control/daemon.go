@@ -31,6 +31,9 @@ type DaemonConfig struct {
 	// "password", as ZStack's.
 	AdminPassword string
 	Logger        *slog.Logger
+	// GCInterval is how often every backup storage is garbage collected;
+	// 0 means never (ReclaimSpaceFromImageStore still runs one).
+	GCInterval time.Duration
 	// Ready, if set, is called with the API's address once it listens.
 	Ready func(apiAddr string)
 }
@@ -86,6 +89,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		return err
 	} else if len(ids) > 0 {
 		log.Warn("backups left unfinished by the last stop are dropped from the inventory", "backups", strings.Join(ids, ","))
+		dropMarkers(ctx, db, ids, log)
 	}
 
 	if err := ensureDefaultStore(ctx, db, cfg.StateDir, log); err != nil {
@@ -174,6 +178,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 			}
 		}
 	}()
+	if cfg.GCInterval > 0 {
+		go collectEvery(ctx, db, metrics, log, cfg.GCInterval)
+	}
 	log.Info("volback daemon serving", "api", "http://"+hl.Addr().String()+"/zstack/v1", "nbd", cfg.NBDListen, "state", cfg.StateDir)
 	if cfg.Ready != nil {
 		cfg.Ready(hl.Addr().String())

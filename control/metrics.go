@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/nbd"
 )
 
@@ -20,6 +21,9 @@ type Metrics struct {
 	duration    prometheus.Histogram
 	jobsRunning prometheus.Gauge
 	apiErrors   *prometheus.CounterVec
+	gcRuns      prometheus.Counter
+	gcFreed     prometheus.Counter
+	gcChunks    prometheus.Counter
 }
 
 // NewMetrics registers the daemon's metrics, including the NBD server's
@@ -47,7 +51,10 @@ func NewMetrics(srv *nbd.Server) *Metrics {
 			Name: "volback_api_errors_total", Help: "API requests answered with an error, by code.",
 		}, []string{"code"}),
 	}
-	m.reg.MustRegister(m.backups, m.bytesRead, m.bytesStored, m.duration, m.jobsRunning, m.apiErrors,
+	m.gcRuns = prometheus.NewCounter(prometheus.CounterOpts{Name: "volback_gc_runs_total", Help: "Garbage collections finished."})
+	m.gcFreed = prometheus.NewCounter(prometheus.CounterOpts{Name: "volback_gc_freed_bytes_total", Help: "Encoded bytes of chunks deleted by garbage collection."})
+	m.gcChunks = prometheus.NewCounter(prometheus.CounterOpts{Name: "volback_gc_deleted_chunks_total", Help: "Chunks deleted by garbage collection."})
+	m.reg.MustRegister(m.backups, m.bytesRead, m.bytesStored, m.duration, m.jobsRunning, m.apiErrors, m.gcRuns, m.gcFreed, m.gcChunks,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if srv != nil {
 		st := &srv.Stats
@@ -104,4 +111,13 @@ func (m *Metrics) jobEnded() {
 	if m != nil {
 		m.jobsRunning.Dec()
 	}
+}
+
+func (m *Metrics) gcDone(r *chunkstore.GCReport) {
+	if m == nil || r == nil || r.DryRun {
+		return
+	}
+	m.gcRuns.Inc()
+	m.gcFreed.Add(float64(r.BytesDeleted))
+	m.gcChunks.Add(float64(r.ChunksDeleted))
 }

@@ -231,6 +231,38 @@ var backupSchema = Schema{Table: "volume_backups", Fields: map[string]SchemaFiel
 	"createDate": {Column: "create_date", Kind: KindInt}, "lastOpDate": {Column: "last_op_date", Kind: KindInt},
 }}
 
+var userTagSchema = Schema{Table: "user_tags", Fields: map[string]SchemaField{
+	"uuid": {Column: "uuid"}, "resourceUuid": {Column: "resource_uuid"}, "resourceType": {Column: "resource_type"},
+	"tag": {Column: "tag"}, "createDate": {Column: "create_date", Kind: KindInt}, "lastOpDate": {Column: "last_op_date", Kind: KindInt},
+}}
+
+type userTagInventory struct {
+	UUID         string `json:"uuid"`
+	ResourceUUID string `json:"resourceUuid"`
+	ResourceType string `json:"resourceType"`
+	Tag          string `json:"tag"`
+	Type         string `json:"type"`
+	CreateDate   string `json:"createDate"`
+	LastOpDate   string `json:"lastOpDate"`
+}
+
+// queryUserTags is QueryUserTag: the userTags given to CreateVolumeBackup,
+// one resource each, as ZStack keeps them.
+func (a *API) queryUserTags(w http.ResponseWriter, r *http.Request) {
+	a.query(w, r, userTagSchema, func(ctx context.Context, ids []string) ([]any, error) {
+		tags, err := a.DB.GetUserTags(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]any, 0, len(tags))
+		for _, t := range tags {
+			out = append(out, userTagInventory{UUID: t.UUID, ResourceUUID: t.ResourceUUID, ResourceType: t.ResourceType,
+				Tag: t.Tag, Type: "User", CreateDate: gson(t.Created), LastOpDate: gson(t.LastOp)})
+		}
+		return out, nil
+	})
+}
+
 // query runs a ZStack query against a table and answers {"inventories":
 // [...], "total": N}; load turns a uuid into its inventory.
 func (a *API) query(w http.ResponseWriter, r *http.Request, s Schema, load func(context.Context, []string) ([]any, error)) {

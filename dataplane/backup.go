@@ -49,6 +49,10 @@ type BackupOptions struct {
 	Plan *Plan
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// Lease, if set, is the caller's marker for this backup (see
+	// chunkstore.Repository.BeginBackup), taken before it chose Parent;
+	// nil means Backup takes and releases its own.
+	Lease *chunkstore.Lease
 }
 
 // Plan says which chunks a backup reads.
@@ -114,6 +118,31 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 		id = chunkstore.NewID()
 	} else if err := chunkstore.ValidID(id); err != nil {
 		return nil, fmt.Errorf("backup of volume %s: %w", opts.VolumeID, err)
+	}
+	// Announce the backup to garbage collections (here or on other hosts)
+	// before trusting any stored chunk: from now on none is deleted.
+	lease := opts.Lease
+	if lease == nil {
+		var err error
+		if lease, err = repo.BeginBackup(ctx, id); err != nil {
+			return nil, fmt.Errorf("backup %s of volume %s: %w", id, opts.VolumeID, err)
+		}
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			_ = lease.Release(rctx)
+			cancel()
+		}()
+	}
+	if p := opts.Parent; p != nil {
+		// The parent's chunks are reused unread: it must still exist now
+		// that no collection can run, or they may be gone.
+		ok, err := repo.HasManifest(ctx, p.ID)
+		if err != nil {
+			return nil, fmt.Errorf("backup %s of volume %s: %w", id, opts.VolumeID, err)
+		}
+		if !ok {
+			return nil, fmt.Errorf("backup %s of volume %s: parent backup %s was deleted as the backup started; the next backup reads the whole volume", id, opts.VolumeID, p.ID)
+		}
 	}
 	chunkSize := repo.ChunkSize()
 	nChunks := chunkstore.ChunkCount(size, chunkSize)

@@ -203,6 +203,18 @@ func TestIncremental(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "outside") {
 				t.Fatalf("extent past the end: got %v", err)
 			}
+			// A parent deleted (and so perhaps collected) before the
+			// backup announced itself is refused: its chunks are reused
+			// unread.
+			if err := r.DeleteManifest(ctx, m2.ID); err != nil {
+				t.Fatal(err)
+			}
+			_, err = dataplane.Backup(ctx, r, bytes.NewReader(grown), int64(len(grown)), dataplane.BackupOptions{
+				VolumeID: "v", Parent: m2, Changed: []dataplane.Extent{},
+			})
+			if err == nil || !strings.Contains(err.Error(), "parent backup "+m2.ID+" was deleted") {
+				t.Fatalf("deleted parent: got %v", err)
+			}
 		})
 	}
 }

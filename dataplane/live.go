@@ -73,6 +73,22 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 		v.mu.Unlock()
 	}()
 
+	id := opts.ID
+	if id == "" {
+		id = chunkstore.NewID()
+	}
+	// Hold off garbage collection before choosing the parent: its chunks
+	// are reused unread.
+	lease, err := repo.BeginBackup(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", v.ID, err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_ = lease.Release(rctx)
+		cancel()
+	}()
+
 	// Find the parent before freezing: loading a manifest is I/O, and
 	// writes must not wait for it.
 	v.gate.RLock()
@@ -166,7 +182,7 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 		meta["fullReason"] = fullReason
 	}
 	m, err := Backup(ctx, repo, snap, v.size, BackupOptions{
-		ID: opts.ID, VolumeID: v.ID, Parallelism: opts.Parallelism,
+		ID: id, Lease: lease, VolumeID: v.ID, Parallelism: opts.Parallelism,
 		Parent: parent, Changed: changed, Plan: plan, Meta: meta, Progress: opts.Progress,
 		Nice: liveBackupNice, Pace: v.pace, ReadBytesPerSec: opts.ReadBytesPerSec,
 	})

@@ -3,6 +3,7 @@ package main
 import (
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -19,6 +20,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "nbd-listen", Usage: "unix:///PATH or tcp://HOST:PORT (default unix://<state-dir>/nbd.sock)"},
 			&cli.StringSliceFlag{Name: "volume", Usage: "UUID=PATH of an existing image or block device to register and export (repeatable)"},
 			&cli.StringFlag{Name: "admin-password", Usage: "the admin account's password (default \"password\")", EnvVars: []string{"VOLBACK_ADMIN_PASSWORD"}},
+			&cli.DurationFlag{Name: "gc-interval", Value: 24 * time.Hour, Usage: "garbage-collect every backup storage this often (0 = only on ReclaimSpaceFromImageStore)"},
 			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
 		},
 		Action: func(c *cli.Context) error {
@@ -32,7 +34,7 @@ func daemonCommand() *cli.Command {
 			}
 			return control.RunDaemon(c.Context, control.DaemonConfig{
 				StateDir: c.String("state-dir"), Listen: c.String("listen"), NBDListen: c.String("nbd-listen"),
-				Volumes: vols, AdminPassword: c.String("admin-password"),
+				Volumes: vols, AdminPassword: c.String("admin-password"), GCInterval: c.Duration("gc-interval"),
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})
 		},

@@ -212,7 +212,7 @@ func TestDaemonFlow(t *testing.T) {
 
 	// Change 1 MiB, back up again: incremental, reads one chunk.
 	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x77 20M 1M", uri)
-	r = d.job("POST", "/volumes/"+volUUID+"/volume-backups", `{"params":{"backupStorageUuid":"`+bsUUID+`","name":"backup-2"}}`, nil)
+	r = d.job("POST", "/volumes/"+volUUID+"/volume-backups", `{"params":{"backupStorageUuid":"`+bsUUID+`","name":"backup-2"},"userTags":["owner::ops","tier::gold"]}`, nil)
 	if r.status != 200 {
 		t.Fatalf("second backup: %d %s", r.status, r.body)
 	}
@@ -245,6 +245,22 @@ func TestDaemonFlow(t *testing.T) {
 		}
 	}
 
+	// The userTags are kept, each a resource of its own (QueryUserTag).
+	id2 := inv2["uuid"].(string)
+	r = d.do("GET", "/user-tags?q=resourceUuid="+id2+"&sort=+tag", "OAuth "+d.session, "", nil)
+	if tags, _ := r.obj(t)["inventories"].([]any); r.status != 200 || len(tags) != 2 || tags[0].(map[string]any)["tag"] != "owner::ops" ||
+		tags[1].(map[string]any)["resourceType"] != "VolumeBackupVO" || tags[1].(map[string]any)["type"] != "User" {
+		t.Errorf("QueryUserTag: %d %s", r.status, r.body)
+	}
+
+	reclaim := func() map[string]any {
+		t.Helper()
+		r := d.job("PUT", "/backup-storage/image-store/"+bsUUID+"/actions", `{"reclaimSpaceFromImageStore":{}}`, nil)
+		if r.status != 200 {
+			t.Fatalf("ReclaimSpaceFromImageStore: %d %s", r.status, r.body)
+		}
+		return r.obj(t)["gc"].(map[string]any)
+	}
 	r = d.job("DELETE", "/volume-backups/"+id, "", nil)
 	if r.status != 200 {
 		t.Fatalf("DeleteVolumeBackup: %d %s", r.status, r.body)
@@ -254,6 +270,30 @@ func TestDaemonFlow(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(store, "manifests", id)); !os.IsNotExist(err) {
 		t.Errorf("deleted backup's manifest still in the repository")
+	}
+	// Every chunk of backup-1 is also backup-2's: the collection keeps all.
+	if gc := reclaim(); gc["chunksDeleted"] != float64(0) || gc["chunksInUse"] != float64(3) {
+		t.Errorf("reclaim with every chunk in use: %v", gc)
+	}
+	mustRun(t, "verify", "--repo", store)
+	// With backup-2 gone too, its three chunks are garbage: a dry run
+	// from the CLI counts them, the API's collection deletes them, and
+	// its user tags go with it.
+	if r := d.job("DELETE", "/volume-backups/"+id2, "", nil); r.status != 200 {
+		t.Fatalf("DeleteVolumeBackup: %d %s", r.status, r.body)
+	}
+	var dry struct{ ChunksDeleted, ChunksTotal int }
+	if err := json.Unmarshal([]byte(mustRun(t, "--json", "gc", "--dry-run", "--repo", store).stdout), &dry); err != nil || dry.ChunksDeleted != 3 || dry.ChunksTotal != 3 {
+		t.Errorf("gc --dry-run: %+v %v", dry, err)
+	}
+	if gc := reclaim(); gc["chunksDeleted"] != float64(3) || gc["bytesDeleted"].(float64) <= 0 {
+		t.Errorf("reclaim after deleting every backup: %v", gc)
+	}
+	if n := countChunkFiles(t, store); n != 0 {
+		t.Errorf("%d chunk files left after the collection", n)
+	}
+	if r := d.do("GET", "/user-tags?q=resourceUuid="+id2, "OAuth "+d.session, "", nil); len(r.obj(t)["inventories"].([]any)) != 0 {
+		t.Errorf("user tags of a deleted backup still listed: %s", r.body)
 	}
 
 	// A volume with an NBD client attached cannot be deleted.
@@ -650,4 +690,19 @@ func TestDaemonBackupFailsMidway(t *testing.T) {
 	if !sameFiles(t, src, out) {
 		t.Fatal("restored backup differs from the volume")
 	}
+}
+
+func countChunkFiles(t *testing.T, repo string) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(filepath.Join(repo, "chunks"), func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			n++
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

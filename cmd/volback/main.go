@@ -66,6 +66,7 @@ func newApp() *cli.App {
 			restoreCommand(),
 			lsCommand(),
 			verifyCommand(),
+			gcCommand(),
 			daemonCommand(),
 			serveCommand(),
 			demoCommand(),

@@ -100,6 +100,24 @@ var migrations = []string{
 		create_date INTEGER NOT NULL,
 		finish_date INTEGER
 	);`,
+	// 2: user tags as their own resources (ZStack's QueryUserTag), and the
+	// target a backup was written to when it is not its storage's url.
+	`CREATE TABLE user_tags (
+		uuid TEXT PRIMARY KEY,
+		resource_uuid TEXT NOT NULL,
+		resource_type TEXT NOT NULL,
+		tag TEXT NOT NULL,
+		create_date INTEGER NOT NULL,
+		last_op_date INTEGER NOT NULL
+	);
+	CREATE INDEX user_tags_resource ON user_tags(resource_uuid);
+	INSERT INTO user_tags(uuid, resource_uuid, resource_type, tag, create_date, last_op_date)
+		SELECT lower(hex(randomblob(16))), b.uuid, 'VolumeBackupVO', j.value, b.create_date, b.last_op_date
+		FROM volume_backups b, json_each(b.user_tags) j;
+	CREATE TRIGGER volume_backups_user_tags AFTER DELETE ON volume_backups BEGIN
+		DELETE FROM user_tags WHERE resource_uuid = old.uuid;
+	END;
+	ALTER TABLE volume_backup_refs ADD COLUMN target TEXT;`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.

@@ -182,3 +182,41 @@ func TestConcurrentSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMigration2MovesUserTags: a version-1 database's backups keep their
+// user tags, now as rows of their own, and a deleted backup takes its tags.
+func TestMigration2MovesUserTags(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "inventory.db")
+	saved := migrations
+	migrations = saved[:1]
+	d, err := Open(ctx, path, nil)
+	migrations = saved
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.db.Exec(`INSERT INTO volume_backups(uuid, volume_uuid, name, type, state, status, size, mode, user_tags, create_date, last_op_date)
+		VALUES('b1', 'v1', 'n', 'Data', 'Enabled', 'Ready', 1, 'full', '["a","b::c"]', 1, 1)`); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d, err = Open(ctx, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ids, total, err := d.QueryUUIDs(ctx, "user_tags", " WHERE resource_uuid = ?", []any{"b1"}, " ORDER BY tag", 10, 0)
+	if err != nil || total != 2 {
+		t.Fatalf("tags after migration: %v %d %v", ids, total, err)
+	}
+	tags, err := d.GetUserTags(ctx, ids)
+	if err != nil || len(tags) != 2 || tags[0].Tag != "a" || tags[1].Tag != "b::c" || len(tags[0].UUID) != 32 {
+		t.Fatalf("tags: %+v %v", tags, err)
+	}
+	if err := d.DeleteVolumeBackup(ctx, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, total, _ := d.QueryUUIDs(ctx, "user_tags", "", nil, "", 10, 0); total != 0 {
+		t.Fatalf("%d tags left after their backup was deleted", total)
+	}
+}

@@ -89,6 +89,24 @@ func (d *DB) GetBackupStorage(ctx context.Context, uuid string) (*BackupStorage,
 	return b, err
 }
 
+// ListBackupStorages returns every backup storage.
+func (d *DB) ListBackupStorages(ctx context.Context) ([]*BackupStorage, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+storageCols+` FROM backup_storages ORDER BY create_date`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*BackupStorage
+	for rows.Next() {
+		b, err := scanStorage(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
 // DeleteBackupStorage removes a backup storage record.
 func (d *DB) DeleteBackupStorage(ctx context.Context, uuid string) error {
 	return d.deleteRow(ctx, "backup_storages", uuid)
@@ -160,6 +178,10 @@ func (d *DB) CreateVolumeBackup(ctx context.Context, b *VolumeBackup, ref Backup
 		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, b.UUID, b.VolumeUUID, b.Name, nullIfEmpty(b.Description), b.Type, b.State, b.Status, b.Size,
 		nullIfEmpty(b.Metadata), b.Mode, b.UserTags, ns(now), ns(now)); err != nil {
 		return fmt.Errorf("volume backup %s: %w", b.UUID, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO user_tags(uuid, resource_uuid, resource_type, tag, create_date, last_op_date)
+		SELECT lower(hex(randomblob(16))), ?, 'VolumeBackupVO', value, ?, ? FROM json_each(?)`, b.UUID, ns(now), ns(now), b.UserTags); err != nil {
+		return fmt.Errorf("volume backup %s: user tags: %w", b.UUID, err)
 	}
 	ref.VolumeBackupUUID = b.UUID
 	ref.Created, ref.LastOp = now, now
@@ -290,7 +312,7 @@ func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, o
 // the page and the total number of matches.
 func (d *DB) QueryUUIDs(ctx context.Context, table, where string, args []any, order string, limit, start int) ([]string, int, error) {
 	switch table {
-	case "backup_storages", "volumes", "volume_backups":
+	case "backup_storages", "volumes", "volume_backups", "user_tags":
 	default:
 		return nil, 0, fmt.Errorf("query: unknown table %q", table)
 	}
@@ -355,4 +377,30 @@ func (d *DB) DeleteBackupStorageAndBackups(ctx context.Context, uuid string) err
 		return ErrNotFound
 	}
 	return tx.Commit()
+}
+
+// UserTag is a user tag attached to a resource.
+type UserTag struct {
+	UUID, ResourceUUID, ResourceType, Tag string
+	Created, LastOp                       time.Time
+}
+
+// GetUserTags loads the user tags with the given uuids, in that order.
+func (d *DB) GetUserTags(ctx context.Context, uuids []string) ([]*UserTag, error) {
+	out := make([]*UserTag, 0, len(uuids))
+	for _, id := range uuids {
+		var t UserTag
+		var c, l int64
+		err := d.db.QueryRowContext(ctx, `SELECT uuid, resource_uuid, resource_type, tag, create_date, last_op_date FROM user_tags WHERE uuid = ?`, id).
+			Scan(&t.UUID, &t.ResourceUUID, &t.ResourceType, &t.Tag, &c, &l)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue // deleted since the query
+		}
+		if err != nil {
+			return nil, fmt.Errorf("user tag %s: %w", id, err)
+		}
+		t.Created, t.LastOp = tm(c), tm(l)
+		out = append(out, &t)
+	}
+	return out, nil
 }

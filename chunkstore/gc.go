@@ -1,0 +1,347 @@
+package chunkstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Markers: the objects through which backups and garbage collections,
+// possibly on different hosts, keep out of each other's way.
+//
+//	locks/backup-<id>   a backup in progress
+//	locks/gc-<id>       a garbage collection in progress
+//
+// Both sides write their own marker first and look for the other kind
+// second, so whichever comes second sees the first (the store is strongly
+// consistent for a writer's own puts once Sync returns). A collection that
+// finds a live backup marker withdraws; a backup that finds a live GC
+// marker waits for it to go. Markers carry a heartbeat refreshed every
+// HeartbeatInterval; one not refreshed for StaleAfter belongs to a process
+// that died and is ignored (and removed by the next collection).
+const (
+	lockPrefix       = "locks/"
+	backupLockPrefix = lockPrefix + "backup-"
+	gcLockPrefix     = lockPrefix + "gc-"
+)
+
+// Heartbeat timing of markers. Variables so tests can shorten them.
+var (
+	HeartbeatInterval = time.Minute
+	StaleAfter        = 15 * time.Minute
+	gcPollInterval    = time.Second
+)
+
+// ErrBackupsInProgress is returned (wrapped) by GC when backups into the
+// repository are running: their chunks are not yet named by any manifest.
+var ErrBackupsInProgress = errors.New("backups are in progress in this repository")
+
+type marker struct {
+	Kind      string    `json:"kind"` // "backup" or "gc"
+	ID        string    `json:"id"`
+	Host      string    `json:"host"`
+	PID       int       `json:"pid"`
+	Started   time.Time `json:"started"`
+	Heartbeat time.Time `json:"heartbeat"`
+}
+
+func (m marker) stale(now time.Time) bool { return now.Sub(m.Heartbeat) > StaleAfter }
+
+// Lease is a marker held by a backup or a collection, refreshed in the
+// background until Release.
+type Lease struct {
+	repo    *Repository
+	name    string
+	m       marker
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	mu      sync.Mutex
+	lastErr error
+}
+
+func (r *Repository) putMarker(ctx context.Context, name string, m marker) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := r.store.Put(ctx, name, b); err != nil {
+		return fmt.Errorf("%s: write marker %s: %w", r.store.Location(), name, err)
+	}
+	// Other processes see a put only once it is synced (the local driver
+	// renames at Sync).
+	if err := r.store.Sync(ctx); err != nil {
+		return fmt.Errorf("%s: sync marker %s: %w", r.store.Location(), name, err)
+	}
+	return nil
+}
+
+func (r *Repository) acquire(ctx context.Context, kind, id string) (*Lease, error) {
+	host, _ := os.Hostname()
+	now := time.Now().UTC()
+	l := &Lease{
+		repo: r,
+		name: lockPrefix + kind + "-" + id,
+		m:    marker{Kind: kind, ID: id, Host: host, PID: os.Getpid(), Started: now, Heartbeat: now},
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	if err := r.putMarker(ctx, l.name, l.m); err != nil {
+		return nil, err
+	}
+	go l.beat()
+	return l, nil
+}
+
+func (l *Lease) beat() {
+	defer close(l.done)
+	t := time.NewTicker(HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			l.m.Heartbeat = time.Now().UTC()
+			ctx, cancel := context.WithTimeout(context.Background(), HeartbeatInterval)
+			err := l.repo.putMarker(ctx, l.name, l.m)
+			cancel()
+			l.mu.Lock()
+			l.lastErr = err
+			l.mu.Unlock()
+		}
+	}
+}
+
+// Err returns the last heartbeat's error, if it failed: a holder that
+// cannot refresh its marker may be taken for dead by other hosts.
+func (l *Lease) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastErr
+}
+
+// Release stops the heartbeat and removes the marker. It is safe to call
+// more than once.
+func (l *Lease) Release(ctx context.Context) error {
+	var err error
+	l.once.Do(func() {
+		close(l.stop)
+		<-l.done
+		if e := l.repo.store.Delete(ctx, l.name); e != nil && !errors.Is(e, ErrNotFound) {
+			err = fmt.Errorf("%s: remove marker %s: %w", l.repo.store.Location(), l.name, e)
+		}
+	})
+	return err
+}
+
+// liveMarkers returns the markers under prefix whose heartbeat is fresh,
+// and the names of stale ones.
+func (r *Repository) liveMarkers(ctx context.Context, prefix string) (live []marker, stale []string, err error) {
+	var names []string
+	err = r.store.List(ctx, prefix, func(info Info) error {
+		names = append(names, info.Name)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: list markers: %w", r.store.Location(), err)
+	}
+	now := time.Now()
+	for _, n := range names {
+		b, err := r.store.Get(ctx, n)
+		if errors.Is(err, ErrNotFound) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: read marker %s: %w", r.store.Location(), n, err)
+		}
+		var m marker
+		if json.Unmarshal(b, &m) != nil || m.stale(now) {
+			stale = append(stale, n)
+			continue
+		}
+		live = append(live, m)
+	}
+	return live, stale, nil
+}
+
+// BeginBackup announces backup id to collections in any process or host
+// and waits while one is running. Until the lease is released, no
+// collection deletes anything, so every chunk the backup finds stored (and
+// every chunk of a parent manifest that still exists) stays.
+func (r *Repository) BeginBackup(ctx context.Context, id string) (*Lease, error) {
+	if err := ValidID(id); err != nil {
+		return nil, err
+	}
+	l, err := r.acquire(ctx, "backup", id)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		live, _, err := r.liveMarkers(ctx, gcLockPrefix)
+		if err == nil && len(live) == 0 {
+			return l, nil
+		}
+		if err == nil {
+			select {
+			case <-ctx.Done():
+				err = fmt.Errorf("waiting for garbage collection %s on %s to finish: %w", live[0].ID, live[0].Host, ctx.Err())
+			case <-time.After(gcPollInterval):
+				continue
+			}
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_ = l.Release(rctx)
+		cancel()
+		return nil, err
+	}
+}
+
+// GCOptions configures a garbage collection.
+type GCOptions struct {
+	// DryRun counts what would be deleted and deletes nothing.
+	DryRun bool
+	// Progress, if set, is called with chunks examined so far.
+	Progress func(examined int)
+}
+
+// GCReport says what a collection found and did.
+type GCReport struct {
+	Manifests      int           `json:"manifests"`
+	ChunksTotal    int           `json:"chunksTotal"`
+	ChunksInUse    int           `json:"chunksInUse"`
+	ChunksDeleted  int           `json:"chunksDeleted"`
+	BytesDeleted   int64         `json:"bytesDeleted"`
+	StaleMarkers   int           `json:"staleMarkers"`
+	MissingChunks  int           `json:"missingChunks"` // named by a manifest, not stored
+	Duration       time.Duration `json:"durationNanos"`
+	DryRun         bool          `json:"dryRun"`
+	BackupsRunning []string      `json:"backupsRunning,omitempty"`
+}
+
+// GC deletes every chunk no manifest names. It refuses, with
+// ErrBackupsInProgress, while any backup holds a live marker (their new
+// chunks are named by no manifest yet, and a chunk they found stored is
+// about to be named); backups that start meanwhile wait for it.
+func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
+	started := time.Now()
+	rep := &GCReport{DryRun: opts.DryRun}
+	l, err := r.acquire(ctx, "gc", NewID())
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_ = l.Release(rctx)
+		cancel()
+	}()
+	live, stale, err := r.liveMarkers(ctx, backupLockPrefix)
+	if err != nil {
+		return nil, err
+	}
+	if len(live) > 0 {
+		for _, m := range live {
+			rep.BackupsRunning = append(rep.BackupsRunning, m.ID+"@"+m.Host)
+		}
+		sort.Strings(rep.BackupsRunning)
+		return rep, fmt.Errorf("%s: %w: %s", r.store.Location(), ErrBackupsInProgress, strings.Join(rep.BackupsRunning, ", "))
+	}
+	if _, gcStale, err := r.liveMarkers(ctx, gcLockPrefix); err == nil {
+		stale = append(stale, gcStale...)
+	}
+	if !opts.DryRun {
+		for _, n := range stale {
+			if err := r.store.Delete(ctx, n); err != nil && !errors.Is(err, ErrNotFound) {
+				return nil, fmt.Errorf("%s: remove stale marker %s: %w", r.store.Location(), n, err)
+			}
+		}
+	}
+	rep.StaleMarkers = len(stale)
+
+	// Mark.
+	ids, err := r.ListBackups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	inUse := make(map[Key]struct{})
+	for _, id := range ids {
+		m, err := r.LoadManifest(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted since the listing: its chunks may go
+		}
+		if err != nil {
+			// Deleting with a manifest unread could delete its chunks.
+			return nil, fmt.Errorf("gc mark: %w", err)
+		}
+		rep.Manifests++
+		for _, k := range m.Chunks {
+			if !k.IsZero() {
+				inUse[k] = struct{}{}
+			}
+		}
+	}
+
+	// Sweep.
+	var garbage []Key
+	var sizes []int64
+	seen := make(map[Key]struct{}, len(inUse))
+	err = r.ListChunks(ctx, func(k Key, size int64) error {
+		rep.ChunksTotal++
+		if _, ok := inUse[k]; ok {
+			seen[k] = struct{}{}
+			rep.ChunksInUse++
+		} else {
+			garbage = append(garbage, k)
+			sizes = append(sizes, size)
+		}
+		if opts.Progress != nil && rep.ChunksTotal%1024 == 0 {
+			opts.Progress(rep.ChunksTotal)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc sweep: %w", err)
+	}
+	rep.MissingChunks = len(inUse) - len(seen)
+	for i, k := range garbage {
+		if err := l.Err(); err != nil {
+			return rep, fmt.Errorf("gc stopped: its marker cannot be refreshed: %w", err)
+		}
+		if !opts.DryRun {
+			if err := r.DeleteChunk(ctx, k); err != nil && !errors.Is(err, ErrNotFound) {
+				return rep, fmt.Errorf("gc sweep: %w", err)
+			}
+		}
+		rep.ChunksDeleted++
+		rep.BytesDeleted += sizes[i]
+	}
+	if opts.Progress != nil {
+		opts.Progress(rep.ChunksTotal)
+	}
+	if !opts.DryRun && len(garbage) > 0 {
+		if err := r.Sync(ctx); err != nil {
+			return rep, err
+		}
+	}
+	rep.Duration = time.Since(started)
+	return rep, nil
+}
+
+// RemoveBackupMarker removes the marker of a backup known to be dead (a
+// daemon restarting after a crash), so collections need not wait for it
+// to go stale. A missing marker is not an error.
+func (r *Repository) RemoveBackupMarker(ctx context.Context, id string) error {
+	if err := ValidID(id); err != nil {
+		return err
+	}
+	if err := r.store.Delete(ctx, backupLockPrefix+id); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%s: remove marker of backup %s: %w", r.store.Location(), id, err)
+	}
+	return nil
+}

@@ -1,0 +1,231 @@
+package chunkstore_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/local"
+)
+
+// saveBackup stores chunks and a manifest naming them, as a backup would,
+// inside a lease.
+func saveBackup(t *testing.T, r *chunkstore.Repository, chunks ...[]byte) string {
+	t.Helper()
+	ctx := context.Background()
+	id := chunkstore.NewID()
+	l, err := r.BeginBackup(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Release(ctx) }()
+	m := &chunkstore.Manifest{
+		Version: chunkstore.FormatVersion, ID: id, VolumeID: "vol", Mode: "full",
+		Size: int64(len(chunks)) * int64(r.ChunkSize()), ChunkSize: r.ChunkSize(),
+		Started: time.Now().UTC(), Finished: time.Now().UTC(),
+	}
+	for _, c := range chunks {
+		if chunkstore.IsZero(c) {
+			m.Chunks = append(m.Chunks, chunkstore.ZeroKey)
+			continue
+		}
+		k := r.Key(c)
+		if _, err := r.PutChunk(ctx, k, c); err != nil {
+			t.Fatal(err)
+		}
+		m.Chunks = append(m.Chunks, k)
+	}
+	if err := r.SaveManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func localRepo(t *testing.T) *chunkstore.Repository {
+	t.Helper()
+	s, err := local.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := chunkstore.Init(context.Background(), s, chunkstore.InitOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+func countChunks(t *testing.T, r *chunkstore.Repository) int {
+	t.Helper()
+	n := 0
+	if err := r.ListChunks(context.Background(), func(chunkstore.Key, int64) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestGCDeletesOnlyUnreferencedChunks(t *testing.T) {
+	ctx := context.Background()
+	r := localRepo(t)
+	cs := r.ChunkSize()
+	shared, onlyA, onlyB := randomBytes(1, cs), randomBytes(2, cs), randomBytes(3, cs)
+	a := saveBackup(t, r, shared, onlyA, make([]byte, cs))
+	b := saveBackup(t, r, shared, onlyB)
+	if n := countChunks(t, r); n != 3 {
+		t.Fatalf("%d chunks stored, want 3", n)
+	}
+
+	// Nothing is garbage while both backups exist.
+	rep, err := r.GC(ctx, chunkstore.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ChunksDeleted != 0 || rep.ChunksInUse != 3 || rep.Manifests != 2 {
+		t.Fatalf("GC with every chunk in use: %+v", rep)
+	}
+
+	if err := r.DeleteManifest(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	// A dry run counts and deletes nothing.
+	rep, err = r.GC(ctx, chunkstore.GCOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ChunksDeleted != 1 || rep.BytesDeleted <= 0 || countChunks(t, r) != 3 {
+		t.Fatalf("dry run: %+v, %d chunks left", rep, countChunks(t, r))
+	}
+	rep, err = r.GC(ctx, chunkstore.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ChunksDeleted != 1 || rep.ChunksInUse != 2 || rep.Manifests != 1 || rep.MissingChunks != 0 {
+		t.Fatalf("GC after deleting backup A: %+v", rep)
+	}
+	if has, _ := r.HasChunk(ctx, r.Key(onlyA)); has {
+		t.Fatal("chunk only backup A named survived GC")
+	}
+	vr, err := r.Verify(ctx, []string{b}, chunkstore.VerifyOptions{})
+	if err != nil || !vr.OK() {
+		t.Fatalf("backup B after GC: %+v %v", vr, err)
+	}
+	// No marker is left behind by backups or collections.
+	var markers []string
+	_ = r.Store().List(ctx, "locks/", func(i chunkstore.Info) error { markers = append(markers, i.Name); return nil })
+	if len(markers) != 0 {
+		t.Fatalf("markers left: %v", markers)
+	}
+}
+
+func TestGCAndBackupsExcludeEachOther(t *testing.T) {
+	defer func(h, s time.Duration) { chunkstore.HeartbeatInterval, chunkstore.StaleAfter = h, s }(chunkstore.HeartbeatInterval, chunkstore.StaleAfter)
+	chunkstore.HeartbeatInterval, chunkstore.StaleAfter = 50*time.Millisecond, 2*time.Second
+
+	ctx := context.Background()
+	r := localRepo(t)
+	cs := r.ChunkSize()
+	old := saveBackup(t, r, randomBytes(10, cs))
+	if err := r.DeleteManifest(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+
+	// A backup in progress (here: found the old chunk stored and is about
+	// to name it) makes GC withdraw without deleting anything.
+	id := chunkstore.NewID()
+	l, err := r.BeginBackup(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // several heartbeats: still live
+	rep, err := r.GC(ctx, chunkstore.GCOptions{})
+	if !errors.Is(err, chunkstore.ErrBackupsInProgress) || len(rep.BackupsRunning) != 1 {
+		t.Fatalf("GC during a backup: %+v %v", rep, err)
+	}
+	if countChunks(t, r) != 1 {
+		t.Fatal("GC deleted a chunk while a backup was running")
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A backup that starts while a collection holds its marker waits for
+	// it: hold a GC marker by hand through a second repository handle (as
+	// another host would), and release it after a while.
+	gcMarker := "locks/gc-" + chunkstore.NewID()
+	putMarker := func(hb time.Time) {
+		b := []byte(`{"kind":"gc","id":"x","host":"other","heartbeat":"` + hb.UTC().Format(time.RFC3339Nano) + `"}`)
+		if err := r.Store().Put(ctx, gcMarker, b); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Store().Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putMarker(time.Now())
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		_ = r.Store().Delete(ctx, gcMarker)
+	}()
+	t0 := time.Now()
+	l2, err := r.BeginBackup(ctx, chunkstore.NewID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(t0); waited < 250*time.Millisecond {
+		t.Fatalf("backup started after %v while a collection ran", waited)
+	}
+	_ = l2.Release(ctx)
+
+	// A cancelled wait fails, naming the collection, and leaves no marker.
+	putMarker(time.Now())
+	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = r.BeginBackup(cctx, chunkstore.NewID())
+	cancel()
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled wait: %v", err)
+	}
+	// A stale marker (its holder died) neither blocks backups nor GC,
+	// and GC removes it.
+	putMarker(time.Now().Add(-time.Hour))
+	l3, err := r.BeginBackup(ctx, chunkstore.NewID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = l3.Release(ctx)
+	deadBackup := "locks/backup-" + chunkstore.NewID()
+	if err := r.Store().Put(ctx, deadBackup, []byte(`{"kind":"backup","heartbeat":"2001-01-01T00:00:00Z"}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Store().Sync(ctx)
+	rep, err = r.GC(ctx, chunkstore.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ChunksDeleted != 1 || rep.StaleMarkers != 2 {
+		t.Fatalf("GC with stale markers: %+v", rep)
+	}
+	var markers []string
+	_ = r.Store().List(ctx, "locks/", func(i chunkstore.Info) error { markers = append(markers, i.Name); return nil })
+	if len(markers) != 0 {
+		t.Fatalf("markers left: %v", markers)
+	}
+}
+
+// TestGCRefusesUnreadableManifest: a manifest that cannot be read could
+// name any chunk, so nothing is deleted.
+func TestGCRefusesUnreadableManifest(t *testing.T) {
+	ctx := context.Background()
+	r, s := newRepo(t, chunkstore.CompressionZstd)
+	keep := saveBackup(t, r, randomBytes(20, r.ChunkSize()))
+	gone := saveBackup(t, r, randomBytes(21, r.ChunkSize()))
+	_ = r.DeleteManifest(ctx, gone)
+	_ = s.Corrupt("manifests/"+keep, 10)
+	if _, err := r.GC(ctx, chunkstore.GCOptions{}); err == nil {
+		t.Fatal("GC ran with an unreadable manifest")
+	}
+	if countChunks(t, r) != 2 {
+		t.Fatal("GC deleted chunks with an unreadable manifest")
+	}
+}
