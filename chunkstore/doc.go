@@ -11,6 +11,16 @@
 //	config                      repository config, written once by Init
 //	chunks/<kk>/<key>           one encoded chunk; <kk> = first two hex digits
 //	manifests/<backup-id>       one backup's manifest, written last
+//	locks/backup-<id>, gc-<id>  markers of backups and collections running
+//
+// # Garbage collection
+//
+// GC marks every key a manifest names and deletes the other chunks.
+// Backups and collections, in any process on any host, exclude each other
+// through markers: each side writes its own before looking for the other
+// kind, so the later one always sees the earlier (see gc.go and
+// docs/FORMAT.md). Markers carry heartbeats, so a dead holder blocks
+// nobody for long.
 //
 // # Keys and the threat model
 //
