@@ -65,6 +65,14 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 	if err != nil {
 		return nil, err
 	}
+	if c, ok := store.(Creator); ok {
+		if err := c.PutIfAbsent(ctx, configName, b); errors.Is(err, ErrExists) {
+			return nil, fmt.Errorf("%s: %w", store.Location(), ErrRepositoryExists)
+		} else if err != nil {
+			return nil, fmt.Errorf("%s: write config: %w", store.Location(), err)
+		}
+		return newRepository(store, cfg)
+	}
 	if err := store.Put(ctx, configName, b); err != nil {
 		return nil, fmt.Errorf("%s: write config: %w", store.Location(), err)
 	}
@@ -72,6 +80,21 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 		return nil, fmt.Errorf("%s: sync config: %w", store.Location(), err)
 	}
 	return newRepository(store, cfg)
+}
+
+// OpenOrInit opens the repository on store, creating one with opts if the
+// store has none. Writers racing on an empty store that supports Creator
+// all end up with the same config.
+func OpenOrInit(ctx context.Context, store Store, opts InitOptions) (*Repository, error) {
+	r, err := Open(ctx, store)
+	if !errors.Is(err, ErrNoRepository) {
+		return r, err
+	}
+	r, err = Init(ctx, store, opts)
+	if errors.Is(err, ErrRepositoryExists) {
+		return Open(ctx, store)
+	}
+	return r, err
 }
 
 // Open opens the repository on store.

@@ -54,6 +54,18 @@ type Store interface {
 	Location() string
 }
 
+// ErrExists is returned (wrapped) by PutIfAbsent when the name is taken.
+var ErrExists = errors.New("object already exists")
+
+// Creator is a Store that can create an object only if its name is free,
+// atomically, durably, and visibly to every other writer once it returns
+// (If-None-Match on S3, link(2) on a local filesystem). Repository.Init
+// uses it so that writers starting at once on an empty store agree on one
+// config.
+type Creator interface {
+	PutIfAbsent(ctx context.Context, name string, data []byte) error
+}
+
 // transientError marks an error that may go away if the call is retried.
 type transientError struct{ err error }
 

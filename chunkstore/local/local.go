@@ -569,3 +569,45 @@ func OpenRepository(ctx context.Context, dir string) (*chunkstore.Repository, er
 	}
 	return r, nil
 }
+
+// PutIfAbsent implements chunkstore.Creator: the data goes to a synced
+// temporary file that is then hard-linked to its name, which fails if the
+// name is taken; the directory is synced before it returns.
+func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	final, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(final)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", final, classify(err))
+	}
+	tmp := filepath.Join(dir, tmpPrefix+filepath.Base(final)+"-"+randSuffix())
+	defer os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", final, classify(err))
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", final, classify(err))
+	}
+	if err := os.Link(tmp, final); errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create %s: %w", final, chunkstore.ErrExists)
+	} else if err != nil {
+		return fmt.Errorf("create %s: %w", final, classify(err))
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("create %s: %w", final, classify(err))
+	}
+	return nil
+}

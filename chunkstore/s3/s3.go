@@ -1,0 +1,338 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/volback/volback/chunkstore"
+)
+
+// Options configures a Store.
+type Options struct {
+	Bucket string
+	// Prefix is prepended (with a slash) to every object name; "" = the
+	// bucket's root.
+	Prefix string
+	// Endpoint is the S3 service's base URL ("" = AWS for Region).
+	Endpoint string
+	// Region; "" = the profile's or environment's, else us-east-1.
+	Region string
+	// PathStyle addresses buckets as ENDPOINT/BUCKET rather than
+	// BUCKET.ENDPOINT (most S3-compatible servers want it).
+	PathStyle bool
+	// StorageClass of new objects ("" = the bucket's default).
+	StorageClass string
+	// Profile names a shared-config profile to take credentials and
+	// region from; "" = the standard chain (environment, shared config,
+	// instance role).
+	Profile string
+	// AccessKeyID and SecretAccessKey, if set, are used instead of the
+	// chain (the daemon's own configuration).
+	AccessKeyID, SecretAccessKey string
+	// LocalAddr, if valid, is the source address of every connection.
+	LocalAddr netip.Addr
+	// MaxAttempts per request, retries included (default 6): throttling,
+	// 5xx answers and broken connections are retried with jittered
+	// exponential backoff; other 4xx answers are not.
+	MaxAttempts int
+	// MaxBackoff between attempts (default 5 s).
+	MaxBackoff time.Duration
+	// HTTPClient replaces the default client (tests); LocalAddr is then
+	// the caller's business.
+	HTTPClient aws.HTTPClient
+}
+
+// Store is a chunkstore.Store on an S3 bucket.
+type Store struct {
+	c     *s3.Client
+	o     Options
+	loc   string
+	noCAS atomic.Bool // the server does not implement If-None-Match
+}
+
+var _ chunkstore.Store = (*Store)(nil)
+
+// Open connects to the bucket and checks that it is reachable.
+func Open(ctx context.Context, o Options) (*Store, error) {
+	if o.Bucket == "" {
+		return nil, errors.New("s3: no bucket")
+	}
+	o.Prefix = strings.Trim(o.Prefix, "/")
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = 6
+	}
+	if o.MaxBackoff == 0 {
+		o.MaxBackoff = 5 * time.Second
+	}
+	s := &Store{o: o, loc: location(o)}
+	var httpClient aws.HTTPClient
+	if o.HTTPClient == nil {
+		hc := awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+			// Many workers share one client: keep their connections.
+			t.MaxIdleConns = 256
+			t.MaxIdleConnsPerHost = 64
+		})
+		if o.LocalAddr.IsValid() {
+			la := &net.TCPAddr{IP: o.LocalAddr.AsSlice()}
+			hc = hc.WithDialerOptions(func(d *net.Dialer) { d.LocalAddr = la })
+		}
+		httpClient = hc
+	}
+	loadOpts := []func(*config.LoadOptions) error{
+		config.WithRetryer(func() aws.Retryer {
+			return retry.NewStandard(func(so *retry.StandardOptions) {
+				so.MaxAttempts = o.MaxAttempts
+				so.MaxBackoff = o.MaxBackoff
+				// No client-side retry budget: a backup must ride out a
+				// throttling storm, slowed by the backoff.
+				so.RateLimiter = ratelimit.None
+			})
+		}),
+	}
+	if httpClient != nil {
+		loadOpts = append(loadOpts, config.WithHTTPClient(httpClient))
+	}
+	if o.Profile != "" {
+		loadOpts = append(loadOpts, config.WithSharedConfigProfile(o.Profile))
+	}
+	if o.Region != "" {
+		loadOpts = append(loadOpts, config.WithRegion(o.Region))
+	}
+	if o.AccessKeyID != "" {
+		loadOpts = append(loadOpts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(o.AccessKeyID, o.SecretAccessKey, "")))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: load AWS configuration: %w", s.loc, err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	s.c = s3.NewFromConfig(cfg, func(so *s3.Options) {
+		if o.Endpoint != "" {
+			so.BaseEndpoint = aws.String(o.Endpoint)
+		}
+		so.UsePathStyle = o.PathStyle
+		if o.HTTPClient != nil {
+			so.HTTPClient = o.HTTPClient
+		}
+	})
+	if _, err := s.c.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(o.Bucket)}); err != nil {
+		return nil, s.wrap("open bucket", err)
+	}
+	return s, nil
+}
+
+func location(o Options) string {
+	l := "s3://" + o.Bucket
+	if o.Prefix != "" {
+		l += "/" + o.Prefix
+	}
+	if o.Endpoint != "" {
+		l += " at " + o.Endpoint
+	}
+	return l
+}
+
+// Location names the bucket, prefix and endpoint.
+func (s *Store) Location() string { return s.loc }
+
+func (s *Store) key(name string) string {
+	if s.o.Prefix == "" {
+		return name
+	}
+	return s.o.Prefix + "/" + name
+}
+
+// status returns the HTTP status of a failed request, or 0.
+func status(err error) int {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
+}
+
+func apiCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// wrap names the target and classifies err: not found, transient (what the
+// SDK retries: throttling, 5xx, broken connections, once its attempts are
+// spent) or permanent (any other 4xx, bad configuration).
+func (s *Store) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %s: %w", s.loc, op, err)
+	}
+	code, st := apiCode(err), status(err)
+	switch {
+	case code == "NoSuchKey" || code == "NotFound" || (st == 404 && code != "NoSuchBucket"):
+		return fmt.Errorf("%s: %s: %w", s.loc, op, chunkstore.ErrNotFound)
+	case st == 429 || st >= 500 || st == 0 || retry.IsErrorThrottles(retry.DefaultThrottles).IsErrorThrottle(err).Bool():
+		return chunkstore.Transient(fmt.Errorf("%s: %s: %w", s.loc, op, err))
+	default:
+		return fmt.Errorf("%s: %s: %w", s.loc, op, err)
+	}
+}
+
+// Put stores data, replacing any object of that name.
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	if err := chunkstore.ValidName(name); err != nil {
+		return err
+	}
+	in := &s3.PutObjectInput{
+		Bucket:        aws.String(s.o.Bucket),
+		Key:           aws.String(s.key(name)),
+		Body:          bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))),
+	}
+	if s.o.StorageClass != "" {
+		in.StorageClass = types.StorageClass(s.o.StorageClass)
+	}
+	_, err := s.c.PutObject(ctx, in)
+	return s.wrap("put "+name, err)
+}
+
+// PutIfAbsent stores data only if name does not exist, else returns
+// chunkstore.ErrExists: a conditional create (If-None-Match: *). A server
+// that does not implement it gets a check and a plain put, which leaves
+// a window for a racing writer; such servers are named in the log by the
+// caller's error if two configs ever differ.
+func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
+	if err := chunkstore.ValidName(name); err != nil {
+		return err
+	}
+	in := &s3.PutObjectInput{
+		Bucket: aws.String(s.o.Bucket), Key: aws.String(s.key(name)),
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+	}
+	if !s.noCAS.Load() {
+		in.IfNoneMatch = aws.String("*")
+		_, err := s.c.PutObject(ctx, in)
+		switch st := status(err); {
+		case st == http.StatusPreconditionFailed || st == http.StatusConflict || apiCode(err) == "ConditionalRequestConflict":
+			return fmt.Errorf("%s: %s: %w", s.loc, name, chunkstore.ErrExists)
+		case st == http.StatusNotImplemented || apiCode(err) == "NotImplemented":
+			s.noCAS.Store(true)
+		default:
+			return s.wrap("create "+name, err)
+		}
+	}
+	if _, err := s.Stat(ctx, name); err == nil {
+		return fmt.Errorf("%s: %s: %w", s.loc, name, chunkstore.ErrExists)
+	} else if !errors.Is(err, chunkstore.ErrNotFound) {
+		return err
+	}
+	in.IfNoneMatch = nil
+	in.Body = bytes.NewReader(data)
+	_, err := s.c.PutObject(ctx, in)
+	return s.wrap("create "+name, err)
+}
+
+// Get reads an object whole.
+func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	if err := chunkstore.ValidName(name); err != nil {
+		return nil, err
+	}
+	out, err := s.c.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.o.Bucket), Key: aws.String(s.key(name))})
+	if err != nil {
+		return nil, s.wrap("get "+name, err)
+	}
+	defer out.Body.Close()
+	n := aws.ToInt64(out.ContentLength)
+	if n < 0 || n > 1<<31 {
+		n = 0
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, n))
+	if _, err := io.Copy(buf, out.Body); err != nil {
+		return nil, chunkstore.Transient(fmt.Errorf("%s: get %s: %w", s.loc, name, err))
+	}
+	if out.ContentLength != nil && int64(buf.Len()) != *out.ContentLength {
+		return nil, chunkstore.Transient(fmt.Errorf("%s: get %s: %d of %d bytes", s.loc, name, buf.Len(), *out.ContentLength))
+	}
+	return buf.Bytes(), nil
+}
+
+// Stat returns an object's size.
+func (s *Store) Stat(ctx context.Context, name string) (chunkstore.Info, error) {
+	if err := chunkstore.ValidName(name); err != nil {
+		return chunkstore.Info{}, err
+	}
+	out, err := s.c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(s.o.Bucket), Key: aws.String(s.key(name))})
+	if err != nil {
+		return chunkstore.Info{}, s.wrap("stat "+name, err)
+	}
+	return chunkstore.Info{Name: name, Size: aws.ToInt64(out.ContentLength)}, nil
+}
+
+// List pages through the objects under prefix.
+func (s *Store) List(ctx context.Context, prefix string, fn func(chunkstore.Info) error) error {
+	base := ""
+	if s.o.Prefix != "" {
+		base = s.o.Prefix + "/"
+	}
+	p := s3.NewListObjectsV2Paginator(s.c, &s3.ListObjectsV2Input{Bucket: aws.String(s.o.Bucket), Prefix: aws.String(base + prefix)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return s.wrap("list "+prefix, err)
+		}
+		for _, o := range page.Contents {
+			name := strings.TrimPrefix(aws.ToString(o.Key), base)
+			if chunkstore.ValidName(name) != nil {
+				continue
+			}
+			if err := fn(chunkstore.Info{Name: name, Size: aws.ToInt64(o.Size)}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete removes an object; S3 does not say whether it existed, so a HEAD
+// asks first.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	if _, err := s.Stat(ctx, name); err != nil {
+		return err
+	}
+	_, err := s.c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.o.Bucket), Key: aws.String(s.key(name))})
+	return s.wrap("delete "+name, err)
+}
+
+// Sync has nothing to do: a PUT is durable when it is acknowledged.
+func (s *Store) Sync(ctx context.Context) error { return ctx.Err() }
+
+// Close releases idle connections.
+func (s *Store) Close() error {
+	if c, ok := s.o.HTTPClient.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+	return nil
+}
