@@ -66,12 +66,15 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 		return nil, err
 	}
 	if c, ok := store.(Creator); ok {
-		if err := c.PutIfAbsent(ctx, configName, b); errors.Is(err, ErrExists) {
+		err := c.PutIfAbsent(ctx, configName, b)
+		switch {
+		case err == nil:
+			return newRepository(store, cfg)
+		case errors.Is(err, ErrExists):
 			return nil, fmt.Errorf("%s: %w", store.Location(), ErrRepositoryExists)
-		} else if err != nil {
+		case !errors.Is(err, errors.ErrUnsupported): // a wrapper over a store without it
 			return nil, fmt.Errorf("%s: write config: %w", store.Location(), err)
 		}
-		return newRepository(store, cfg)
 	}
 	if err := store.Put(ctx, configName, b); err != nil {
 		return nil, fmt.Errorf("%s: write config: %w", store.Location(), err)

@@ -61,7 +61,7 @@ var ErrExists = errors.New("object already exists")
 // atomically, durably, and visibly to every other writer once it returns
 // (If-None-Match on S3, link(2) on a local filesystem). Repository.Init
 // uses it so that writers starting at once on an empty store agree on one
-// config.
+// config. A wrapper whose inner store lacks it returns errors.ErrUnsupported.
 type Creator interface {
 	PutIfAbsent(ctx context.Context, name string, data []byte) error
 }

@@ -73,6 +73,9 @@ func ParseURL(u string) (host, path string, err error) {
 	if i <= 0 || host == "" {
 		return "", "", fmt.Errorf("nfs url %q: want HOST:/EXPORT[/PATH]", u)
 	}
+	if !validHost(host) {
+		return "", "", fmt.Errorf("nfs url %q: %q is neither an IP address nor a host name", u, host)
+	}
 	path = "/" + strings.Trim(u[i+2:], "/")
 	for _, seg := range strings.Split(strings.Trim(path, "/"), "/") {
 		if seg == "." || seg == ".." {
@@ -160,4 +163,19 @@ func ParseOptions(s string) (Options, error) {
 		return o, fmt.Errorf("nfs options not supported: %s", strings.Join(unknown, ", "))
 	}
 	return o, nil
+}
+
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if len(h) == 0 || len(h) > 253 || strings.HasPrefix(h, "-") || strings.HasPrefix(h, ".") {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

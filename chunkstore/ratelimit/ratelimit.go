@@ -5,6 +5,8 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"golang.org/x/time/rate"
 
@@ -63,4 +65,17 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 		return nil, err
 	}
 	return b, Wait(ctx, s.read, len(b))
+}
+
+// PutIfAbsent passes a conditional create through, limited like Put, if
+// the wrapped store can do one (chunkstore.Creator).
+func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
+	c, ok := s.Store.(chunkstore.Creator)
+	if !ok {
+		return fmt.Errorf("%s: conditional create: %w", s.Location(), errors.ErrUnsupported)
+	}
+	if err := Wait(ctx, s.write, len(data)); err != nil {
+		return err
+	}
+	return c.PutIfAbsent(ctx, name, data)
 }
