@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
-	"github.com/volback/volback/chunkstore/local"
-	"github.com/volback/volback/chunkstore/ratelimit"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
 )
@@ -69,6 +67,24 @@ type backupMetadata struct {
 	Parallelism  int     `json:"parallelismDegree,omitempty"`
 	// Bandwidth holds the limits the request set, in bytes per second.
 	Bandwidth map[string]int64 `json:"bandwidth,omitempty"`
+	// Target is where an fsInfo tag sent the backup (URL form).
+	Target string `json:"target,omitempty"`
+	// SourceAddress is the backup network address connections left from.
+	SourceAddress string `json:"sourceAddress,omitempty"`
+}
+
+func targetOf(spec target.Spec, bs *inventory.BackupStorage) string {
+	if spec == storageSpec(bs) {
+		return ""
+	}
+	return spec.String()
+}
+
+func addrString(env target.Env) string {
+	if env.LocalAddr.IsValid() {
+		return env.LocalAddr.String()
+	}
+	return ""
 }
 
 // createVolumeBackup is CreateVolumeBackup (POST
@@ -143,12 +159,9 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", err.Error()))
 		return
 	}
-	if tags.FSInfo != nil {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", "fsInfo targets ("+tags.FSInfo.Type+") are not supported by this version"))
-		return
-	}
-	if tags.NetworkCIDR.IsValid() {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", "backup::network::cidr is not supported by this version"))
+	spec, env, err := a.backupTarget(bs, tags)
+	if err != nil {
+		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", err.Error()))
 		return
 	}
 	id, ok := resourceID(p.ResourceUUID)
@@ -164,7 +177,11 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 	userTags, _ := json.Marshal(nonNil(req.UserTags))
 	rec := &inventory.VolumeBackup{UUID: id, VolumeUUID: volID, Name: p.Name, Description: p.Description,
 		Type: vrec.Type, State: "Enabled", Status: "Creating", Size: vrec.Size, Mode: p.Mode, UserTags: string(userTags)}
-	ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: filepath.Join(bs.URL, "manifests", id), Status: "Creating"}
+	ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, id), Status: "Creating"}
+	if spec != storageSpec(bs) {
+		tj, _ := json.Marshal(spec)
+		ref.Target = string(tj)
+	}
 	if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
 		a.fail(w, apiErr(CodeInvalidArg, "cannot record the backup", err.Error()))
 		return
@@ -182,30 +199,25 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		// The target's bandwidth limits wrap the store; the volume's read
 		// limit is the backup's own. volumeWriteBandwidth limits writes to
 		// the volume, which a backup does not make.
-		st, err := local.Open(bs.URL)
+		repo, err := a.openTarget(ctx, spec, env, bw["networkWriteBandwidth"], bw["networkReadBandwidth"])
 		if err != nil {
-			return fail("cannot open the backup storage "+bs.UUID, err)
-		}
-		repo, err := chunkstore.Open(ctx, ratelimit.New(st, bw["networkWriteBandwidth"], bw["networkReadBandwidth"]))
-		if err != nil {
-			st.Close()
-			return fail("cannot open the backup storage "+bs.UUID, err)
+			return fail("cannot open the backup target "+spec.String(), err)
 		}
 		defer repo.Close()
 		start := time.Now()
 		m, err := vol.Backup(ctx, repo, dataplane.LiveBackupOptions{
 			ReadBytesPerSec: bw["volumeReadBandwidth"],
-			Chain:           bs.UUID, Mode: p.Mode, ID: id, Parallelism: tags.Parallelism, Progress: prog,
-			Meta: map[string]string{"name": p.Name, "description": p.Description, "backupStorageUuid": bs.UUID},
+			Chain:           chainOf(bs, spec), Mode: p.Mode, ID: id, Parallelism: tags.Parallelism, Progress: prog,
+			Meta: map[string]string{"name": p.Name, "description": p.Description, "backupStorageUuid": bs.UUID, "volumeType": vrec.Type},
 		})
 		if err != nil {
-			return fail("volume backup failed", err)
+			return fail("volume backup to "+spec.String()+" failed", err)
 		}
 		md, _ := json.Marshal(backupMetadata{Mode: m.Mode, Parent: m.Parent, BytesRead: m.Stats.BytesRead,
 			BytesStored: m.Stats.BytesStored, ChunksTotal: m.Stats.ChunksTotal, ChunksRead: m.Stats.ChunksRead,
 			ChunksNew: m.Stats.ChunksNew, ChunksZero: m.Stats.ChunksZero, ChunksReused: m.Stats.ChunksReused,
 			Seconds: time.Since(start).Seconds(), FullReason: m.Meta["fullReason"], Parallelism: tags.Parallelism,
-			Bandwidth: nonZero(bw)})
+			Bandwidth: nonZero(bw), Target: targetOf(spec, bs), SourceAddress: addrString(env)})
 		if err := a.DB.FinishVolumeBackup(ctx, id, "Ready", m.Size, string(md)); err != nil {
 			return fail("cannot record the backup", err)
 		}
@@ -298,9 +310,13 @@ func (a *API) deleteVolumeBackup(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				continue // storage gone: nothing to remove there
 			}
-			repo, err := local.OpenRepository(ctx, bs.URL)
+			spec, err := refSpec(ref, bs)
 			if err != nil {
-				return nil, apiErr(CodeOperationFail, "cannot open the backup storage "+bs.UUID, err.Error())
+				return nil, apiErr(CodeInternal, "internal error", err.Error())
+			}
+			repo, err := a.openTarget(ctx, spec, a.TargetEnv, 0, 0)
+			if err != nil {
+				return nil, apiErr(CodeOperationFail, "cannot open the backup target "+spec.String(), err.Error())
 			}
 			err = repo.DeleteManifest(ctx, id)
 			repo.Close()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/volback/volback/chunkstore/target"
 	"io"
 	"log/slog"
 	"net"
@@ -31,6 +32,10 @@ type DaemonConfig struct {
 	// "password", as ZStack's.
 	AdminPassword string
 	Logger        *slog.Logger
+	// S3AccessKeyID and S3SecretAccessKey are the credentials for S3
+	// targets; empty means the standard AWS chain (environment, shared
+	// config, instance role). Never logged.
+	S3AccessKeyID, S3SecretAccessKey string
 	// GCInterval is how often every backup storage is garbage collected;
 	// 0 means never (ReclaimSpaceFromImageStore still runs one).
 	GCInterval time.Duration
@@ -85,11 +90,12 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	} else if n > 0 {
 		log.Warn("jobs interrupted by the last stop are recorded failed", "jobs", n)
 	}
+	env := target.Env{S3AccessKeyID: cfg.S3AccessKeyID, S3SecretAccessKey: cfg.S3SecretAccessKey}
 	if ids, err := db.AbandonCreatingBackups(ctx); err != nil {
 		return err
 	} else if len(ids) > 0 {
 		log.Warn("backups left unfinished by the last stop are dropped from the inventory", "backups", strings.Join(ids, ","))
-		dropMarkers(ctx, db, ids, log)
+		go dropMarkers(ctx, db, env, ids, log)
 	}
 
 	if err := ensureDefaultStore(ctx, db, cfg.StateDir, log); err != nil {
@@ -142,7 +148,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 
 	metrics := NewMetrics(srv)
 	jobs := &Jobs{DB: db, Log: log, Metrics: metrics}
-	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics}
+	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics, TargetEnv: env}
 	nl, err := nbd.Listen(cfg.NBDListen)
 	if err != nil {
 		return err
@@ -179,7 +185,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		}
 	}()
 	if cfg.GCInterval > 0 {
-		go collectEvery(ctx, db, metrics, log, cfg.GCInterval)
+		go collectEvery(ctx, db, env, metrics, log, cfg.GCInterval)
 	}
 	log.Info("volback daemon serving", "api", "http://"+hl.Addr().String()+"/zstack/v1", "nbd", cfg.NBDListen, "state", cfg.StateDir)
 	if cfg.Ready != nil {

@@ -4,12 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
-	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
 )
@@ -38,7 +39,7 @@ func (a *API) reclaimSpace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.Jobs.Start(w, r, "ReclaimSpaceFromImageStore", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
-		rep, err := collect(ctx, bs, prog)
+		rep, err := collectStorage(ctx, a.DB, bs, a.TargetEnv, prog)
 		if errors.Is(err, chunkstore.ErrBackupsInProgress) {
 			return nil, apiErr(CodeOperationFail, "backups are running in this backup storage; reclaim space when they are done", err.Error())
 		}
@@ -50,9 +51,35 @@ func (a *API) reclaimSpace(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func collect(ctx context.Context, bs *inventory.BackupStorage, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
-	repo, err := local.OpenRepository(ctx, bs.URL)
+// collectStorage collects every target of a storage (its url and the
+// fsInfo targets its backups went to) and sums the reports.
+func collectStorage(ctx context.Context, db *inventory.DB, bs *inventory.BackupStorage, env target.Env, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
+	sum := &chunkstore.GCReport{}
+	for _, spec := range storageTargets(ctx, db, bs) {
+		rep, err := collect(ctx, spec, env, prog)
+		if err != nil {
+			return sum, fmt.Errorf("%s: %w", spec.String(), err)
+		}
+		sum.Manifests += rep.Manifests
+		sum.ChunksTotal += rep.ChunksTotal
+		sum.ChunksInUse += rep.ChunksInUse
+		sum.ChunksDeleted += rep.ChunksDeleted
+		sum.BytesDeleted += rep.BytesDeleted
+		sum.StaleMarkers += rep.StaleMarkers
+		sum.MissingChunks += rep.MissingChunks
+		sum.Duration += rep.Duration
+	}
+	return sum, nil
+}
+
+func collect(ctx context.Context, spec target.Spec, env target.Env, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
+	st, err := target.Open(ctx, spec, env)
 	if err != nil {
+		return nil, err
+	}
+	repo, err := chunkstore.Open(ctx, st)
+	if err != nil {
+		st.Close()
 		return nil, err
 	}
 	defer repo.Close()
@@ -67,7 +94,7 @@ func collect(ctx context.Context, bs *inventory.BackupStorage, prog *dataplane.P
 // collectEvery runs a garbage collection of every backup storage each
 // interval, until ctx is done. A storage with backups running is retried
 // at the next round.
-func collectEvery(ctx context.Context, db *inventory.DB, m *Metrics, log *slog.Logger, interval time.Duration) {
+func collectEvery(ctx context.Context, db *inventory.DB, env target.Env, m *Metrics, log *slog.Logger, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -82,7 +109,7 @@ func collectEvery(ctx context.Context, db *inventory.DB, m *Metrics, log *slog.L
 			continue
 		}
 		for _, bs := range storages {
-			rep, err := collect(ctx, bs, nil)
+			rep, err := collectStorage(ctx, db, bs, env, nil)
 			switch {
 			case ctx.Err() != nil:
 				return
@@ -101,21 +128,28 @@ func collectEvery(ctx context.Context, db *inventory.DB, m *Metrics, log *slog.L
 
 // dropMarkers removes the repository markers of backups a crash left
 // behind, so collections need not wait for them to go stale.
-func dropMarkers(ctx context.Context, db *inventory.DB, ids []string, log *slog.Logger) {
+func dropMarkers(ctx context.Context, db *inventory.DB, env target.Env, ids []string, log *slog.Logger) {
 	storages, err := db.ListBackupStorages(ctx)
 	if err != nil {
 		return
 	}
 	for _, bs := range storages {
-		repo, err := local.OpenRepository(ctx, bs.URL)
-		if err != nil {
-			continue
-		}
-		for _, id := range ids {
-			if err := repo.RemoveBackupMarker(ctx, id); err != nil {
-				log.Warn("cannot remove an abandoned backup's marker", "storage", bs.UUID, "backup", id, "err", err)
+		for _, spec := range storageTargets(ctx, db, bs) {
+			st, err := target.Open(ctx, spec, env)
+			if err != nil {
+				continue
 			}
+			repo, err := chunkstore.Open(ctx, st)
+			if err != nil {
+				st.Close()
+				continue
+			}
+			for _, id := range ids {
+				if err := repo.RemoveBackupMarker(ctx, id); err != nil {
+					log.Warn("cannot remove an abandoned backup's marker", "target", spec.String(), "backup", id, "err", err)
+				}
+			}
+			repo.Close()
 		}
-		repo.Close()
 	}
 }

@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"github.com/volback/volback/chunkstore/target"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -120,6 +121,11 @@ func parseFSInfo(tag string) (*FSInfo, error) {
 		if opts != "" && o == "" {
 			return nil, &TagError{Tag: tag, Reason: "empty option in " + strconv.Quote(opts)}
 		}
+	}
+	// Options and URL forms are the target's business: check them now,
+	// so a bad tag is refused before any job starts.
+	if _, err := target.FromFSInfo(typ, url, opts); err != nil {
+		return nil, &TagError{Tag: tag, Reason: err.Error()}
 	}
 	return &FSInfo{Type: typ, URL: url, Options: opts}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/volback/volback/chunkstore/target"
 	"io"
 	"log/slog"
 	"net/http"
@@ -59,7 +60,9 @@ type API struct {
 	Host    *Host
 	Metrics *Metrics
 	Log     *slog.Logger
-	mux     *http.ServeMux
+	// TargetEnv holds the daemon's S3 credentials, if configured.
+	TargetEnv target.Env
+	mux       *http.ServeMux
 }
 
 // Handler returns the API's routes.

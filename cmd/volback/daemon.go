@@ -21,6 +21,8 @@ func daemonCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "volume", Usage: "UUID=PATH of an existing image or block device to register and export (repeatable)"},
 			&cli.StringFlag{Name: "admin-password", Usage: "the admin account's password (default \"password\")", EnvVars: []string{"VOLBACK_ADMIN_PASSWORD"}},
 			&cli.DurationFlag{Name: "gc-interval", Value: 24 * time.Hour, Usage: "garbage-collect every backup storage this often (0 = only on ReclaimSpaceFromImageStore)"},
+			&cli.StringFlag{Name: "s3-access-key-id", Usage: "access key for S3 targets (default: the standard AWS chain)", EnvVars: []string{"VOLBACK_S3_ACCESS_KEY_ID"}},
+			&cli.StringFlag{Name: "s3-secret-access-key", Usage: "secret key for S3 targets", EnvVars: []string{"VOLBACK_S3_SECRET_ACCESS_KEY"}},
 			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
 		},
 		Action: func(c *cli.Context) error {
@@ -35,6 +37,7 @@ func daemonCommand() *cli.Command {
 			return control.RunDaemon(c.Context, control.DaemonConfig{
 				StateDir: c.String("state-dir"), Listen: c.String("listen"), NBDListen: c.String("nbd-listen"),
 				Volumes: vols, AdminPassword: c.String("admin-password"), GCInterval: c.Duration("gc-interval"),
+				S3AccessKeyID: c.String("s3-access-key-id"), S3SecretAccessKey: c.String("s3-secret-access-key"),
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})
 		},

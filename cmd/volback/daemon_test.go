@@ -382,9 +382,30 @@ func TestDaemonErrors(t *testing.T) {
 		{"bad X-Job-UUID", "POST", "/volumes/" + vol + "/volume-backups", auth, body(""), map[string]string{"X-Job-UUID": "nope"}, 400, ""},
 		{"bad query", "GET", "/volume-backups?q=nosuch=1", auth, "", nil, 503, "SYS.1007"},
 	}
+	// Tags whose target cannot be used are refused before any data moves,
+	// with the tag and the reason in the error.
+	for name, tc := range map[string]struct{ tag, want string }{
+		"nfs version":         {"fsInfo::type::nfs::url::127.0.0.1:/e::options::vers=4", "only NFS version 3"},
+		"nfs unknown option":  {"fsInfo::type::nfs::url::127.0.0.1:/e::options::nolock,frob=2", "not supported: frob=2"},
+		"nfs bad url":         {"fsInfo::type::nfs::url::127.0.0.1:/a/../b", "not allowed"},
+		"s3 secret in tag":    {"fsInfo::type::s3::url::s3://b/p::options::secret-key=x", "credentials do not belong"},
+		"s3 unknown option":   {"fsInfo::type::s3::url::s3://b/p::options::colour=red", "not supported: colour=red"},
+		"s3 bad url":          {"fsInfo::type::s3::url::ftp://h/b", "want s3://"},
+		"no address in cidr":  {"backup::network::cidr::198.51.100.0/24", "no address of this host is inside the backup network 198.51.100.0/24"},
+		"cidr given twice":    {"backup::network::cidr::127.0.0.0/8\",\"backup::network::cidr::10.0.0.0/8", "more than once"},
+		"fsInfo without type": {"fsInfo::url::x", "unknown system tag"},
+	} {
+		cases = append(cases, struct {
+			name, method, path, auth, body string
+			headers                        map[string]string
+			status                         int
+			code                           string
+		}{name, "POST", "/volumes/" + vol + "/volume-backups", auth, `{"params":{"backupStorageUuid":"` + bsUUID + `","name":"b"},"systemTags":["` + tc.tag + `"]}`, nil, 503, "SYS.1007:" + tc.want})
+	}
 	for _, c := range cases {
 		r := d.do(c.method, c.path, c.auth, c.body, c.headers)
-		if r.status != c.status || (c.code != "" && zcode(t, r) != c.code) {
+		code, want, _ := strings.Cut(c.code, ":")
+		if r.status != c.status || (code != "" && zcode(t, r) != code) || !strings.Contains(string(r.body), want) {
 			t.Errorf("%s: got %d %s, want %d %s", c.name, r.status, r.body, c.status, c.code)
 		}
 	}

@@ -47,7 +47,10 @@ type VolumeBackup struct {
 // BackupStorageRef says where a backup is stored.
 type BackupStorageRef struct {
 	VolumeBackupUUID, BackupStorageUUID, InstallPath, Status string
-	Created, LastOp                                          time.Time
+	// Target is the JSON of the target the backup was written to when it
+	// is not the storage's own url (an fsInfo tag); "" otherwise.
+	Target          string
+	Created, LastOp time.Time
 }
 
 func ns(t time.Time) int64 { return t.UnixNano() }
@@ -162,9 +165,12 @@ func (d *DB) DeleteVolume(ctx context.Context, uuid string) error {
 }
 
 // CreateVolumeBackup records a backup in status Creating with its
-// storage reference, in one transaction.
+// storage reference, in one transaction. A zero b.Created means now.
 func (d *DB) CreateVolumeBackup(ctx context.Context, b *VolumeBackup, ref BackupStorageRef) error {
 	now := d.now().UTC()
+	if !b.Created.IsZero() {
+		now = b.Created.UTC()
+	}
 	b.Created, b.LastOp = now, now
 	if b.UserTags == "" {
 		b.UserTags = "[]"
@@ -185,8 +191,8 @@ func (d *DB) CreateVolumeBackup(ctx context.Context, b *VolumeBackup, ref Backup
 	}
 	ref.VolumeBackupUUID = b.UUID
 	ref.Created, ref.LastOp = now, now
-	if _, err := tx.ExecContext(ctx, `INSERT INTO volume_backup_refs(volume_backup_uuid, backup_storage_uuid, install_path, status, create_date, last_op_date)
-		VALUES(?, ?, ?, ?, ?, ?)`, ref.VolumeBackupUUID, ref.BackupStorageUUID, ref.InstallPath, ref.Status, ns(now), ns(now)); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO volume_backup_refs(volume_backup_uuid, backup_storage_uuid, install_path, status, target, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?, ?)`, ref.VolumeBackupUUID, ref.BackupStorageUUID, ref.InstallPath, ref.Status, nullIfEmpty(ref.Target), ns(now), ns(now)); err != nil {
 		return fmt.Errorf("volume backup %s: %w", b.UUID, err)
 	}
 	b.Refs = []BackupStorageRef{ref}
@@ -289,7 +295,7 @@ func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, o
 	for i, b := range out {
 		ids[i] = b.UUID
 	}
-	rrows, err := d.db.QueryContext(ctx, `SELECT volume_backup_uuid, backup_storage_uuid, install_path, status, create_date, last_op_date
+	rrows, err := d.db.QueryContext(ctx, `SELECT volume_backup_uuid, backup_storage_uuid, install_path, status, COALESCE(target, ''), create_date, last_op_date
 		FROM volume_backup_refs WHERE volume_backup_uuid IN (`+ph+`)`, ids...)
 	if err != nil {
 		return nil, 0, err
@@ -298,7 +304,7 @@ func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, o
 	for rrows.Next() {
 		var r BackupStorageRef
 		var c, l int64
-		if err := rrows.Scan(&r.VolumeBackupUUID, &r.BackupStorageUUID, &r.InstallPath, &r.Status, &c, &l); err != nil {
+		if err := rrows.Scan(&r.VolumeBackupUUID, &r.BackupStorageUUID, &r.InstallPath, &r.Status, &r.Target, &c, &l); err != nil {
 			return nil, 0, err
 		}
 		r.Created, r.LastOp = tm(c), tm(l)
@@ -403,4 +409,23 @@ func (d *DB) GetUserTags(ctx context.Context, uuids []string) ([]*UserTag, error
 		out = append(out, &t)
 	}
 	return out, nil
+}
+
+// StorageTargets returns the distinct targets (JSON) other than its url
+// that backups of a storage were written to.
+func (d *DB) StorageTargets(ctx context.Context, storageUUID string) ([]string, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT DISTINCT target FROM volume_backup_refs WHERE backup_storage_uuid = ? AND target IS NOT NULL ORDER BY target`, storageUUID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
 }
