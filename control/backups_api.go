@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
@@ -71,6 +72,16 @@ type backupMetadata struct {
 	Target string `json:"target,omitempty"`
 	// SourceAddress is the backup network address connections left from.
 	SourceAddress string `json:"sourceAddress,omitempty"`
+}
+
+// metadataOf is the inventory's metadata of a backup's manifest.
+func metadataOf(m *chunkstore.Manifest, seconds float64, bw map[string]int64, target, source string) backupMetadata {
+	p, _ := strconv.Atoi(m.Meta["parallelismDegree"])
+	return backupMetadata{Mode: m.Mode, Parent: m.Parent, BytesRead: m.Stats.BytesRead,
+		BytesStored: m.Stats.BytesStored, ChunksTotal: m.Stats.ChunksTotal, ChunksRead: m.Stats.ChunksRead,
+		ChunksNew: m.Stats.ChunksNew, ChunksZero: m.Stats.ChunksZero, ChunksReused: m.Stats.ChunksReused,
+		Seconds: seconds, FullReason: m.Meta["fullReason"], Parallelism: p,
+		Bandwidth: nonZero(bw), Target: target, SourceAddress: source}
 }
 
 func targetOf(spec target.Spec, bs *inventory.BackupStorage) string {
@@ -208,16 +219,13 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		m, err := vol.Backup(ctx, repo, dataplane.LiveBackupOptions{
 			ReadBytesPerSec: bw["volumeReadBandwidth"],
 			Chain:           chainOf(bs, spec), Mode: p.Mode, ID: id, Parallelism: tags.Parallelism, Progress: prog,
-			Meta: map[string]string{"name": p.Name, "description": p.Description, "backupStorageUuid": bs.UUID, "volumeType": vrec.Type},
+			Meta: map[string]string{"name": p.Name, "description": p.Description, "backupStorageUuid": bs.UUID, "volumeType": vrec.Type,
+				"parallelismDegree": strconv.Itoa(tags.Parallelism)},
 		})
 		if err != nil {
 			return fail("volume backup to "+spec.String()+" failed", err)
 		}
-		md, _ := json.Marshal(backupMetadata{Mode: m.Mode, Parent: m.Parent, BytesRead: m.Stats.BytesRead,
-			BytesStored: m.Stats.BytesStored, ChunksTotal: m.Stats.ChunksTotal, ChunksRead: m.Stats.ChunksRead,
-			ChunksNew: m.Stats.ChunksNew, ChunksZero: m.Stats.ChunksZero, ChunksReused: m.Stats.ChunksReused,
-			Seconds: time.Since(start).Seconds(), FullReason: m.Meta["fullReason"], Parallelism: tags.Parallelism,
-			Bandwidth: nonZero(bw), Target: targetOf(spec, bs), SourceAddress: addrString(env)})
+		md, _ := json.Marshal(metadataOf(m, time.Since(start).Seconds(), bw, targetOf(spec, bs), addrString(env)))
 		if err := a.DB.FinishVolumeBackup(ctx, id, "Ready", m.Size, string(md)); err != nil {
 			return fail("cannot record the backup", err)
 		}

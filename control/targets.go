@@ -114,3 +114,8 @@ func storageTargets(ctx context.Context, db *inventory.DB, bs *inventory.BackupS
 	}
 	return specs
 }
+
+// openStoreFor opens a target's store, without limits.
+func openStoreFor(ctx context.Context, spec target.Spec, env target.Env) (chunkstore.Store, error) {
+	return target.Open(ctx, spec, env)
+}

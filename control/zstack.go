@@ -94,6 +94,7 @@ func (a *API) Handler() http.Handler {
 		m.Handle("GET /zstack/v1/volume-backups", a.authed(a.queryVolumeBackups))
 		m.Handle("GET /zstack/v1/volume-backups/{uuid}", a.authed(a.queryVolumeBackups))
 		m.Handle("DELETE /zstack/v1/volume-backups/{uuid}", a.authed(a.deleteVolumeBackup))
+		m.Handle("PUT /zstack/v1/volume-backups/imageStore/{storageUuid}/actions", a.authed(a.syncVolumeBackups))
 	}
 	a.mux = m
 	return m

@@ -3,18 +3,19 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
 	"github.com/volback/volback/chunkstore"
-	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/target"
 )
 
 var repoFlag = &cli.StringFlag{
 	Name:     "repo",
 	Aliases:  []string{"r"},
-	Usage:    "repository directory (an ImageStore backup storage's url)",
+	Usage:    "repository: a directory (an ImageStore backup storage's url), nfs://HOST[:PORT]/PATH[?OPTIONS] or s3://BUCKET/PREFIX[?endpoint=URL&region=R&path-style] (credentials from the AWS environment or a profile= option)",
 	EnvVars:  []string{"VOLBACK_REPO"},
 	Required: true,
 }
@@ -25,8 +26,27 @@ var parallelismFlag = &cli.IntFlag{
 	Usage:   "parallel workers (parallelismDegree); 0 = one per CPU",
 }
 
-func openRepo(ctx context.Context, dir string) (*chunkstore.Repository, error) {
-	return local.OpenRepository(ctx, dir)
+func openRepo(ctx context.Context, repo string) (*chunkstore.Repository, error) {
+	st, err := openStore(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	r, err := chunkstore.Open(ctx, st)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// openStore opens the store a --repo value names.
+func openStore(ctx context.Context, repo string) (chunkstore.Store, error) {
+	spec, err := target.ParseURL(repo)
+	if err != nil {
+		return nil, err
+	}
+	env := target.Env{S3AccessKeyID: os.Getenv("VOLBACK_S3_ACCESS_KEY_ID"), S3SecretAccessKey: os.Getenv("VOLBACK_S3_SECRET_ACCESS_KEY")}
+	return target.Open(ctx, spec, env)
 }
 
 func repoCommand() *cli.Command {
@@ -50,7 +70,7 @@ func repoCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("--compression: %w", err)
 				}
-				s, err := local.Open(c.String("repo"))
+				s, err := openStore(c.Context, c.String("repo"))
 				if err != nil {
 					return err
 				}
