@@ -8,10 +8,14 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/volback/volback/chunkstore"
 	s3store "github.com/volback/volback/chunkstore/s3"
@@ -170,4 +174,56 @@ func open2(t *testing.T, srv *storetest.S3Server) *s3store.Store {
 	}
 	srv.Start(t)
 	return open(t, srv, "errs", "p")
+}
+
+// TestProfileAndStorageClass: credentials from a named profile of a
+// shared credentials file (the standard chain, no keys in the options),
+// and objects written with the storage class asked for.
+func TestProfileAndStorageClass(t *testing.T) {
+	srv := storetest.StartS3(t)
+	srv.NewBucket(t, "prof")
+	creds := t.TempDir() + "/credentials"
+	content := "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n\n[backup]\naws_access_key_id = " + srv.AccessKey + "\naws_secret_access_key = " + srv.SecretKey + "\n"
+	if err := os.WriteFile(creds, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", creds)
+	t.Setenv("AWS_CONFIG_FILE", t.TempDir()+"/none")
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	ctx := context.Background()
+	o := s3store.Options{Bucket: "prof", Endpoint: srv.Endpoint, PathStyle: true, Region: "us-east-1", MaxAttempts: 1}
+	if _, err := s3store.Open(ctx, o); err == nil {
+		t.Fatal("the default profile's wrong keys were accepted")
+	}
+	o.Profile = "backup"
+	o.StorageClass = "STANDARD_IA"
+	hc := &headerClient{c: &http.Client{}}
+	o.HTTPClient = hc
+	s, err := s3store.Open(ctx, o)
+	if err != nil {
+		t.Fatalf("profile backup: %v", err)
+	}
+	if err := s.Put(ctx, "chunks/aa/k", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Client().HeadObject(ctx, &awss3.HeadObjectInput{Bucket: aws.String("prof"), Key: aws.String("chunks/aa/k")}); err != nil {
+		t.Fatal(err)
+	}
+	// The gateway keeps no storage classes; the request must carry it.
+	if hc.storageClass.Load() != "STANDARD_IA" {
+		t.Fatalf("PutObject sent storage class %q", hc.storageClass.Load())
+	}
+}
+
+type headerClient struct {
+	c            *http.Client
+	storageClass atomic.Value
+}
+
+func (h *headerClient) Do(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut {
+		h.storageClass.Store(r.Header.Get("X-Amz-Storage-Class"))
+	}
+	return h.c.Do(r)
 }
