@@ -313,6 +313,9 @@ func (a *API) deleteVolumeBackup(w http.ResponseWriter, r *http.Request) {
 	}
 	b := got[0]
 	a.Jobs.Start(w, r, "DeleteVolumeBackup", func(ctx context.Context, _ *dataplane.Progress) (any, *ErrorCode) {
+		if a.exports != nil {
+			a.exports.drop(id)
+		}
 		for _, ref := range b.Refs {
 			bs, err := a.DB.GetBackupStorage(ctx, ref.BackupStorageUUID)
 			if err != nil {

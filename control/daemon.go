@@ -149,6 +149,8 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	metrics := NewMetrics(srv)
 	jobs := &Jobs{DB: db, Log: log, Metrics: metrics}
 	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics, TargetEnv: env}
+	api.exports = newBackupExports(api, srv, log)
+	defer api.exports.closeAll()
 	nl, err := nbd.Listen(cfg.NBDListen)
 	if err != nil {
 		return err
@@ -184,6 +186,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 			}
 		}
 	}()
+	go api.exports.reap(ctx, 2*time.Minute)
 	if cfg.GCInterval > 0 {
 		go collectEvery(ctx, db, env, metrics, log, cfg.GCInterval)
 	}

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"github.com/volback/volback/chunkstore"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,10 @@ type ServeConfig struct {
 	Logger      *slog.Logger
 	// Ready, if set, is called once everything listens.
 	Ready func()
+	// Repo and Backups: backups of Repo to export read-only, each under
+	// its backup id.
+	Repo    *chunkstore.Repository
+	Backups []string
 }
 
 var volumeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -119,6 +124,21 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 		mu.Unlock()
 		srv.AddExport(&nbd.Export{Name: id, Description: "volback volume " + id, Backend: v})
 		log.Info("exporting volume", "volume", id, "path", cfg.Volumes[id], "size", v.Size())
+	}
+
+	for _, id := range cfg.Backups {
+		if cfg.Repo == nil {
+			return errors.New("backups to export, but no repository")
+		}
+		m, err := cfg.Repo.LoadManifest(ctx, id)
+		if err != nil {
+			return err
+		}
+		im := dataplane.OpenImage(cfg.Repo, m, dataplane.ImageOptions{})
+		defer im.Close()
+		srv.AddExport(&nbd.Export{Name: id, Description: "volback backup " + id + " of volume " + m.VolumeID, ReadOnly: true,
+			Backend: dataplane.ImageBackend{Image: im}})
+		log.Info("exporting backup read-only", "backup", id, "volume", m.VolumeID, "size", m.Size, "repo", cfg.Repo.Location())
 	}
 
 	nl, err := nbd.Listen(cfg.NBDListen)

@@ -63,6 +63,7 @@ type API struct {
 	// TargetEnv holds the daemon's S3 credentials, if configured.
 	TargetEnv target.Env
 	mux       *http.ServeMux
+	exports   *backupExports
 }
 
 // Handler returns the API's routes.

@@ -53,6 +53,9 @@ type Server struct {
 	Logger *slog.Logger
 	// Stats counts requests and bytes.
 	Stats Stats
+	// Resolve, if set, is asked for an export a client names that is not
+	// published; one it returns is published under that name.
+	Resolve func(name string) *Export
 
 	mu      sync.RWMutex
 	exports map[string]*Export
@@ -89,8 +92,21 @@ func (srv *Server) RemoveExport(name string) {
 
 func (srv *Server) export(name string) *Export {
 	srv.mu.RLock()
-	defer srv.mu.RUnlock()
-	return srv.exports[name]
+	e := srv.exports[name]
+	srv.mu.RUnlock()
+	if e != nil || srv.Resolve == nil {
+		return e
+	}
+	if e = srv.Resolve(name); e == nil {
+		return nil
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if old := srv.exports[name]; old != nil {
+		return old // resolved twice at once: the first one stays
+	}
+	srv.exports[name] = e
+	return e
 }
 
 func (srv *Server) exportNames() []string {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/control"
 )
 
@@ -20,9 +21,11 @@ var stateDirFlag = &cli.StringFlag{
 func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "export volumes over NBD, tracking changed blocks, until SIGTERM",
+		Usage: "export volumes over NBD, tracking changed blocks, and backups read-only, until SIGTERM",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "volume", Usage: "UUID=PATH of a raw file or block device to export (repeatable)"},
+			&cli.StringSliceFlag{Name: "backup", Usage: "id of a backup in --repo to export read-only, under its id (repeatable)"},
+			&cli.StringFlag{Name: "repo", Aliases: []string{"r"}, Usage: "repository of the --backup exports (a directory, nfs:// or s3:// URL)", EnvVars: []string{"VOLBACK_REPO"}},
 			&cli.StringFlag{Name: "nbd-listen", Usage: "unix:///PATH or tcp://HOST:PORT (default unix://<state-dir>/nbd.sock)"},
 			stateDirFlag,
 			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
@@ -32,8 +35,18 @@ func serveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if len(vols) == 0 {
-				return errors.New("serve needs at least one --volume UUID=PATH")
+			if len(vols) == 0 && len(c.StringSlice("backup")) == 0 {
+				return errors.New("serve needs at least one --volume UUID=PATH or --backup ID")
+			}
+			var repo *chunkstore.Repository
+			if len(c.StringSlice("backup")) > 0 {
+				if c.String("repo") == "" {
+					return errors.New("--backup needs --repo")
+				}
+				if repo, err = openRepo(c.Context, c.String("repo")); err != nil {
+					return err
+				}
+				defer repo.Close()
 			}
 			level := slog.LevelInfo
 			if c.Bool("debug") {
@@ -42,6 +55,7 @@ func serveCommand() *cli.Command {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			return control.Serve(c.Context, control.ServeConfig{
 				StateDir: c.String("state-dir"), Volumes: vols, NBDListen: c.String("nbd-listen"), Logger: log,
+				Repo: repo, Backups: c.StringSlice("backup"),
 			})
 		},
 	}

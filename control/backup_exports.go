@@ -1,0 +1,130 @@
+package control
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/dataplane"
+	"github.com/volback/volback/nbd"
+)
+
+// backupExports serves every Ready backup read-only over NBD, under its
+// uuid, opened when a client first names it and closed after it has had
+// no client for a while: the daemon's side of `volback serve --backup`.
+type backupExports struct {
+	api  *API
+	srv  *nbd.Server
+	log  *slog.Logger
+	mu   sync.Mutex
+	open map[string]*openBackup
+}
+
+type openBackup struct {
+	e     *nbd.Export
+	repo  *chunkstore.Repository
+	im    *dataplane.Image
+	since time.Time // without clients since; zero while it has some
+}
+
+func newBackupExports(api *API, srv *nbd.Server, log *slog.Logger) *backupExports {
+	b := &backupExports{api: api, srv: srv, log: log, open: map[string]*openBackup{}}
+	srv.Resolve = b.resolve
+	return b
+}
+
+func (b *backupExports) resolve(name string) *nbd.Export {
+	if chunkstore.ValidID(name) != nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ob := b.open[name]; ob != nil {
+		return ob.e
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got, _, err := b.api.DB.QueryVolumeBackups(ctx, " WHERE uuid = ? AND status = 'Ready'", []any{name}, "", 1, 0)
+	if err != nil || len(got) == 0 || len(got[0].Refs) == 0 {
+		return nil
+	}
+	ref := got[0].Refs[0]
+	bs, err := b.api.DB.GetBackupStorage(ctx, ref.BackupStorageUUID)
+	if err != nil {
+		return nil
+	}
+	spec, err := refSpec(ref, bs)
+	if err != nil {
+		return nil
+	}
+	repo, err := b.api.openTarget(ctx, spec, b.api.TargetEnv, 0, 0)
+	if err != nil {
+		b.log.Warn("cannot export backup: target unavailable", "backup", name, "target", spec.String(), "err", err)
+		return nil
+	}
+	m, err := repo.LoadManifest(ctx, name)
+	if err != nil {
+		repo.Close()
+		b.log.Warn("cannot export backup", "backup", name, "err", err)
+		return nil
+	}
+	im := dataplane.OpenImage(repo, m, dataplane.ImageOptions{CacheChunks: 16})
+	e := &nbd.Export{Name: name, Description: "volback backup " + name + " of volume " + m.VolumeID, ReadOnly: true,
+		Backend: dataplane.ImageBackend{Image: im}}
+	b.open[name] = &openBackup{e: e, repo: repo, im: im}
+	b.log.Info("exporting backup read-only", "backup", name, "volume", m.VolumeID, "target", spec.String())
+	return e
+}
+
+// reap closes backup exports that have had no client for idle.
+func (b *backupExports) reap(ctx context.Context, idle time.Duration) {
+	t := time.NewTicker(idle / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		b.mu.Lock()
+		for id, ob := range b.open {
+			if b.srv.ConnectionsTo(id) > 0 {
+				ob.since = time.Time{}
+				continue
+			}
+			if ob.since.IsZero() {
+				ob.since = time.Now()
+			} else if time.Since(ob.since) > idle {
+				b.closeLocked(id)
+			}
+		}
+		b.mu.Unlock()
+	}
+}
+
+// drop unpublishes a backup (deleted); clients still attached get errors.
+func (b *backupExports) drop(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.open[id] != nil {
+		b.closeLocked(id)
+	}
+}
+
+func (b *backupExports) closeLocked(id string) {
+	ob := b.open[id]
+	b.srv.RemoveExport(id)
+	ob.im.Close()
+	ob.repo.Close()
+	delete(b.open, id)
+}
+
+func (b *backupExports) closeAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for id := range b.open {
+		b.closeLocked(id)
+	}
+}
