@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/volback/volback/chunkstore/target"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/nbd"
 )

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"github.com/volback/volback/chunkstore"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/dataplane"
 	"github.com/volback/volback/nbd"
 )

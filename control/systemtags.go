@@ -2,10 +2,11 @@ package control
 
 import (
 	"fmt"
-	"github.com/volback/volback/chunkstore/target"
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/volback/volback/chunkstore/target"
 )
 
 // MaxParallelism bounds volumeLiveBackup::parallelismDegree.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/volback/volback/chunkstore/target"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 )
 
