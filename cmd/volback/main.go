@@ -67,6 +67,7 @@ func newApp() *cli.App {
 			lsCommand(),
 			verifyCommand(),
 			gcCommand(),
+			mountCommand(),
 			daemonCommand(),
 			serveCommand(),
 			demoCommand(),
