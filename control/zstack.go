@@ -96,6 +96,7 @@ func (a *API) Handler() http.Handler {
 		m.Handle("GET /zstack/v1/volume-backups/{uuid}", a.authed(a.queryVolumeBackups))
 		m.Handle("DELETE /zstack/v1/volume-backups/{uuid}", a.authed(a.deleteVolumeBackup))
 		m.Handle("PUT /zstack/v1/volume-backups/imageStore/{storageUuid}/actions", a.authed(a.syncVolumeBackups))
+		m.Handle("PUT /zstack/v1/volume-backups/{uuid}/actions", a.authed(a.backupActions))
 	}
 	a.mux = m
 	return m
