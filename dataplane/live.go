@@ -56,6 +56,9 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 	default:
 		return nil, fmt.Errorf("volume %s: unknown backup mode %q (want full, incremental or auto)", v.ID, opts.Mode)
 	}
+	if id, ok := v.Restoring(); ok {
+		return nil, fmt.Errorf("volume %s: %w %s; back it up when the restore is complete", v.ID, ErrRestoring, id)
+	}
 	v.mu.Lock()
 	if v.closed {
 		v.mu.Unlock()

@@ -31,6 +31,9 @@ type RevertStats struct {
 // backup of each reads the whole volume, saying why.
 func (v *Volume) Revert(ctx context.Context, repo *chunkstore.Repository, m *chunkstore.Manifest, opts RevertOptions) (RevertStats, error) {
 	st := RevertStats{ChunksTotal: len(m.Chunks)}
+	if id, ok := v.Restoring(); ok {
+		return st, fmt.Errorf("volume %s: %w %s", v.ID, ErrRestoring, id)
+	}
 	if m.Size != v.size {
 		return st, fmt.Errorf("volume %s is %d bytes, backup %s is of a %d-byte volume", v.ID, v.size, m.ID, m.Size)
 	}

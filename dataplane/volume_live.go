@@ -52,6 +52,9 @@ type Volume struct {
 	// lastWrite is when a client last wrote, in nanotime units.
 	lastWrite atomic.Int64
 
+	// restore is set while the volume is filled from a backup.
+	restore atomic.Pointer[liveRestore]
+
 	// onFreeze, if set, runs while a backup holds writes off at its
 	// freeze point (tests capture the volume's content there).
 	onFreeze func()
@@ -121,7 +124,10 @@ func (v *Volume) Size() int64 { return v.size }
 func (v *Volume) Path() string { return v.path }
 
 // ReadAt implements nbd.Backend.
-func (v *Volume) ReadAt(_ context.Context, p []byte, off int64) error {
+func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := v.ensureRestored(ctx, off, int64(len(p))); err != nil {
+		return err
+	}
 	return readFull(v.f, p, off)
 }
 
@@ -141,7 +147,10 @@ func (v *Volume) beforeWrite(off, length int64) error {
 }
 
 // WriteAt implements nbd.Backend.
-func (v *Volume) WriteAt(_ context.Context, p []byte, off int64, fua bool) error {
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := v.ensureRestored(ctx, off, int64(len(p))); err != nil {
+		return err
+	}
 	v.gate.RLock()
 	defer v.gate.RUnlock()
 	if err := v.beforeWrite(off, int64(len(p))); err != nil {
@@ -159,12 +168,20 @@ func (v *Volume) WriteAt(_ context.Context, p []byte, off int64, fua bool) error
 // Flush implements nbd.Backend: one fdatasync covers the writes of every
 // connection, since they all go to this file.
 func (v *Volume) Flush(context.Context) error {
+	if v.restore.Load() != nil {
+		// Syncs, then records the chunks restored so far as done: a
+		// flushed write on a restored chunk is never copied over.
+		return v.saveRestore()
+	}
 	return unix.Fdatasync(int(v.f.Fd()))
 }
 
 // Trim implements nbd.Backend by punching a hole; where the filesystem
 // cannot, trimming is a no-op (it is only a hint).
-func (v *Volume) Trim(_ context.Context, off, length int64, fua bool) error {
+func (v *Volume) Trim(ctx context.Context, off, length int64, fua bool) error {
+	if err := v.ensureRestored(ctx, off, length); err != nil {
+		return err
+	}
 	v.gate.RLock()
 	defer v.gate.RUnlock()
 	if err := v.beforeWrite(off, length); err != nil {
@@ -183,7 +200,10 @@ func (v *Volume) Trim(_ context.Context, off, length int64, fua bool) error {
 // Zero implements nbd.Backend: a hole where holes are allowed, an
 // allocated zero range with NoHole, written zeros only as a slow fallback
 // (refused when the client asked for a fast zero).
-func (v *Volume) Zero(_ context.Context, off, length int64, f nbd.ZeroFlags) error {
+func (v *Volume) Zero(ctx context.Context, off, length int64, f nbd.ZeroFlags) error {
+	if err := v.ensureRestored(ctx, off, length); err != nil {
+		return err
+	}
 	v.gate.RLock()
 	defer v.gate.RUnlock()
 	if err := v.beforeWrite(off, length); err != nil {
@@ -272,7 +292,9 @@ func (v *Volume) allocation(off, length int64, fn func(int64, uint32) bool) erro
 	end := off + length
 	fd := int(v.f.Fd())
 	for off < end {
-		if v.block {
+		if v.block || v.restore.Load() != nil {
+			// Holes in the file of a volume being restored are chunks
+			// not copied yet: all of it is data.
 			fn(end-off, 0)
 			return nil
 		}
@@ -343,6 +365,9 @@ func (v *Volume) Close() error {
 	var err error
 	if e := unix.Fdatasync(int(v.f.Fd())); e != nil {
 		err = fmt.Errorf("volume %s: fdatasync: %w", v.ID, e)
+	}
+	if e := v.saveRestore(); err == nil && e != nil {
+		err = e
 	}
 	if v.statePath != "" && err == nil {
 		err = v.saveStateLocked(false)

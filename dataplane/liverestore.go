@@ -1,0 +1,321 @@
+package dataplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/volback/volback/chunkstore"
+)
+
+// Live restore: a volume created from a backup is usable at once. Until
+// a chunk has been copied from the backup, any read, write, trim or zero
+// that touches it first copies it (restore on access), so clients see
+// exactly the backup's data and their writes land on top of it; a
+// background copy (RunRestore) fills every other chunk. Which chunks are
+// done is kept in a state file, written after the data it vouches for is
+// synced (on every Flush and every second of the background copy), so a
+// restart resumes where it left off: a chunk the file does not mark done
+// is copied again, which can only undo client writes the client never
+// flushed.
+
+// RestoreState is the state file of a live restore.
+type RestoreState struct {
+	BackupID  string `json:"backupId"`
+	Source    string `json:"source"` // the caller's description of the repository (for resuming)
+	Size      int64  `json:"size"`
+	ChunkSize int    `json:"chunkSize"`
+	Done      []byte `json:"done"` // bitmap, one bit per chunk
+}
+
+// ReadRestoreState reads a live restore's state file.
+func ReadRestoreState(path string) (*RestoreState, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var st RestoreState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("restore state %s: %w", path, err)
+	}
+	return &st, nil
+}
+
+type liveRestore struct {
+	repo   *chunkstore.Repository
+	m      *chunkstore.Manifest
+	path   string
+	source string
+	done   []atomic.Bool
+	left   atomic.Int64 // chunks not done
+	locks  [64]sync.Mutex
+	saveMu sync.Mutex
+	// failures counts chunk copies that failed (repository unreachable);
+	// the background copy retries them.
+	failures atomic.Int64
+}
+
+// ErrRestoring is returned by operations a volume cannot do while it is
+// being restored (a backup of it, a revert).
+var ErrRestoring = errors.New("the volume is being restored from a backup")
+
+// StartRestore makes v, a new volume of the backup's size, a live
+// restore of backup m: from now on it reads as the backup. statePath is
+// the state file; source is kept in it for the caller to reopen the
+// repository when resuming.
+func (v *Volume) StartRestore(repo *chunkstore.Repository, m *chunkstore.Manifest, statePath, source string) error {
+	if m.Size != v.size {
+		return fmt.Errorf("volume %s is %d bytes, backup %s %d", v.ID, v.size, m.ID, m.Size)
+	}
+	r := newLiveRestore(repo, m, statePath, source)
+	// Zero chunks need no copy: the new volume reads zeros there.
+	for i, k := range m.Chunks {
+		if k.IsZero() {
+			r.done[i].Store(true)
+			r.left.Add(-1)
+		}
+	}
+	if err := r.save(v); err != nil {
+		return err
+	}
+	v.restore.Store(r)
+	return nil
+}
+
+// ResumeRestore continues a live restore from its state file.
+func (v *Volume) ResumeRestore(repo *chunkstore.Repository, statePath string) error {
+	st, err := ReadRestoreState(statePath)
+	if err != nil {
+		return err
+	}
+	m, err := repo.LoadManifest(context.Background(), st.BackupID)
+	if err != nil {
+		return fmt.Errorf("resume restore of volume %s: %w", v.ID, err)
+	}
+	if m.Size != v.size || st.Size != v.size || st.ChunkSize != m.ChunkSize || len(st.Done) < (len(m.Chunks)+7)/8 {
+		return fmt.Errorf("resume restore of volume %s: state %s does not match backup %s", v.ID, statePath, m.ID)
+	}
+	r := newLiveRestore(repo, m, statePath, st.Source)
+	for i := range m.Chunks {
+		if st.Done[i/8]&(1<<(i%8)) != 0 {
+			r.done[i].Store(true)
+			r.left.Add(-1)
+		}
+	}
+	v.restore.Store(r)
+	return nil
+}
+
+func newLiveRestore(repo *chunkstore.Repository, m *chunkstore.Manifest, path, source string) *liveRestore {
+	r := &liveRestore{repo: repo, m: m, path: path, source: source, done: make([]atomic.Bool, len(m.Chunks))}
+	r.left.Store(int64(len(m.Chunks)))
+	return r
+}
+
+// Restoring reports whether v is still being restored, and from which
+// backup.
+func (v *Volume) Restoring() (backupID string, ok bool) {
+	if r := v.restore.Load(); r != nil {
+		return r.m.ID, true
+	}
+	return "", false
+}
+
+// RestoreProgress returns the bytes copied so far and the total.
+func (v *Volume) RestoreProgress() (done, total int64) {
+	r := v.restore.Load()
+	if r == nil {
+		return v.size, v.size
+	}
+	for i := range r.done {
+		if r.done[i].Load() {
+			done += int64(r.m.ChunkLen(i))
+		}
+	}
+	return done, v.size
+}
+
+// save writes the state file, vouching only for data already synced.
+func (r *liveRestore) save(v *Volume) error {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	bits := make([]byte, (len(r.done)+7)/8)
+	for i := range r.done {
+		if r.done[i].Load() {
+			bits[i/8] |= 1 << (i % 8)
+		}
+	}
+	if err := unix.Fdatasync(int(v.f.Fd())); err != nil {
+		return fmt.Errorf("volume %s: sync: %w", v.ID, err)
+	}
+	b, _ := json.Marshal(RestoreState{BackupID: r.m.ID, Source: r.source, Size: r.m.Size, ChunkSize: r.m.ChunkSize, Done: bits})
+	tmp := r.path + ".tmp"
+	if err := writeFileSync(tmp, b); err != nil {
+		return fmt.Errorf("volume %s: restore state: %w", v.ID, err)
+	}
+	if err := os.Rename(tmp, r.path); err != nil {
+		return fmt.Errorf("volume %s: restore state: %w", v.ID, err)
+	}
+	return syncDirOf(r.path)
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func syncDirOf(path string) error {
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ensure copies every chunk of [off, off+length) that is not done yet.
+func (r *liveRestore) ensure(ctx context.Context, v *Volume, off, length int64) error {
+	if length <= 0 {
+		return nil
+	}
+	cs := int64(r.m.ChunkSize)
+	for i := off / cs; i*cs < off+length && i < int64(len(r.done)); i++ {
+		if err := r.copyChunk(ctx, v, int(i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyChunk copies chunk i from the backup unless it is done already.
+func (r *liveRestore) copyChunk(ctx context.Context, v *Volume, i int) error {
+	if r.done[i].Load() {
+		return nil
+	}
+	mu := &r.locks[i%len(r.locks)]
+	mu.Lock()
+	defer mu.Unlock()
+	if r.done[i].Load() {
+		return nil
+	}
+	data, err := r.repo.GetChunk(ctx, r.m.Chunks[i], nil)
+	if err == nil && len(data) != r.m.ChunkLen(i) {
+		err = fmt.Errorf("chunk %s is %d bytes, want %d", r.m.Chunks[i], len(data), r.m.ChunkLen(i))
+	}
+	if err != nil {
+		r.failures.Add(1)
+		return fmt.Errorf("volume %s: restore of offset %d from backup %s: %w", v.ID, int64(i)*int64(r.m.ChunkSize), r.m.ID, err)
+	}
+	if _, err := v.f.WriteAt(data, int64(i)*int64(r.m.ChunkSize)); err != nil {
+		return fmt.Errorf("volume %s: restore of offset %d: %w", v.ID, int64(i)*int64(r.m.ChunkSize), err)
+	}
+	r.done[i].Store(true)
+	r.left.Add(-1)
+	return nil
+}
+
+// ensureRestored is called by every volume operation on a range.
+func (v *Volume) ensureRestored(ctx context.Context, off, length int64) error {
+	if r := v.restore.Load(); r != nil {
+		return r.ensure(ctx, v, off, length)
+	}
+	return nil
+}
+
+// RunRestore copies every chunk not yet done, with parallelism workers,
+// retrying failed copies (an unreachable repository) with backoff until
+// ctx ends. When all are done it syncs the volume, removes the state file
+// and the volume is an ordinary one. progress, if set, follows the bytes
+// done.
+func (v *Volume) RunRestore(ctx context.Context, parallelism int, progress *Progress) error {
+	r := v.restore.Load()
+	if r == nil {
+		return nil
+	}
+	progress.SetTotal(v.size)
+	d, _ := v.RestoreProgress()
+	progress.Add(d - progress.Done())
+	saver := time.NewTicker(time.Second)
+	defer saver.Stop()
+	backoff := 100 * time.Millisecond
+	for r.left.Load() > 0 {
+		var todo []int
+		for i := range r.done {
+			if !r.done[i].Load() {
+				todo = append(todo, i)
+			}
+		}
+		err := forEachChunk(ctx, parallelism, 0, todo, func() []byte { return nil }, func(ctx context.Context, _, i int, _ []byte) error {
+			if err := r.copyChunk(ctx, v, i); err != nil {
+				return err
+			}
+			d, _ := v.RestoreProgress()
+			progress.Add(d - progress.Done())
+			select {
+			case <-saver.C:
+				return r.save(v)
+			default:
+			}
+			return nil
+		})
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
+			_ = r.save(v)
+			return ctx.Err()
+		}
+		// Keep what is done, wait, and go on with the rest.
+		_ = r.save(v)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+	if err := unix.Fdatasync(int(v.f.Fd())); err != nil {
+		return fmt.Errorf("volume %s: sync: %w", v.ID, err)
+	}
+	v.restore.Store(nil)
+	if err := os.Remove(r.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	_ = syncDirOf(r.path)
+	progress.Add(v.size - progress.Done())
+	return nil
+}
+
+// RestoreFailures counts chunk copies that failed so far.
+func (v *Volume) RestoreFailures() int64 {
+	if r := v.restore.Load(); r != nil {
+		return r.failures.Load()
+	}
+	return 0
+}
+
+// saveRestore persists the restore state (Flush and Close call it).
+func (v *Volume) saveRestore() error {
+	if r := v.restore.Load(); r != nil {
+		return r.save(v)
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package dataplane_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/faulty"
+	"github.com/volback/volback/chunkstore/mem"
+	"github.com/volback/volback/dataplane"
+)
+
+type slowStore struct {
+	chunkstore.Store
+	delay time.Duration
+}
+
+func (s slowStore) Get(ctx context.Context, name string) ([]byte, error) {
+	time.Sleep(s.delay)
+	return s.Store.Get(ctx, name)
+}
+
+func restoreSetup(t *testing.T, store chunkstore.Store) (*chunkstore.Repository, *chunkstore.Manifest, []byte, string) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := chunkstore.Init(ctx, store, chunkstore.InitOptions{ChunkSize: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := image(11, 24*testChunk)
+	m, err := dataplane.Backup(ctx, r, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "src"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "new.raw")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	return r, m, data, path
+}
+
+// TestLiveRestore: the new volume reads as the backup from the start,
+// while the background copy runs; client writes land on top and survive
+// the copy; the state file goes when the copy is complete.
+func TestLiveRestore(t *testing.T) {
+	ctx := context.Background()
+	r, m, data, path := restoreSetup(t, slowStore{Store: mem.New(), delay: 2 * time.Millisecond})
+	v, err := dataplane.OpenLiveVolume("new", path, dataplane.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	state := path + ".restore"
+	if err := v.StartRestore(r, m, state, "test"); err != nil {
+		t.Fatal(err)
+	}
+	var copyErr error
+	var wg sync.WaitGroup
+	var prog dataplane.Progress
+	wg.Add(1)
+	go func() { defer wg.Done(); copyErr = v.RunRestore(ctx, 2, &prog) }()
+
+	// Meanwhile a client writes into chunks (partly) and reads it all.
+	want := append([]byte(nil), data...)
+	for _, off := range []int64{5*testChunk + 100, 17 * testChunk, 23*testChunk - 10} {
+		p := bytes.Repeat([]byte{0xee}, 3000)
+		p = p[:min(int64(len(p)), int64(len(data))-off)]
+		if err := v.WriteAt(ctx, p, off, false); err != nil {
+			t.Fatal(err)
+		}
+		copy(want[off:], p)
+	}
+	got := make([]byte, len(data))
+	if err := v.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("reads during the restore differ from the backup plus the writes")
+	}
+	if _, ok := v.Restoring(); !ok {
+		t.Log("restore finished before the reads; the check still holds")
+	}
+	wg.Wait()
+	if copyErr != nil {
+		t.Fatal(copyErr)
+	}
+	if _, ok := v.Restoring(); ok {
+		t.Fatal("still restoring after RunRestore returned")
+	}
+	if prog.Done() != int64(len(data)) {
+		t.Errorf("progress %d of %d", prog.Done(), len(data))
+	}
+	onDisk, _ := os.ReadFile(path)
+	if !bytes.Equal(onDisk, want) {
+		t.Fatal("the restored file differs from the backup plus the writes")
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Fatal("state file left after the restore")
+	}
+	// A backup of a volume being restored is refused.
+	v2, _ := dataplane.OpenLiveVolume("again", path, dataplane.VolumeOptions{})
+	defer v2.Close()
+	_ = v2.StartRestore(r, m, path+".r2", "test")
+	if _, err := v2.Backup(ctx, r, dataplane.LiveBackupOptions{Chain: "c"}); err == nil || !strings.Contains(err.Error(), "being restored") {
+		t.Errorf("backup during a restore: %v", err)
+	}
+}
+
+// TestLiveRestoreResumeAndFailures: a crash in the middle resumes from
+// the state file with flushed writes intact; a repository that fails
+// makes reads of chunks not yet copied fail (never read wrong data) and
+// the copy retries until it comes back.
+func TestLiveRestoreResumeAndFailures(t *testing.T) {
+	ctx := context.Background()
+	fs := faulty.New(mem.New())
+	var broken atomic.Bool
+	fs.FailGet = func(name string) bool { return broken.Load() && strings.HasPrefix(name, "chunks/") }
+	fs.Transient = true
+	r, m, data, path := restoreSetup(t, fs)
+	state := path + ".restore"
+	v, err := dataplane.OpenLiveVolume("new", path, dataplane.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.StartRestore(r, m, state, "src-json"); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), data...)
+	// Touch chunks 2 and 9 (restore on access), write into 9, flush.
+	p := make([]byte, 10)
+	if err := v.ReadAt(ctx, p, 2*testChunk); err != nil || !bytes.Equal(p, data[2*testChunk:2*testChunk+10]) {
+		t.Fatalf("read: %v", err)
+	}
+	if err := v.WriteAt(ctx, []byte("flushed!"), 9*testChunk+7, false); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[9*testChunk+7:], "flushed!")
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// "Crash": the process is gone without Close; a new one resumes.
+	st, err := dataplane.ReadRestoreState(state)
+	if err != nil || st.Source != "src-json" || st.BackupID != m.ID {
+		t.Fatalf("state: %+v %v", st, err)
+	}
+	v2, err := dataplane.OpenLiveVolume("new", path, dataplane.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v2.Close()
+	if err := v2.ResumeRestore(r, state); err != nil {
+		t.Fatal(err)
+	}
+	done, total := v2.RestoreProgress()
+	if done < 2*testChunk || done >= total {
+		t.Fatalf("resumed with %d of %d bytes done", done, total)
+	}
+	// The repository fails: a read of a chunk not copied is an error.
+	broken.Store(true)
+	if err := v2.ReadAt(ctx, p, 20*testChunk); err == nil {
+		t.Fatal("read of an uncopied chunk succeeded while the repository fails")
+	}
+	if err := v2.ReadAt(ctx, p, 9*testChunk+7); err != nil || string(p[:8]) != "flushed!" {
+		t.Fatalf("read of a restored chunk: %q %v", p, err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- v2.RunRestore(cctx, 2, nil) }()
+	time.Sleep(300 * time.Millisecond)
+	if v2.RestoreFailures() == 0 {
+		t.Error("the copy did not try (and fail) while the repository failed")
+	}
+	broken.Store(false)
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("the copy did not finish after the repository came back")
+	}
+	cancel()
+	onDisk, _ := os.ReadFile(path)
+	if !bytes.Equal(onDisk, want) {
+		t.Fatal("resumed restore differs from the backup plus the flushed write")
+	}
+}
