@@ -139,6 +139,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		return err
 	}
 	for _, v := range vols {
+		if _, err := os.Stat(restoreStatePath(cfg.StateDir, v.UUID)); err == nil {
+			continue // a live restore: resumed below, once the API can open its repository
+		}
 		if _, err := host.OpenVolume(v.UUID, v.Path); err != nil {
 			log.Error("cannot open volume; not exported", "volume", v.UUID, "path", v.Path, "err", err)
 			continue
@@ -162,6 +165,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
+	api.resumeRestores(ctx, vols)
 	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, nl) }()

@@ -32,11 +32,19 @@ type Host struct {
 	vols map[string]*dataplane.Volume
 }
 
-// OpenVolume opens path as live volume id and exports it.
-func (h *Host) OpenVolume(id, path string) (*dataplane.Volume, error) {
+// OpenVolume opens path as live volume id and exports it. prepare, if
+// set, runs before the export is published (a live restore starts there,
+// so no client ever sees the empty volume).
+func (h *Host) OpenVolume(id, path string, prepare ...func(*dataplane.Volume) error) (*dataplane.Volume, error) {
 	v, err := dataplane.OpenLiveVolume(id, path, dataplane.VolumeOptions{StateDir: filepath.Join(h.StateDir, "cbt")})
 	if err != nil {
 		return nil, err
+	}
+	for _, p := range prepare {
+		if err := p(v); err != nil {
+			v.Close()
+			return nil, err
+		}
 	}
 	h.mu.Lock()
 	if h.vols == nil {
@@ -471,6 +479,7 @@ func (a *API) deleteDataVolume(w http.ResponseWriter, r *http.Request) {
 		if v.Path == owned {
 			os.Remove(owned)
 			os.Remove(filepath.Join(a.Host.StateDir, "cbt", id+".cbt"))
+			os.Remove(restoreStatePath(a.Host.StateDir, id))
 		}
 		return map[string]any{}, nil
 	})

@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
 )
@@ -121,4 +125,181 @@ func (a *API) revertVolume(w http.ResponseWriter, r *http.Request, raw json.RawM
 		}
 		return map[string]any{"inventory": toVolumeInventory(v), "revert": st}, nil
 	})
+}
+
+// restoreSource is what a live restore's state file records to reopen
+// its repository after a restart.
+type restoreSource struct {
+	BackupUUID  string      `json:"backupUuid"`
+	StorageUUID string      `json:"backupStorageUuid"`
+	Target      target.Spec `json:"target"`
+}
+
+func restoreStatePath(stateDir, volID string) string {
+	return filepath.Join(stateDir, "restore", volID+".json")
+}
+
+// createVolumeFromBackup is CreateDataVolumeFromVolumeBackup (POST
+// /volumes/data-volume/from/volume-template/{backupUuid}): a new volume
+// holding the backup, exported at once in live-restore mode. The job
+// follows the background copy and ends with the volume's inventory when
+// it is complete.
+func (a *API) createVolumeFromBackup(w http.ResponseWriter, r *http.Request) {
+	var p struct {
+		Name         string      `json:"name"`
+		Description  string      `json:"description"`
+		ResourceUUID string      `json:"resourceUuid"`
+		ReadBPS      json.Number `json:"networkReadBandwidth"`
+	}
+	req, ok := parseAPIRequest(w, r, &p)
+	if !ok {
+		return
+	}
+	tags, err := ParseBackupTags(req.SystemTags)
+	if err != nil {
+		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", err.Error()))
+		return
+	}
+	if p.Name == "" {
+		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "name is required"))
+		return
+	}
+	readBPS, err := intParam(p.ReadBPS)
+	if err != nil || (p.ReadBPS != "" && readBPS < 1024) {
+		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "networkReadBandwidth must be at least 1024 bytes per second"))
+		return
+	}
+	id, ok := resourceID(p.ResourceUUID)
+	if !ok {
+		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "resourceUuid must be 32 lowercase hex digits"))
+		return
+	}
+	ctx := r.Context()
+	b, bs, e := a.readyBackup(ctx, r.PathValue("backupUuid"))
+	if e != nil {
+		a.fail(w, e)
+		return
+	}
+	if _, err := a.DB.GetVolume(ctx, id); err == nil {
+		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "volume "+id+" exists"))
+		return
+	}
+	a.Jobs.Start(w, r, "CreateDataVolumeFromVolumeBackup", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
+		spec, err := refSpec(b.Refs[0], bs)
+		if err != nil {
+			return nil, apiErr(CodeInternal, "internal error", err.Error())
+		}
+		repo, m, err := a.openBackup(ctx, b, bs)
+		if err != nil {
+			return nil, apiErr(CodeOperationFail, "cannot read backup "+b.UUID, err.Error())
+		}
+		path := filepath.Join(a.Host.StateDir, "volumes", id+".raw")
+		fail := func(desc string, err error) (any, *ErrorCode) {
+			repo.Close()
+			_ = a.Host.CloseVolume(id)
+			_ = a.DB.DeleteVolume(context.WithoutCancel(ctx), id)
+			os.Remove(path)
+			os.Remove(restoreStatePath(a.Host.StateDir, id))
+			return nil, apiErr(CodeOperationFail, desc, err.Error())
+		}
+		if err := os.MkdirAll(filepath.Dir(restoreStatePath(a.Host.StateDir, id)), 0o700); err != nil {
+			return fail("cannot create the volume", err)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return fail("cannot create the volume", err)
+		}
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			err = f.Truncate(m.Size)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			return fail("cannot create the volume", err)
+		}
+		typ := b.Type
+		if typ == "" {
+			typ = "Data"
+		}
+		rec := &inventory.Volume{UUID: id, Name: p.Name, Path: path, Size: m.Size, Type: typ, State: "Enabled", Status: "Restoring"}
+		if err := a.DB.AddVolume(ctx, rec); err != nil {
+			return fail("cannot record the volume", err)
+		}
+		src, _ := json.Marshal(restoreSource{BackupUUID: b.UUID, StorageUUID: bs.UUID, Target: spec})
+		v, err := a.Host.OpenVolume(id, path, func(v *dataplane.Volume) error {
+			return v.StartRestore(repo, m, restoreStatePath(a.Host.StateDir, id), string(src))
+		})
+		if err != nil {
+			return fail("cannot export the volume", err)
+		}
+		a.log().Info("volume exported, restoring from backup", "volume", id, "backup", b.UUID, "target", spec.String())
+		err = v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: tags.Parallelism, Progress: prog, BytesPerSec: readBPS})
+		if err != nil {
+			// The daemon is stopping: the state file lets the next start
+			// resume; the repository stays open until the volume closes.
+			return nil, apiErr(CodeOperationFail, "restore of volume "+id+" interrupted; it resumes when the daemon starts again", err.Error())
+		}
+		repo.Close()
+		if err := a.DB.SetVolumeStatus(ctx, id, "Ready"); err != nil {
+			return nil, apiErr(CodeInternal, "internal error", err.Error())
+		}
+		rec, err = a.DB.GetVolume(ctx, id)
+		if err != nil {
+			return nil, apiErr(CodeInternal, "internal error", err.Error())
+		}
+		return map[string]any{"inventory": toVolumeInventory(rec)}, nil
+	})
+}
+
+// resumeRestores continues the live restores a stop interrupted: each
+// volume with a state file is opened from its backup's repository and
+// exported, and its copy goes on in the background.
+func (a *API) resumeRestores(ctx context.Context, vols []*inventory.Volume) map[string]bool {
+	resumed := map[string]bool{}
+	for _, rec := range vols {
+		statePath := restoreStatePath(a.Host.StateDir, rec.UUID)
+		st, err := dataplane.ReadRestoreState(statePath)
+		if err != nil {
+			continue
+		}
+		resumed[rec.UUID] = true
+		go func(rec *inventory.Volume) {
+			var src restoreSource
+			if err := json.Unmarshal([]byte(st.Source), &src); err != nil {
+				a.log().Error("cannot resume restore: bad state", "volume", rec.UUID, "err", err)
+				return
+			}
+			backoff := time.Second
+			for {
+				repo, err := a.openTarget(ctx, src.Target, a.TargetEnv, 0, 0)
+				if err == nil {
+					_, err = a.Host.OpenVolume(rec.UUID, rec.Path, func(v *dataplane.Volume) error {
+						return v.ResumeRestore(repo, statePath)
+					})
+					if err != nil {
+						repo.Close()
+					} else {
+						a.log().Info("resuming restore", "volume", rec.UUID, "backup", src.BackupUUID)
+						v := a.Host.Volume(rec.UUID)
+						if err := v.RunRestore(ctx, dataplane.RestoreRunOptions{}); err != nil {
+							return // stopping; the state file stays
+						}
+						repo.Close()
+						_ = a.DB.SetVolumeStatus(context.WithoutCancel(ctx), rec.UUID, "Ready")
+						a.log().Info("restore complete", "volume", rec.UUID, "backup", src.BackupUUID)
+						return
+					}
+				}
+				a.log().Warn("cannot resume restore yet; retrying", "volume", rec.UUID, "err", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, time.Minute)
+			}
+		}(rec)
+	}
+	return resumed
 }

@@ -97,6 +97,7 @@ func (a *API) Handler() http.Handler {
 		m.Handle("DELETE /zstack/v1/volume-backups/{uuid}", a.authed(a.deleteVolumeBackup))
 		m.Handle("PUT /zstack/v1/volume-backups/imageStore/{storageUuid}/actions", a.authed(a.syncVolumeBackups))
 		m.Handle("PUT /zstack/v1/volume-backups/{uuid}/actions", a.authed(a.backupActions))
+		m.Handle("POST /zstack/v1/volumes/data-volume/from/volume-template/{backupUuid}", a.authed(a.createVolumeFromBackup))
 	}
 	a.mux = m
 	return m

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/ratelimit"
 )
 
 // Live restore: a volume created from a backup is usable at once. Until
@@ -240,16 +241,27 @@ func (v *Volume) ensureRestored(ctx context.Context, off, length int64) error {
 	return nil
 }
 
-// RunRestore copies every chunk not yet done, with parallelism workers,
+// RestoreRunOptions configures RunRestore.
+type RestoreRunOptions struct {
+	Parallelism int
+	// Progress, if set, follows the bytes done.
+	Progress *Progress
+	// BytesPerSec, if positive, limits the background copy (client reads
+	// of chunks not yet copied are not held back).
+	BytesPerSec int64
+}
+
+// RunRestore copies every chunk not yet done, with parallel workers,
 // retrying failed copies (an unreachable repository) with backoff until
 // ctx ends. When all are done it syncs the volume, removes the state file
-// and the volume is an ordinary one. progress, if set, follows the bytes
-// done.
-func (v *Volume) RunRestore(ctx context.Context, parallelism int, progress *Progress) error {
+// and the volume is an ordinary one.
+func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
 	r := v.restore.Load()
 	if r == nil {
 		return nil
 	}
+	parallelism, progress := opts.Parallelism, opts.Progress
+	limit := ratelimit.NewLimiter(opts.BytesPerSec)
 	progress.SetTotal(v.size)
 	d, _ := v.RestoreProgress()
 	progress.Add(d - progress.Done())
@@ -264,6 +276,12 @@ func (v *Volume) RunRestore(ctx context.Context, parallelism int, progress *Prog
 			}
 		}
 		err := forEachChunk(ctx, parallelism, 0, todo, func() []byte { return nil }, func(ctx context.Context, _, i int, _ []byte) error {
+			if r.done[i].Load() {
+				return nil
+			}
+			if err := ratelimit.Wait(ctx, limit, r.m.ChunkLen(i)); err != nil {
+				return err
+			}
 			if err := r.copyChunk(ctx, v, i); err != nil {
 				return err
 			}

@@ -68,7 +68,7 @@ func TestLiveRestore(t *testing.T) {
 	var wg sync.WaitGroup
 	var prog dataplane.Progress
 	wg.Add(1)
-	go func() { defer wg.Done(); copyErr = v.RunRestore(ctx, 2, &prog) }()
+	go func() { defer wg.Done(); copyErr = v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: 2, Progress: &prog}) }()
 
 	// Meanwhile a client writes into chunks (partly) and reads it all.
 	want := append([]byte(nil), data...)
@@ -175,7 +175,7 @@ func TestLiveRestoreResumeAndFailures(t *testing.T) {
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- v2.RunRestore(cctx, 2, nil) }()
+	go func() { errc <- v2.RunRestore(cctx, dataplane.RestoreRunOptions{Parallelism: 2}) }()
 	time.Sleep(300 * time.Millisecond)
 	if v2.RestoreFailures() == 0 {
 		t.Error("the copy did not try (and fail) while the repository failed")

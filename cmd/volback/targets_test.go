@@ -202,6 +202,15 @@ func TestTargetFaults(t *testing.T) {
 	}
 }
 
+// getAbs GETs an absolute URL (a job's location) with the session.
+func (d *daemonProc) getAbs(loc string) apiReply {
+	d.t.Helper()
+	base := d.base
+	d.base = ""
+	defer func() { d.base = base }()
+	return d.do("GET", loc, "OAuth "+d.session, "", nil)
+}
+
 // poll waits for an async job's end.
 func (d *daemonProc) poll(loc string) apiReply {
 	d.t.Helper()

@@ -159,6 +159,18 @@ func (d *DB) GetVolume(ctx context.Context, uuid string) (*Volume, error) {
 	return v, err
 }
 
+// SetVolumeStatus sets a volume's status.
+func (d *DB) SetVolumeStatus(ctx context.Context, uuid, status string) error {
+	r, err := d.db.ExecContext(ctx, `UPDATE volumes SET status = ?, last_op_date = ? WHERE uuid = ?`, status, ns(d.now()), uuid)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", uuid, err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
 // DeleteVolume removes a volume record.
 func (d *DB) DeleteVolume(ctx context.Context, uuid string) error {
 	return d.deleteRow(ctx, "volumes", uuid)
