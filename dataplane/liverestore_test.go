@@ -68,7 +68,10 @@ func TestLiveRestore(t *testing.T) {
 	var wg sync.WaitGroup
 	var prog dataplane.Progress
 	wg.Add(1)
-	go func() { defer wg.Done(); copyErr = v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: 2, Progress: &prog}) }()
+	go func() {
+		defer wg.Done()
+		copyErr = v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: 2, Progress: &prog})
+	}()
 
 	// Meanwhile a client writes into chunks (partly) and reads it all.
 	want := append([]byte(nil), data...)
