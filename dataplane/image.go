@@ -121,6 +121,38 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// zeroPage is shared, read-only zeros for Slice.
+var zeroPage = make([]byte, 1<<20)
+
+// Slice returns n bytes at off without copying when they lie within one
+// chunk: a slice of the cached chunk (or of shared zeros), which the
+// caller must not modify. ok is false when the range crosses a chunk, for
+// ReadAt to do.
+func (im *Image) Slice(ctx context.Context, off int64, n int) (data []byte, ok bool, err error) {
+	if off < 0 || n < 0 || off+int64(n) > im.m.Size {
+		return nil, false, fmt.Errorf("backup %s: read of %d bytes at %d outside its %d bytes", im.m.ID, n, off, im.m.Size)
+	}
+	cs := int64(im.m.ChunkSize)
+	i := int(off / cs)
+	within := off - int64(i)*cs
+	if within+int64(n) > int64(im.m.ChunkLen(i)) {
+		return nil, false, nil
+	}
+	if im.m.Chunks[i].IsZero() {
+		if n > len(zeroPage) {
+			return nil, false, nil
+		}
+		im.sequential(i, within+int64(n) == int64(im.m.ChunkLen(i)))
+		return zeroPage[:n], true, nil
+	}
+	c, err := im.chunk(ctx, i)
+	if err != nil {
+		return nil, false, err
+	}
+	im.sequential(i, within+int64(n) == int64(im.m.ChunkLen(i)))
+	return c[within : within+int64(n)], true, nil
+}
+
 // sequential notes a read of chunk i and, if reads run forward, fetches
 // the chunks after it in the background.
 func (im *Image) sequential(i int, finished bool) {

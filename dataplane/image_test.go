@@ -63,6 +63,24 @@ func TestImageReads(t *testing.T) {
 			t.Fatalf("read %d at %d differs", n, off)
 		}
 	}
+	// Slice gives the same bytes without a copy inside one chunk, and
+	// declines ranges that cross chunks.
+	for range 100 {
+		off := rng.Int64N(int64(len(data)) - 1)
+		n := int(rng.Int64N(min(int64(len(data))-off, testChunk)) + 1)
+		got, ok, err := im.Slice(ctx, off, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		crosses := off/testChunk != (off+int64(n)-1)/testChunk
+		if ok == crosses {
+			t.Fatalf("Slice(%d, %d): ok=%v, crosses a chunk=%v", off, n, ok, crosses)
+		}
+		if ok && !bytes.Equal(got, data[off:off+int64(n)]) {
+			t.Fatalf("Slice(%d, %d) differs", off, n)
+		}
+	}
+
 	// Concurrent readers see the same.
 	var wg sync.WaitGroup
 	for g := range 8 {

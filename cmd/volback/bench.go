@@ -130,6 +130,41 @@ func benchCommand() *cli.Command {
 				}
 				return res.WriteTable(os.Stdout)
 			},
+		}, {
+			Name:  "mount",
+			Usage: "sequential read of a backup through volback mount and restic mount, side by side",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "dir", Value: "bench-out", Usage: "working directory"},
+				&cli.StringFlag{Name: "image", Usage: "use this image instead of generating one"},
+				&cli.StringFlag{Name: "size", Value: "4GiB", Usage: "size of the generated image"},
+				&cli.StringFlag{Name: "tools", Value: "volback,restic", Usage: "comma-separated tools to run"},
+				&cli.IntFlag{Name: "rounds", Value: 2, Usage: "cached reads after the fresh one; the best is reported"},
+				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
+			},
+			Action: func(c *cli.Context) error {
+				size, err := humanize.ParseBytes(c.String("size"))
+				if err != nil {
+					return fmt.Errorf("--size: %w", err)
+				}
+				self, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				res, err := bench.CompareMount(c.Context, bench.MountCompareConfig{
+					Dir: c.String("dir"), Image: c.String("image"), Size: int64(size),
+					Tools: strings.Split(c.String("tools"), ","), Volback: self, Rounds: c.Int("rounds"),
+				}, os.Stderr)
+				if err != nil {
+					return err
+				}
+				if err := writeJSONFile(c.String("json-out"), res); err != nil {
+					return err
+				}
+				if outputOf(c).json {
+					return outputOf(c).printJSON(res)
+				}
+				return res.WriteTable(os.Stdout)
+			},
 		}},
 	}
 }
