@@ -45,7 +45,7 @@ type MountRun struct {
 	// ColdVsRestic and WarmVsRestic compare with restic's rates.
 	ColdVsRestic float64 `json:"coldVsRestic,omitempty"`
 	WarmVsRestic float64 `json:"warmVsRestic,omitempty"`
-	Error    string  `json:"error,omitempty"`
+	Error        string  `json:"error,omitempty"`
 }
 
 // MountCompareResult is CompareMount's report.
