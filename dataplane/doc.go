@@ -44,4 +44,27 @@
 // under the target's name) or to a block device. Zero chunks become holes
 // in files. Workers fetch, check and write chunks in parallel, and a final
 // pass re-reads the target and compares every chunk with its key.
+//
+// # Backups as disks
+//
+// Image presents a backup as a read-only disk of the volume's size without
+// restoring it: a chunk is fetched and checked when first read and kept in
+// a bounded LRU cache; a reader that moves forward gets the next chunks
+// fetched in the background; zero chunks cost nothing. ImageBackend serves
+// it over NBD (zero chunks as holes), package fusefs as files.
+//
+// # Revert and live restore
+//
+// Volume.Revert hashes each chunk of the live volume and writes back only
+// those whose key differs from the backup's, through the volume (running
+// backups keep their point in time); every chain's map is then distrusted,
+// since it no longer describes changes since its last backup.
+//
+// A volume created from a backup is usable at once (StartRestore): any
+// I/O that touches a chunk not yet copied copies it first, so clients read
+// exactly the backup and write on top of it, while RunRestore copies the
+// rest in the background, retrying while the repository is unreachable. A
+// state file records the chunks done, written only after their data is
+// synced (at every client flush and every second), so a restart resumes
+// (ResumeRestore) and can only undo writes a client never flushed.
 package dataplane
