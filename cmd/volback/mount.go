@@ -34,6 +34,7 @@ func mountCommand() *cli.Command {
 			&cli.IntFlag{Name: "cache-chunks", Value: 32, Usage: "decoded chunks kept in memory per open image"},
 			&cli.IntFlag{Name: "read-ahead", Value: 8, Usage: "chunks fetched ahead of a sequential reader"},
 			&cli.BoolFlag{Name: "allow-other", Usage: "let other users read the mount"},
+			&cli.BoolFlag{Name: "kernel-cache", Usage: "let the kernel cache image pages (fast re-reads, mmap) instead of direct I/O (faster first reads)"},
 			&cli.BoolFlag{Name: "debug", Usage: "log every FUSE request"},
 		},
 		Action: func(c *cli.Context) error {
@@ -61,7 +62,7 @@ func mountCommand() *cli.Command {
 			start := time.Now()
 			srv, fsys, err := fusefs.Mount(c.Context, repo, dir, fusefs.Options{
 				Image:      dataplane.ImageOptions{CacheChunks: c.Int("cache-chunks"), ReadAhead: c.Int("read-ahead")},
-				AllowOther: c.Bool("allow-other"), Logger: log, Debug: c.Bool("debug"),
+				AllowOther: c.Bool("allow-other"), Logger: log, Debug: c.Bool("debug"), KernelCache: c.Bool("kernel-cache"),
 			})
 			if err != nil {
 				return err

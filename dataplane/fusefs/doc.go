@@ -9,9 +9,11 @@
 //
 // The tree is built from the manifests when the mount starts. An image's
 // chunks are fetched only when read (dataplane.Image: bounded cache,
-// read-ahead for sequential readers, zero chunks cost nothing), and the
-// kernel may keep what it read in its page cache, since a backup never
-// changes. A chunk that fails its check is an EIO for that read, logged
+// read-ahead for sequential readers, zero chunks cost nothing). Files are
+// opened for direct I/O by default, so a read's bytes go straight to the
+// reader (faster first reads; a loop device on an image still caches in
+// its own block device); Options.KernelCache lets the kernel keep pages
+// instead, since a backup never changes. A chunk that fails its check is an EIO for that read, logged
 // with the backup and offset, never wrong data.
 //
 // Serve the file system and use it from different processes: a process

@@ -29,6 +29,13 @@ type Options struct {
 	Logger     *slog.Logger
 	// Debug logs every FUSE request.
 	Debug bool
+	// KernelCache lets the kernel keep the images' pages (re-reads at
+	// memory speed, mmap works) instead of direct I/O, which hands each
+	// read's bytes straight to the reader: 1.2 GB/s against 0.6-0.9 GB/s
+	// for a first sequential read on the machine measured, because the
+	// kernel then neither allocates page-cache pages nor copies twice.
+	// Direct I/O re-reads go through the images' own chunk cache.
+	KernelCache bool
 	// ReadAheadKB is the kernel's read-ahead for the mount (default
 	// 4096). The kernel starts FUSE mounts at 128 KiB, which splits a
 	// sequential reader into many small round trips; raising it (root
@@ -243,8 +250,11 @@ func (n *imageNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 		return nil, 0, syscall.EROFS
 	}
 	n.image()
-	// A backup never changes: the kernel may keep its pages.
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	if n.fs.opts.KernelCache {
+		// A backup never changes: the kernel may keep its pages.
+		return nil, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	return nil, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (n *imageNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
