@@ -133,6 +133,9 @@ type restoreSource struct {
 	BackupUUID  string      `json:"backupUuid"`
 	StorageUUID string      `json:"backupStorageUuid"`
 	Target      target.Spec `json:"target"`
+	// ReadBPS is the background copy's limit (networkReadBandwidth).
+	ReadBPS     int64 `json:"networkReadBandwidth,omitempty"`
+	Parallelism int   `json:"parallelismDegree,omitempty"`
 }
 
 func restoreStatePath(stateDir, volID string) string {
@@ -226,7 +229,7 @@ func (a *API) createVolumeFromBackup(w http.ResponseWriter, r *http.Request) {
 		if err := a.DB.AddVolume(ctx, rec); err != nil {
 			return fail("cannot record the volume", err)
 		}
-		src, _ := json.Marshal(restoreSource{BackupUUID: b.UUID, StorageUUID: bs.UUID, Target: spec})
+		src, _ := json.Marshal(restoreSource{BackupUUID: b.UUID, StorageUUID: bs.UUID, Target: spec, ReadBPS: readBPS, Parallelism: tags.Parallelism})
 		v, err := a.Host.OpenVolume(id, path, func(v *dataplane.Volume) error {
 			return v.StartRestore(repo, m, restoreStatePath(a.Host.StateDir, id), string(src))
 		})
@@ -282,7 +285,7 @@ func (a *API) resumeRestores(ctx context.Context, vols []*inventory.Volume) map[
 					} else {
 						a.log().Info("resuming restore", "volume", rec.UUID, "backup", src.BackupUUID)
 						v := a.Host.Volume(rec.UUID)
-						if err := v.RunRestore(ctx, dataplane.RestoreRunOptions{}); err != nil {
+						if err := v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: src.Parallelism, BytesPerSec: src.ReadBPS}); err != nil {
 							return // stopping; the state file stays
 						}
 						repo.Close()

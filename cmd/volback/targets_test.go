@@ -138,6 +138,33 @@ func TestDaemonTargets(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(g.Export, "backups/vol/config")); err != nil {
 		t.Errorf("no repository on the NFS export: %v", err)
 	}
+	// Delete every backup; the storage's reclaim reaches every target its
+	// backups ever went to, and leaves no chunk anywhere.
+	r := d.do("GET", "/volume-backups?fields=uuid", "OAuth "+d.session, "", nil)
+	for _, x := range r.obj(t)["inventories"].([]any) {
+		if r := d.job("DELETE", "/volume-backups/"+x.(map[string]any)["uuid"].(string), "", nil); r.status != 200 {
+			t.Fatalf("delete: %d %s", r.status, r.body)
+		}
+	}
+	r = d.job("PUT", "/backup-storage/image-store/"+bs+"/actions", `{"reclaimSpaceFromImageStore":{}}`, nil)
+	if r.status != 200 || r.obj(t)["size"].(float64) <= 0 {
+		t.Fatalf("reclaim: %d %s", r.status, r.body)
+	}
+	if n := countChunkFiles(t, filepath.Join(g.Export, "backups/vol")); n != 0 {
+		t.Errorf("%d chunks left on the NFS export", n)
+	}
+	p := s3.NewListObjectsV2Paginator(srv.Client(), &s3.ListObjectsV2Input{Bucket: aws.String("backups")})
+	for p.HasMorePages() {
+		page, err := p.NextPage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range page.Contents {
+			if strings.Contains(aws.ToString(o.Key), "/chunks/") {
+				t.Errorf("chunk left in the bucket: %s", aws.ToString(o.Key))
+			}
+		}
+	}
 }
 
 // TestTargetFaults: stopping the NFS or S3 server in the middle of a backup

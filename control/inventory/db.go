@@ -118,6 +118,17 @@ var migrations = []string{
 		DELETE FROM user_tags WHERE resource_uuid = old.uuid;
 	END;
 	ALTER TABLE volume_backup_refs ADD COLUMN target TEXT;`,
+	// 3: every target a storage's backups were ever written to, so garbage
+	// collection still visits one after its last backup is deleted.
+	`CREATE TABLE storage_targets (
+		storage_uuid TEXT NOT NULL REFERENCES backup_storages(uuid) ON DELETE CASCADE,
+		target TEXT NOT NULL,
+		create_date INTEGER NOT NULL,
+		PRIMARY KEY (storage_uuid, target)
+	);
+	INSERT OR IGNORE INTO storage_targets(storage_uuid, target, create_date)
+		SELECT DISTINCT backup_storage_uuid, target, 0 FROM volume_backup_refs
+		WHERE target IS NOT NULL AND backup_storage_uuid IN (SELECT uuid FROM backup_storages);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.

@@ -207,6 +207,12 @@ func (d *DB) CreateVolumeBackup(ctx context.Context, b *VolumeBackup, ref Backup
 		VALUES(?, ?, ?, ?, ?, ?, ?)`, ref.VolumeBackupUUID, ref.BackupStorageUUID, ref.InstallPath, ref.Status, nullIfEmpty(ref.Target), ns(now), ns(now)); err != nil {
 		return fmt.Errorf("volume backup %s: %w", b.UUID, err)
 	}
+	if ref.Target != "" {
+		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO storage_targets(storage_uuid, target, create_date) VALUES(?, ?, ?)`,
+			ref.BackupStorageUUID, ref.Target, ns(now)); err != nil {
+			return fmt.Errorf("volume backup %s: %w", b.UUID, err)
+		}
+	}
 	b.Refs = []BackupStorageRef{ref}
 	return tx.Commit()
 }
@@ -424,9 +430,10 @@ func (d *DB) GetUserTags(ctx context.Context, uuids []string) ([]*UserTag, error
 }
 
 // StorageTargets returns the distinct targets (JSON) other than its url
-// that backups of a storage were written to.
+// that backups of a storage were ever written to.
 func (d *DB) StorageTargets(ctx context.Context, storageUUID string) ([]string, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT DISTINCT target FROM volume_backup_refs WHERE backup_storage_uuid = ? AND target IS NOT NULL ORDER BY target`, storageUUID)
+	rows, err := d.db.QueryContext(ctx, `SELECT target FROM storage_targets WHERE storage_uuid = ?
+		UNION SELECT target FROM volume_backup_refs WHERE backup_storage_uuid = ? AND target IS NOT NULL ORDER BY 1`, storageUUID, storageUUID)
 	if err != nil {
 		return nil, err
 	}
