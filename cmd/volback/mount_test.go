@@ -232,8 +232,10 @@ func TestMountBackup(t *testing.T) {
 	// image; and fusermount3 -u from outside ends the mount too.
 	m2 := startMount(t, mnt, "--repo", repo, "--kernel-cache")
 	m2.waitMounted(t)
-	if sha(t, images[0]) != sha(t, img) || sha(t, images[0]) != sha(t, img) {
-		t.Fatal("the image read through the kernel cache differs from the volume")
+	for _, pass := range []string{"first read", "re-read from the page cache"} {
+		if sha(t, images[0]) != sha(t, img) {
+			t.Fatalf("%s through the kernel cache differs from the volume", pass)
+		}
 	}
 	for i := 0; ; i++ {
 		out, err := exec.Command("fusermount3", "-u", mnt).CombinedOutput()
