@@ -2,7 +2,11 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/schollz/progressbar/v3"
 
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
@@ -25,7 +29,22 @@ func gcCommand() *cli.Command {
 				return err
 			}
 			defer r.Close()
-			rep, err := r.GC(c.Context, chunkstore.GCOptions{DryRun: c.Bool("dry-run")})
+			// The number of chunks is known only at the end: a counter.
+			var bar *progressbar.ProgressBar
+			if !o.quiet && !o.json && isatty.IsTerminal(os.Stderr.Fd()) {
+				bar = progressbar.NewOptions(-1, progressbar.OptionSetWriter(os.Stderr),
+					progressbar.OptionSetDescription("gc: chunks examined"), progressbar.OptionShowCount(),
+					progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionSpinnerType(14))
+			}
+			rep, err := r.GC(c.Context, chunkstore.GCOptions{DryRun: c.Bool("dry-run"), Progress: func(n int) {
+				if bar != nil {
+					_ = bar.Set(n)
+				}
+			}})
+			if bar != nil {
+				_ = bar.Finish()
+				fmt.Fprintln(os.Stderr)
+			}
 			if err != nil {
 				return err
 			}
