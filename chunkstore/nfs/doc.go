@@ -10,10 +10,12 @@
 // connections the workers share. Options that need no action (nolock,
 // hard, noatime...) are accepted; unknown ones are refused by name.
 //
-// Objects are written as a temporary file with stable writes, committed,
-// then renamed over the final name: readers never see part of an object,
-// and since NFSv3 servers commit a RENAME before answering it an object
-// is durable when Put returns, so Sync has nothing to add. Errors name
+// Objects are written as a temporary file with unstable writes in flight
+// together, committed (write verifiers checked, so a server restart in
+// between is noticed and the object rewritten stably), then renamed over
+// the final name: readers never see part of an object, and since NFSv3
+// servers commit a RENAME before answering it an object is durable when
+// Put returns, so Sync has nothing to add. Errors name
 // the server and path; broken connections and timeouts are transient and
 // the client reconnects by itself.
 //

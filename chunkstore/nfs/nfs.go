@@ -119,6 +119,15 @@ func (s *Store) mount() error {
 		}
 		s.conns = append(s.conns, t)
 	}
+	// The server's limits cap rsize and wsize, as the kernel does.
+	if fi, err := s.conns[0].FSInfo(); err == nil {
+		if fi.WTMax > 0 && uint32(s.o.WSize) > fi.WTMax {
+			s.o.WSize = int(fi.WTMax)
+		}
+		if fi.RTMax > 0 && uint32(s.o.RSize) > fi.RTMax {
+			s.o.RSize = int(fi.RTMax)
+		}
+	}
 	s.root = rest
 	if rest != "" {
 		if err := s.mkdirAll(s.conns[0], rest); err != nil {
@@ -206,10 +215,12 @@ func randSuffix() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Put writes a temporary file with stable (FILE_SYNC) writes of at most
-// wsize bytes, commits it, and renames it over name: readers never see a
-// partial object, and once Put returns the object is durable (NFSv3
-// servers commit a RENAME before answering it).
+// Put writes a temporary file with UNSTABLE writes of at most wsize
+// bytes, all in flight at once, commits it (checking the write verifiers:
+// a server that restarted in between gets the object again with stable
+// writes), and renames it over name: readers never see a partial object,
+// and once Put returns the object is durable (the data by the COMMIT,
+// the name because NFSv3 servers commit a RENAME before answering it).
 func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	if err := chunkstore.ValidName(name); err != nil {
 		return err
@@ -225,21 +236,14 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("create %s: %w", tmp, err)
 		}
-		for off := 0; off < len(data); {
-			n := min(len(data)-off, s.o.WSize)
-			w, err := f.Write(data[off : off+n])
-			if err == nil && w == 0 {
-				err = io.ErrShortWrite
-			}
-			if err != nil {
-				_ = t.Remove(tmp)
-				return fmt.Errorf("write %s: %w", tmp, err)
-			}
-			off += w
+		err = s.writeAll(f, data, gonfs.WriteUnstable)
+		if errors.Is(err, errServerRestarted) {
+			// The server lost unstable data: write it again, stably.
+			err = s.writeAll(f, data, gonfs.WriteFileSync)
 		}
-		if err := f.Close(); err != nil {
+		if err != nil {
 			_ = t.Remove(tmp)
-			return fmt.Errorf("commit %s: %w", tmp, err)
+			return fmt.Errorf("write %s: %w", tmp, err)
 		}
 		if err := t.Rename(tmp, final); err != nil {
 			_ = t.Remove(tmp)
@@ -247,6 +251,52 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 		}
 		return nil
 	})
+}
+
+var errServerRestarted = errors.New("the server restarted while the object was written (write verifier changed)")
+
+// writeAll writes data in wsize blocks, all in flight at once (one RPC
+// connection pipelines them), then, for unstable writes, commits the file
+// and checks that every write's verifier matches the commit's: a
+// different one means the server restarted and may have lost data.
+func (s *Store) writeAll(f *gonfs.File, data []byte, how uint32) error {
+	type result struct {
+		verf uint64
+		err  error
+	}
+	n := (len(data) + s.o.WSize - 1) / s.o.WSize
+	results := make(chan result, n)
+	for off := 0; off < len(data); off += s.o.WSize {
+		go func(off int) {
+			v, err := f.WriteAtHow(data[off:min(len(data), off+s.o.WSize)], uint64(off), how)
+			results <- result{v, err}
+		}(off)
+	}
+	verfs := make([]uint64, 0, n)
+	var first error
+	for range n {
+		r := <-results
+		if r.err != nil && first == nil {
+			first = r.err
+		}
+		verfs = append(verfs, r.verf)
+	}
+	if first != nil {
+		return first
+	}
+	if how != gonfs.WriteUnstable {
+		return nil
+	}
+	cv, err := f.CommitVerf()
+	if err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	for _, v := range verfs {
+		if v != cv {
+			return errServerRestarted
+		}
+	}
+	return nil
 }
 
 // Get reads an object whole, rsize bytes per call.
@@ -381,8 +431,8 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	})
 }
 
-// Sync has nothing left to do: Put's writes are FILE_SYNC and NFSv3
-// servers commit a RENAME before they answer it.
+// Sync has nothing left to do: Put commits each object before renaming
+// it, and NFSv3 servers commit a RENAME before they answer it.
 func (s *Store) Sync(ctx context.Context) error { return ctx.Err() }
 
 // Close unmounts and closes the connections.

@@ -307,3 +307,77 @@ func min(x, y uint32) uint32 {
 	}
 	return x
 }
+
+// Stability levels of a WRITE (RFC 1813).
+const (
+	WriteUnstable = 0
+	WriteDataSync = 1
+	WriteFileSync = 2
+)
+
+// WriteAtHow writes all of p at off in one WRITE call with the given
+// stability and returns the server's write verifier. It does not move
+// the file's offset, so calls for different ranges may run concurrently.
+// The caller keeps p within the server's maximum write size.
+func (f *File) WriteAtHow(p []byte, off uint64, how uint32) (verf uint64, err error) {
+	type WriteArgs struct {
+		rpc.Header
+		FH       []byte
+		Offset   uint64
+		Count    uint32
+		How      uint32
+		Contents []byte
+	}
+	type WriteRes struct {
+		Wcc       WccData
+		Count     uint32
+		How       uint32
+		WriteVerf uint64
+	}
+	res, err := f.call(&WriteArgs{
+		Header: rpc.Header{Rpcvers: 2, Prog: Nfs3Prog, Vers: Nfs3Vers, Proc: NFSProc3Write, Cred: f.auth, Verf: rpc.AuthNull},
+		FH:     f.fh, Offset: off, Count: uint32(len(p)), How: how, Contents: p,
+	})
+	if err != nil {
+		return 0, err
+	}
+	wr := &WriteRes{}
+	if err := xdr.Read(res, wr); err != nil {
+		return 0, err
+	}
+	if int(wr.Count) != len(p) {
+		return 0, io.ErrShortWrite
+	}
+	if how != WriteUnstable && wr.How < how {
+		return 0, errors.New("server wrote with less stability than asked")
+	}
+	return wr.WriteVerf, nil
+}
+
+// CommitVerf commits the whole file and returns the server's write
+// verifier: if it differs from a WRITE's, the server restarted in between
+// and that write may be lost.
+func (f *File) CommitVerf() (uint64, error) {
+	type CommitArg struct {
+		rpc.Header
+		FH     []byte
+		Offset uint64
+		Count  uint32
+	}
+	type CommitRes struct {
+		Wcc       WccData
+		WriteVerf uint64
+	}
+	res, err := f.call(&CommitArg{
+		Header: rpc.Header{Rpcvers: 2, Prog: Nfs3Prog, Vers: Nfs3Vers, Proc: NFSProc3Commit, Cred: f.auth, Verf: rpc.AuthNull},
+		FH:     f.fh,
+	})
+	if err != nil {
+		return 0, err
+	}
+	cr := &CommitRes{}
+	if err := xdr.Read(res, cr); err != nil {
+		return 0, err
+	}
+	return cr.WriteVerf, nil
+}
