@@ -33,6 +33,9 @@ type Store struct {
 	mnt   *gonfs.Mount
 	next  atomic.Uint32
 	dirs  sync.Map // directories known to exist, relative to root
+	// stableRewrites counts objects written again because the server
+	// restarted before their COMMIT.
+	stableRewrites atomic.Int64
 }
 
 var _ chunkstore.Store = (*Store)(nil)
@@ -239,6 +242,7 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 		err = s.writeAll(f, data, gonfs.WriteUnstable)
 		if errors.Is(err, errServerRestarted) {
 			// The server lost unstable data: write it again, stably.
+			s.stableRewrites.Add(1)
 			err = s.writeAll(f, data, gonfs.WriteFileSync)
 		}
 		if err != nil {
@@ -252,6 +256,10 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 		return nil
 	})
 }
+
+// testHookBeforeCommit, if set, runs between an object's unstable writes
+// and its COMMIT (tests restart the server there).
+var testHookBeforeCommit func()
 
 var errServerRestarted = errors.New("the server restarted while the object was written (write verifier changed)")
 
@@ -286,6 +294,9 @@ func (s *Store) writeAll(f *gonfs.File, data []byte, how uint32) error {
 	}
 	if how != gonfs.WriteUnstable {
 		return nil
+	}
+	if testHookBeforeCommit != nil {
+		testHookBeforeCommit()
 	}
 	cv, err := f.CommitVerf()
 	if err != nil {
