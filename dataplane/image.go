@@ -93,9 +93,9 @@ func (im *Image) Close() {
 // ZeroChunk reports whether chunk i is all zeros (stored as no chunk).
 func (im *Image) ZeroChunk(i int) bool { return im.m.Chunks[i].IsZero() }
 
-// ReadAt fills p from offset off. Reads past the end return what exists
-// and io.EOF-free short counts are never returned: the caller asks for
-// bytes inside the image.
+// ReadAt fills p from offset off. The range must lie inside the image
+// (callers clip to Size): a read past the end is an error, never a short
+// read.
 func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if off < 0 || off+int64(len(p)) > im.m.Size {
 		return fmt.Errorf("backup %s: read of %d bytes at %d outside its %d bytes", im.m.ID, len(p), off, im.m.Size)
