@@ -20,6 +20,9 @@ type backupExports struct {
 	log  *slog.Logger
 	mu   sync.Mutex
 	open map[string]*openBackup
+	// opening holds a channel per backup being opened, closed when done,
+	// so the lock is not held while a target is reached.
+	opening map[string]chan struct{}
 }
 
 type openBackup struct {
@@ -30,7 +33,7 @@ type openBackup struct {
 }
 
 func newBackupExports(api *API, srv *nbd.Server, log *slog.Logger) *backupExports {
-	b := &backupExports{api: api, srv: srv, log: log, open: map[string]*openBackup{}}
+	b := &backupExports{api: api, srv: srv, log: log, open: map[string]*openBackup{}, opening: map[string]chan struct{}{}}
 	srv.Resolve = b.resolve
 	return b
 }
@@ -39,11 +42,27 @@ func (b *backupExports) resolve(name string) *nbd.Export {
 	if chunkstore.ValidID(name) != nil {
 		return nil
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if ob := b.open[name]; ob != nil {
-		return ob.e
+	for {
+		b.mu.Lock()
+		if ob := b.open[name]; ob != nil {
+			b.mu.Unlock()
+			return ob.e
+		}
+		wait, busy := b.opening[name]
+		if !busy {
+			b.opening[name] = make(chan struct{})
+			b.mu.Unlock()
+			break
+		}
+		b.mu.Unlock()
+		<-wait // another client is opening it; then look again
 	}
+	defer func() {
+		b.mu.Lock()
+		close(b.opening[name])
+		delete(b.opening, name)
+		b.mu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	got, _, err := b.api.DB.QueryVolumeBackups(ctx, " WHERE uuid = ? AND status = 'Ready'", []any{name}, "", 1, 0)
@@ -73,7 +92,9 @@ func (b *backupExports) resolve(name string) *nbd.Export {
 	im := dataplane.OpenImage(repo, m, dataplane.ImageOptions{CacheChunks: 16})
 	e := &nbd.Export{Name: name, Description: "volback backup " + name + " of volume " + m.VolumeID, ReadOnly: true,
 		Backend: dataplane.ImageBackend{Image: im}}
+	b.mu.Lock()
 	b.open[name] = &openBackup{e: e, repo: repo, im: im}
+	b.mu.Unlock()
 	b.log.Info("exporting backup read-only", "backup", name, "volume", m.VolumeID, "target", spec.String())
 	return e
 }
