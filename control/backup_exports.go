@@ -65,27 +65,12 @@ func (b *backupExports) resolve(name string) *nbd.Export {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	got, _, err := b.api.DB.QueryVolumeBackups(ctx, " WHERE uuid = ? AND status = 'Ready'", []any{name}, "", 1, 0)
-	if err != nil || len(got) == 0 || len(got[0].Refs) == 0 {
+	bk, bs, ecode := b.api.readyBackup(ctx, name)
+	if ecode != nil {
 		return nil
 	}
-	ref := got[0].Refs[0]
-	bs, err := b.api.DB.GetBackupStorage(ctx, ref.BackupStorageUUID)
+	repo, m, err := b.api.openBackup(ctx, bk, bs)
 	if err != nil {
-		return nil
-	}
-	spec, err := refSpec(ref, bs)
-	if err != nil {
-		return nil
-	}
-	repo, err := b.api.openTarget(ctx, spec, b.api.TargetEnv, 0, 0)
-	if err != nil {
-		b.log.Warn("cannot export backup: target unavailable", "backup", name, "target", spec.String(), "err", err)
-		return nil
-	}
-	m, err := repo.LoadManifest(ctx, name)
-	if err != nil {
-		repo.Close()
 		b.log.Warn("cannot export backup", "backup", name, "err", err)
 		return nil
 	}
@@ -95,7 +80,7 @@ func (b *backupExports) resolve(name string) *nbd.Export {
 	b.mu.Lock()
 	b.open[name] = &openBackup{e: e, repo: repo, im: im}
 	b.mu.Unlock()
-	b.log.Info("exporting backup read-only", "backup", name, "volume", m.VolumeID, "target", spec.String())
+	b.log.Info("exporting backup read-only", "backup", name, "volume", m.VolumeID, "target", repo.Location())
 	return e
 }
 

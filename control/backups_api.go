@@ -153,13 +153,8 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 		}
 		bw[name] = v
 	}
-	bs, err := a.DB.GetBackupStorage(ctx, p.BackupStorageUUID)
-	if errors.Is(err, inventory.ErrNotFound) {
-		a.fail(w, apiErr(CodeNotFound, "resource not found", "no backup storage "+p.BackupStorageUUID))
-		return
-	}
-	if err != nil {
-		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
+	bs, ok := a.storageOrFail(w, ctx, p.BackupStorageUUID)
+	if !ok {
 		return
 	}
 	// The storage's tags are defaults; the backup's own win.
@@ -230,11 +225,11 @@ func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
 			return fail("cannot record the backup", err)
 		}
 		a.Metrics.backupDone(m.Mode, m.Stats.BytesRead, m.Stats.BytesStored, time.Since(start).Seconds())
-		got, _, err := a.DB.QueryVolumeBackups(ctx, " WHERE uuid = ?", []any{id}, "", 1, 0)
-		if err != nil || len(got) != 1 {
-			return fail("cannot read the backup back", fmt.Errorf("%v", err))
+		got, err := a.DB.GetVolumeBackup(ctx, id)
+		if err != nil {
+			return fail("cannot read the backup back", err)
 		}
-		return map[string]any{"inventory": toBackupInventory(got[0])}, nil
+		return map[string]any{"inventory": toBackupInventory(got)}, nil
 	})
 	if !started {
 		// The job could not be recorded: neither may the backup be.
@@ -302,16 +297,15 @@ func (a *API) queryVolumeBackups(w http.ResponseWriter, r *http.Request) {
 // stay until a garbage collection finds nothing using them.
 func (a *API) deleteVolumeBackup(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("uuid")
-	got, _, err := a.DB.QueryVolumeBackups(r.Context(), " WHERE uuid = ?", []any{id}, "", 1, 0)
+	b, err := a.DB.GetVolumeBackup(r.Context(), id)
+	if errors.Is(err, inventory.ErrNotFound) {
+		a.fail(w, apiErr(CodeNotFound, "resource not found", "no volume backup "+id))
+		return
+	}
 	if err != nil {
 		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
 		return
 	}
-	if len(got) == 0 {
-		a.fail(w, apiErr(CodeNotFound, "resource not found", "no volume backup "+id))
-		return
-	}
-	b := got[0]
 	a.Jobs.Start(w, r, "DeleteVolumeBackup", func(ctx context.Context, _ *dataplane.Progress) (any, *ErrorCode) {
 		if a.exports != nil {
 			a.exports.drop(id)

@@ -29,13 +29,8 @@ func (a *API) reclaimSpace(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", `want {"reclaimSpaceFromImageStore":{}}`))
 		return
 	}
-	id := r.PathValue("uuid")
-	bs, err := a.DB.GetBackupStorage(r.Context(), id)
-	if errors.Is(err, inventory.ErrNotFound) {
-		a.fail(w, apiErr(CodeNotFound, "resource not found", "no backup storage "+id))
-		return
-	} else if err != nil {
-		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
+	bs, ok := a.storageOrFail(w, r.Context(), r.PathValue("uuid"))
+	if !ok {
 		return
 	}
 	a.Jobs.Start(w, r, "ReclaimSpaceFromImageStore", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {

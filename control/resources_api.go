@@ -432,16 +432,27 @@ func (a *API) createDataVolume(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// storageOrFail loads a backup storage, answering the request with
+// SYS.1003 (unknown) or SYS.1000 if it cannot.
+func (a *API) storageOrFail(w http.ResponseWriter, ctx context.Context, id string) (*inventory.BackupStorage, bool) {
+	bs, err := a.DB.GetBackupStorage(ctx, id)
+	if errors.Is(err, inventory.ErrNotFound) {
+		a.fail(w, apiErr(CodeNotFound, "resource not found", "no backup storage "+id))
+		return nil, false
+	}
+	if err != nil {
+		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
+		return nil, false
+	}
+	return bs, true
+}
+
 // deleteBackupStorage is DeleteBackupStorage: the record goes, together
 // with the inventory of its backups; the repository stays on disk, so it
 // can be added again (or to another daemon) later.
 func (a *API) deleteBackupStorage(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("uuid")
-	if _, err := a.DB.GetBackupStorage(r.Context(), id); errors.Is(err, inventory.ErrNotFound) {
-		a.fail(w, apiErr(CodeNotFound, "resource not found", "no backup storage "+id))
-		return
-	} else if err != nil {
-		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
+	if _, ok := a.storageOrFail(w, r.Context(), id); !ok {
 		return
 	}
 	a.Jobs.Start(w, r, "DeleteBackupStorage", func(ctx context.Context, _ *dataplane.Progress) (any, *ErrorCode) {

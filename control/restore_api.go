@@ -32,21 +32,21 @@ func (a *API) backupActions(w http.ResponseWriter, r *http.Request) {
 
 // readyBackup loads a Ready backup and where it lives.
 func (a *API) readyBackup(ctx context.Context, id string) (*inventory.VolumeBackup, *inventory.BackupStorage, *ErrorCode) {
-	got, _, err := a.DB.QueryVolumeBackups(ctx, " WHERE uuid = ?", []any{id}, "", 1, 0)
+	got, err := a.DB.GetVolumeBackup(ctx, id)
+	if errors.Is(err, inventory.ErrNotFound) || (err == nil && len(got.Refs) == 0) {
+		return nil, nil, apiErr(CodeNotFound, "resource not found", "no volume backup "+id)
+	}
 	if err != nil {
 		return nil, nil, apiErr(CodeInternal, "internal error", err.Error())
 	}
-	if len(got) == 0 || len(got[0].Refs) == 0 {
-		return nil, nil, apiErr(CodeNotFound, "resource not found", "no volume backup "+id)
+	if got.Status != "Ready" {
+		return nil, nil, apiErr(CodeOperationFail, "backup not ready", "volume backup "+id+" is "+got.Status)
 	}
-	if got[0].Status != "Ready" {
-		return nil, nil, apiErr(CodeOperationFail, "backup not ready", "volume backup "+id+" is "+got[0].Status)
-	}
-	bs, err := a.DB.GetBackupStorage(ctx, got[0].Refs[0].BackupStorageUUID)
+	bs, err := a.DB.GetBackupStorage(ctx, got.Refs[0].BackupStorageUUID)
 	if err != nil {
 		return nil, nil, apiErr(CodeNotFound, "resource not found", "the backup storage of volume backup "+id+" is gone")
 	}
-	return got[0], bs, nil
+	return got, bs, nil
 }
 
 // openBackup opens the repository holding a backup and its manifest.

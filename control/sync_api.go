@@ -32,13 +32,8 @@ func (a *API) syncVolumeBackups(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", `want {"syncVolumeBackup":{}}`))
 		return
 	}
-	id := r.PathValue("storageUuid")
-	bs, err := a.DB.GetBackupStorage(r.Context(), id)
-	if errors.Is(err, inventory.ErrNotFound) {
-		a.fail(w, apiErr(CodeNotFound, "resource not found", "no backup storage "+id))
-		return
-	} else if err != nil {
-		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
+	bs, ok := a.storageOrFail(w, r.Context(), r.PathValue("storageUuid"))
+	if !ok {
 		return
 	}
 	tags, err := ParseBackupTags(body.SystemTags)
@@ -75,10 +70,10 @@ func (a *API) syncVolumeBackups(w http.ResponseWriter, r *http.Request) {
 		added := []any{}
 		for _, bid := range ids {
 			prog.Add(1)
-			if got, _, err := a.DB.QueryVolumeBackups(ctx, " WHERE uuid = ?", []any{bid}, "", 1, 0); err != nil {
-				return nil, apiErr(CodeInternal, "internal error", err.Error())
-			} else if len(got) > 0 {
+			if _, err := a.DB.GetVolumeBackup(ctx, bid); err == nil {
 				continue // known already
+			} else if !errors.Is(err, inventory.ErrNotFound) {
+				return nil, apiErr(CodeInternal, "internal error", err.Error())
 			}
 			m, err := repo.LoadManifest(ctx, bid)
 			if errors.Is(err, chunkstore.ErrNotFound) {
@@ -102,11 +97,11 @@ func (a *API) syncVolumeBackups(w http.ResponseWriter, r *http.Request) {
 			if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
 				return nil, apiErr(CodeOperationFail, "cannot record backup "+bid, err.Error())
 			}
-			got, _, err := a.DB.QueryVolumeBackups(ctx, " WHERE uuid = ?", []any{bid}, "", 1, 0)
-			if err != nil || len(got) != 1 {
-				return nil, apiErr(CodeInternal, "internal error", "cannot read back backup "+bid)
+			got, err := a.DB.GetVolumeBackup(ctx, bid)
+			if err != nil {
+				return nil, apiErr(CodeInternal, "internal error", "cannot read back backup "+bid+": "+err.Error())
 			}
-			added = append(added, toBackupInventory(got[0]))
+			added = append(added, toBackupInventory(got))
 		}
 		return map[string]any{"inventories": added}, nil
 	})

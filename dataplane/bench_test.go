@@ -97,25 +97,13 @@ func BenchmarkRestore(b *testing.B) {
 // fresh Image per iteration, so every chunk is fetched and checked.
 func BenchmarkImageSequential(b *testing.B) {
 	ctx := context.Background()
-	dir := b.TempDir()
-	img := filepath.Join(dir, "image.raw")
 	const size = 256 << 20
-	if err := bench.GenerateImage(ctx, img, bench.ImageSpec{Size: size, Seed: 1}); err != nil {
-		b.Fatal(err)
-	}
+	img, r := benchImageAndRepo(b, size, 1)
 	f, _, err := dataplane.OpenVolume(img)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	s, err := local.Open(filepath.Join(dir, "repo"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
 	m, err := dataplane.Backup(ctx, r, f, size, dataplane.BackupOptions{VolumeID: "v"})
 	if err != nil {
 		b.Fatal(err)
@@ -140,20 +128,8 @@ func BenchmarkImageSequential(b *testing.B) {
 // changes.
 func BenchmarkRevertUnchanged(b *testing.B) {
 	ctx := context.Background()
-	dir := b.TempDir()
-	img := filepath.Join(dir, "vol.raw")
 	const size = 256 << 20
-	if err := bench.GenerateImage(ctx, img, bench.ImageSpec{Size: size, Seed: 2}); err != nil {
-		b.Fatal(err)
-	}
-	s, err := local.Open(filepath.Join(dir, "repo"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	img, r := benchImageAndRepo(b, size, 2)
 	v, err := dataplane.OpenLiveVolume("v", img, dataplane.VolumeOptions{})
 	if err != nil {
 		b.Fatal(err)
@@ -174,4 +150,25 @@ func BenchmarkRevertUnchanged(b *testing.B) {
 			b.Fatalf("wrote %d chunks", st.ChunksWritten)
 		}
 	}
+}
+
+// benchImageAndRepo generates an image of size bytes (half random, a
+// quarter text, a quarter zeros) and an empty local repository beside it.
+func benchImageAndRepo(b *testing.B, size int64, seed uint64) (string, *chunkstore.Repository) {
+	b.Helper()
+	dir := b.TempDir()
+	img := filepath.Join(dir, "image.raw")
+	if err := bench.GenerateImage(context.Background(), img, bench.ImageSpec{Size: size, Seed: seed}); err != nil {
+		b.Fatal(err)
+	}
+	s, err := local.Open(filepath.Join(dir, "repo"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, err := chunkstore.Init(context.Background(), s, chunkstore.InitOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.Close() })
+	return img, r
 }

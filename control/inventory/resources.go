@@ -331,6 +331,18 @@ func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, o
 	return out, total, rrows.Err()
 }
 
+// GetVolumeBackup loads one backup with its refs, or ErrNotFound.
+func (d *DB) GetVolumeBackup(ctx context.Context, uuid string) (*VolumeBackup, error) {
+	got, _, err := d.QueryVolumeBackups(ctx, " WHERE uuid = ?", []any{uuid}, "", 1, 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(got) == 0 {
+		return nil, ErrNotFound
+	}
+	return got[0], nil
+}
+
 // QueryUUIDs runs a query over table (a WHERE clause and ORDER BY built
 // from whitelisted columns, values bound) and returns the matching uuids of
 // the page and the total number of matches.
