@@ -209,7 +209,14 @@ type GCOptions struct {
 	DryRun bool
 	// Progress, if set, is called with chunks examined so far.
 	Progress func(examined int)
+	// TempGrace is how old a temporary object a dead writer left behind
+	// must be before it is removed (stores that are StaleRemovers);
+	// 0 means DefaultTempGrace. It must exceed the longest write.
+	TempGrace time.Duration
 }
+
+// DefaultTempGrace is GCOptions.TempGrace's default.
+const DefaultTempGrace = 24 * time.Hour
 
 // GCReport says what a collection found and did.
 type GCReport struct {
@@ -219,6 +226,7 @@ type GCReport struct {
 	ChunksDeleted  int           `json:"chunksDeleted"`
 	BytesDeleted   int64         `json:"bytesDeleted"`
 	StaleMarkers   int           `json:"staleMarkers"`
+	TempsRemoved   int           `json:"tempsRemoved"`  // temporary objects of dead writers
 	MissingChunks  int           `json:"missingChunks"` // named by a manifest, not stored
 	Duration       time.Duration `json:"durationNanos"`
 	DryRun         bool          `json:"dryRun"`
@@ -323,6 +331,17 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	}
 	if opts.Progress != nil {
 		opts.Progress(rep.ChunksTotal)
+	}
+	if sr, ok := r.store.(StaleRemover); ok && !opts.DryRun {
+		grace := opts.TempGrace
+		if grace <= 0 {
+			grace = DefaultTempGrace
+		}
+		n, err := sr.RemoveStale(ctx, grace)
+		rep.TempsRemoved = n
+		if err != nil {
+			return rep, fmt.Errorf("gc: %w", err)
+		}
 	}
 	if !opts.DryRun && len(garbage) > 0 {
 		if err := r.Sync(ctx); err != nil {

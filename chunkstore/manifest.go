@@ -22,7 +22,7 @@ type Manifest struct {
 	Parent string `json:"parent,omitempty"`
 	// Mode is "full" (every chunk read) or "incremental" (only changed
 	// chunks read).
-	Mode     string            `json:"mode"`
+	Mode     Mode              `json:"mode"`
 	Started  time.Time         `json:"started"`
 	Finished time.Time         `json:"finished"`
 	Stats    Stats             `json:"stats"`
@@ -114,4 +114,26 @@ func decodeManifest(dec *zstd.Decoder, id string, b []byte) (*Manifest, error) {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// Mode is how a backup reads its volume.
+type Mode string
+
+// Backup modes: a manifest records full or incremental; a request may
+// also ask for auto (incremental when it can be trusted, else full).
+const (
+	ModeFull        Mode = "full"
+	ModeIncremental Mode = "incremental"
+	ModeAuto        Mode = "auto"
+)
+
+// ParseMode reads a requested mode; "" is ModeAuto.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case "":
+		return ModeAuto, nil
+	case ModeFull, ModeIncremental, ModeAuto:
+		return m, nil
+	}
+	return "", fmt.Errorf("mode %q: want full, incremental or auto", s)
 }

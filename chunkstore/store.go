@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // ErrNotFound is returned (wrapped) by a Store when an object does not exist.
@@ -64,6 +65,14 @@ var ErrExists = errors.New("object already exists")
 // config. A wrapper whose inner store lacks it returns errors.ErrUnsupported.
 type Creator interface {
 	PutIfAbsent(ctx context.Context, name string, data []byte) error
+}
+
+// StaleRemover is a Store whose writers leave temporary objects behind
+// when they die (the local and NFS drivers write under a temporary name,
+// then rename). RemoveStale deletes those older than age, which must be
+// longer than any write takes; garbage collection calls it.
+type StaleRemover interface {
+	RemoveStale(ctx context.Context, age time.Duration) (int, error)
 }
 
 // transientError marks an error that may go away if the call is retried.

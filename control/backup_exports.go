@@ -65,8 +65,8 @@ func (b *backupExports) resolve(name string) *nbd.Export {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	bk, bs, ecode := b.api.readyBackup(ctx, name)
-	if ecode != nil {
+	bk, bs, err := b.api.readyBackup(ctx, name)
+	if err != nil {
 		return nil
 	}
 	repo, m, err := b.api.openBackup(ctx, bk, bs)
@@ -75,8 +75,7 @@ func (b *backupExports) resolve(name string) *nbd.Export {
 		return nil
 	}
 	im := dataplane.OpenImage(repo, m, dataplane.ImageOptions{CacheChunks: 16})
-	e := &nbd.Export{Name: name, Description: "volback backup " + name + " of volume " + m.VolumeID, ReadOnly: true,
-		Backend: dataplane.ImageBackend{Image: im}}
+	e := backupExport(name, m, im)
 	b.mu.Lock()
 	b.open[name] = &openBackup{e: e, repo: repo, im: im}
 	b.mu.Unlock()
@@ -133,4 +132,10 @@ func (b *backupExports) closeAll() {
 	for id := range b.open {
 		b.closeLocked(id)
 	}
+}
+
+// backupExport is the read-only NBD export of a backup image.
+func backupExport(id string, m *chunkstore.Manifest, im *dataplane.Image) *nbd.Export {
+	return &nbd.Export{Name: id, Description: "volback backup " + id + " of volume " + m.VolumeID, ReadOnly: true,
+		Backend: dataplane.ImageBackend{Image: im}}
 }

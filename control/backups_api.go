@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net/http"
 	"strconv"
 	"time"
 
@@ -42,11 +40,11 @@ type backupInventory struct {
 
 func toBackupInventory(b *inventory.VolumeBackup) backupInventory {
 	inv := backupInventory{UUID: b.UUID, VolumeUUID: b.VolumeUUID, Name: b.Name, Description: b.Description,
-		Type: b.Type, State: b.State, Status: b.Status, Size: b.Size, Metadata: b.Metadata, Mode: b.Mode,
+		Type: string(b.Type), State: string(b.State), Status: string(b.Status), Size: b.Size, Metadata: b.Metadata, Mode: b.Mode,
 		CreateDate: gson(b.Created), LastOpDate: gson(b.LastOp), BackupStorageRefs: []backupRefInventory{}}
 	for _, r := range b.Refs {
 		inv.BackupStorageRefs = append(inv.BackupStorageRefs, backupRefInventory{VolumeBackupUUID: r.VolumeBackupUUID,
-			BackupStorageUUID: r.BackupStorageUUID, InstallPath: r.InstallPath, Status: r.Status,
+			BackupStorageUUID: r.BackupStorageUUID, InstallPath: r.InstallPath, Status: string(r.Status),
 			CreateDate: gson(r.Created), LastOpDate: gson(r.LastOp)})
 	}
 	return inv
@@ -77,7 +75,7 @@ type backupMetadata struct {
 // metadataOf is the inventory's metadata of a backup's manifest.
 func metadataOf(m *chunkstore.Manifest, seconds float64, bw map[string]int64, target, source string) backupMetadata {
 	p, _ := strconv.Atoi(m.Meta["parallelismDegree"])
-	return backupMetadata{Mode: m.Mode, Parent: m.Parent, BytesRead: m.Stats.BytesRead,
+	return backupMetadata{Mode: string(m.Mode), Parent: m.Parent, BytesRead: m.Stats.BytesRead,
 		BytesStored: m.Stats.BytesStored, ChunksTotal: m.Stats.ChunksTotal, ChunksRead: m.Stats.ChunksRead,
 		ChunksNew: m.Stats.ChunksNew, ChunksZero: m.Stats.ChunksZero, ChunksReused: m.Stats.ChunksReused,
 		Seconds: seconds, FullReason: m.Meta["fullReason"], Parallelism: p,
@@ -98,143 +96,153 @@ func addrString(env target.Env) string {
 	return ""
 }
 
-// createVolumeBackup is CreateVolumeBackup (POST
-// /zstack/v1/volumes/{volumeUuid}/volume-backups).
-func (a *API) createVolumeBackup(w http.ResponseWriter, r *http.Request) {
-	var p struct {
-		BackupStorageUUID     string      `json:"backupStorageUuid"`
-		Name                  string      `json:"name"`
-		Description           string      `json:"description"`
-		ResourceUUID          string      `json:"resourceUuid"`
-		Mode                  string      `json:"mode"`
-		VolumeReadBandwidth   json.Number `json:"volumeReadBandwidth"`
-		VolumeWriteBandwidth  json.Number `json:"volumeWriteBandwidth"`
-		NetworkReadBandwidth  json.Number `json:"networkReadBandwidth"`
-		NetworkWriteBandwidth json.Number `json:"networkWriteBandwidth"`
-	}
-	req, ok := parseAPIRequest(w, r, &p)
-	if !ok {
-		return
-	}
-	ticket, ok := a.Jobs.Accept(w, r)
-	if !ok {
-		return
-	}
-	ctx := r.Context()
-	volID := r.PathValue("volumeUuid")
-	vrec, err := a.DB.GetVolume(ctx, volID)
-	if errors.Is(err, inventory.ErrNotFound) {
-		a.fail(w, apiErr(CodeNotFound, "resource not found", "no volume "+volID))
-		return
-	}
-	if err != nil {
-		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
-		return
-	}
-	if p.Name == "" {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "name is required"))
-		return
-	}
-	switch p.Mode {
-	case "":
-		p.Mode = dataplane.ModeAuto
-	case dataplane.ModeAuto, dataplane.ModeFull, dataplane.ModeIncremental:
-	default:
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", fmt.Sprintf("mode %q: want full, incremental or auto", p.Mode)))
-		return
-	}
+// backupParams are CreateVolumeBackup's parameters.
+type backupParams struct {
+	BackupStorageUUID     string      `json:"backupStorageUuid"`
+	Name                  string      `json:"name"`
+	Description           string      `json:"description"`
+	ResourceUUID          string      `json:"resourceUuid"`
+	Mode                  string      `json:"mode"`
+	VolumeReadBandwidth   json.Number `json:"volumeReadBandwidth"`
+	VolumeWriteBandwidth  json.Number `json:"volumeWriteBandwidth"`
+	NetworkReadBandwidth  json.Number `json:"networkReadBandwidth"`
+	NetworkWriteBandwidth json.Number `json:"networkWriteBandwidth"`
+}
+
+// bandwidths checks and returns the bandwidth limits, in bytes per second.
+func (p *backupParams) bandwidths() (map[string]int64, error) {
 	bw := map[string]int64{}
 	for name, n := range map[string]json.Number{"volumeReadBandwidth": p.VolumeReadBandwidth, "volumeWriteBandwidth": p.VolumeWriteBandwidth,
 		"networkReadBandwidth": p.NetworkReadBandwidth, "networkWriteBandwidth": p.NetworkWriteBandwidth} {
-		v, err := intParam(n)
-		if err != nil || (n != "" && v < 1024) {
-			a.fail(w, apiErr(CodeInvalidArg, "invalid argument", name+" must be at least 1024 bytes per second"))
-			return
+		v, err := bandwidthParam(name, n)
+		if err != nil {
+			return nil, err
 		}
 		bw[name] = v
 	}
-	bs, ok := a.storageOrFail(w, ctx, p.BackupStorageUUID)
-	if !ok {
-		return
+	return bw, nil
+}
+
+// bandwidthParam reads a bandwidth in bytes per second: at least 1024
+// when given.
+func bandwidthParam(name string, n json.Number) (int64, error) {
+	v, err := intParam(n)
+	if err != nil || (n != "" && v < 1024) {
+		return 0, errInvalid("%s must be at least 1024 bytes per second", name)
+	}
+	return v, nil
+}
+
+// createVolumeBackup is CreateVolumeBackup (POST
+// /volumes/{volumeUuid}/volume-backups).
+func (a *API) createVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
+	var p backupParams
+	if err := c.Params(&p); err != nil {
+		return nil, err
+	}
+	volID := c.Path("volumeUuid")
+	vrec, err := a.volume(ctx, volID)
+	if err != nil {
+		return nil, err
+	}
+	if p.Name == "" {
+		return nil, errInvalid("name is required")
+	}
+	mode, err := chunkstore.ParseMode(p.Mode)
+	if err != nil {
+		return nil, errInvalid("%v", err)
+	}
+	bw, err := p.bandwidths()
+	if err != nil {
+		return nil, err
+	}
+	bs, err := a.storage(ctx, p.BackupStorageUUID)
+	if err != nil {
+		return nil, err
 	}
 	// The storage's tags are defaults; the backup's own win.
 	var storageTags []string
 	_ = json.Unmarshal([]byte(bs.SystemTags), &storageTags)
-	tags, err := ParseBackupTags(mergeTags(storageTags, req.SystemTags))
+	tags, err := ParseBackupTags(mergeTags(storageTags, c.SystemTags()))
 	if err != nil {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", err.Error()))
-		return
+		return nil, errTag(err)
 	}
 	spec, env, err := a.backupTarget(bs, tags)
 	if err != nil {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", err.Error()))
-		return
+		return nil, errTag(err)
 	}
-	id, ok := resourceID(p.ResourceUUID)
-	if !ok {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "resourceUuid must be 32 lowercase hex digits"))
-		return
+	id, err := resourceID(p.ResourceUUID)
+	if err != nil {
+		return nil, err
 	}
 	vol := a.Host.Volume(volID)
 	if vol == nil {
-		a.fail(w, apiErr(CodeOperationFail, "volume not served", "volume "+volID+" is recorded but not open on this host"))
-		return
+		return nil, errRefused("volume not served", "volume %s is recorded but not open on this host", volID)
 	}
-	userTags, _ := json.Marshal(nonNil(req.UserTags))
+	userTags, _ := json.Marshal(c.UserTags())
 	rec := &inventory.VolumeBackup{UUID: id, VolumeUUID: volID, Name: p.Name, Description: p.Description,
-		Type: vrec.Type, State: "Enabled", Status: "Creating", Size: vrec.Size, Mode: p.Mode, UserTags: string(userTags)}
-	ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, id), Status: "Creating"}
+		Type: vrec.Type, State: inventory.StateEnabled, Status: inventory.StatusCreating, Size: vrec.Size, Mode: string(mode), UserTags: string(userTags)}
+	ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, id), Status: inventory.StatusCreating}
 	if spec != storageSpec(bs) {
 		tj, _ := json.Marshal(spec)
 		ref.Target = string(tj)
 	}
 	if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
-		a.fail(w, apiErr(CodeInvalidArg, "cannot record the backup", err.Error()))
-		return
+		return nil, errInvalid("cannot record the backup: %v", err)
 	}
-	started := a.Jobs.Launch(w, r, ticket, "CreateVolumeBackup", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
-		fail := func(desc string, err error) (any, *ErrorCode) {
+	// The job could not be recorded: neither may the backup be.
+	c.undo = func() { _ = a.DB.DeleteVolumeBackup(context.WithoutCancel(ctx), id) }
+	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
+		fail := func(desc string, err error) (any, error) {
 			a.Metrics.backupFailed()
 			// No inventory is left in Creating: the record goes.
 			dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_ = a.DB.DeleteVolumeBackup(dctx, id)
-			return nil, &ErrorCode{Code: CodeOperationFail, Description: desc, Details: err.Error(),
-				Cause: apiErr(CodeInternal, "cause", err.Error())}
+			e := errFailed(desc, err)
+			e.Cause = &ErrorCode{Code: CodeInternal, Description: "cause", Details: err.Error()}
+			return nil, e
 		}
 		// The target's bandwidth limits wrap the store; the volume's read
 		// limit is the backup's own. volumeWriteBandwidth limits writes to
 		// the volume, which a backup does not make.
-		repo, err := a.openTarget(ctx, spec, env, bw["networkWriteBandwidth"], bw["networkReadBandwidth"])
+		repo, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{Create: createFor(spec),
+			WriteBytesPerSec: bw["networkWriteBandwidth"], ReadBytesPerSec: bw["networkReadBandwidth"]})
 		if err != nil {
 			return fail("cannot open the backup target "+spec.String(), err)
 		}
 		defer repo.Close()
 		start := time.Now()
-		m, err := vol.Backup(ctx, repo, dataplane.LiveBackupOptions{
+		m, err := liveBackup(ctx, a.log(), vol, repo, spec, dataplane.LiveBackupOptions{
 			ReadBytesPerSec: bw["volumeReadBandwidth"],
-			Chain:           chainOf(bs, spec), Mode: p.Mode, ID: id, Parallelism: tags.Parallelism, Progress: prog,
-			Meta: map[string]string{"name": p.Name, "description": p.Description, "backupStorageUuid": bs.UUID, "volumeType": vrec.Type,
+			Chain:           chainOf(bs, spec), Mode: mode, ID: id, Parallelism: tags.Parallelism, Progress: prog,
+			Meta: map[string]string{"name": p.Name, "description": p.Description, "backupStorageUuid": bs.UUID, "volumeType": string(vrec.Type),
 				"parallelismDegree": strconv.Itoa(tags.Parallelism)},
 		})
 		if err != nil {
 			return fail("volume backup to "+spec.String()+" failed", err)
 		}
 		md, _ := json.Marshal(metadataOf(m, time.Since(start).Seconds(), bw, targetOf(spec, bs), addrString(env)))
-		if err := a.DB.FinishVolumeBackup(ctx, id, "Ready", m.Size, string(md)); err != nil {
+		if err := a.DB.FinishVolumeBackup(ctx, id, inventory.StatusReady, m.Size, string(md)); err != nil {
 			return fail("cannot record the backup", err)
 		}
-		a.Metrics.backupDone(m.Mode, m.Stats.BytesRead, m.Stats.BytesStored, time.Since(start).Seconds())
+		a.Metrics.backupDone(string(m.Mode), m.Stats.BytesRead, m.Stats.BytesStored, time.Since(start).Seconds())
 		got, err := a.DB.GetVolumeBackup(ctx, id)
 		if err != nil {
 			return fail("cannot read the backup back", err)
 		}
 		return map[string]any{"inventory": toBackupInventory(got)}, nil
-	})
-	if !started {
-		// The job could not be recorded: neither may the backup be.
-		_ = a.DB.DeleteVolumeBackup(context.WithoutCancel(ctx), id)
+	}, nil
+}
+
+// createFor is how a backup opens its target: a storage's own repository
+// exists since the storage was added; an fsInfo target's is created on
+// first use.
+func createFor(spec target.Spec) target.Create {
+	if spec.Kind == target.Local {
+		return target.OpenExisting
 	}
+	return target.CreateIfMissing
 }
 
 // mergeTags puts the request's tags after the storage's, dropping a
@@ -261,52 +269,37 @@ func mergeTags(defaults, own []string) []string {
 	return append(out, own...)
 }
 
-func (a *API) queryVolumeBackups(w http.ResponseWriter, r *http.Request) {
-	a.query(w, r, backupSchema, func(ctx context.Context, ids []string) ([]any, error) {
-		if len(ids) == 0 {
-			return nil, nil
-		}
-		args := make([]any, len(ids))
-		ph := ""
-		for i, id := range ids {
-			args[i] = id
-			if i > 0 {
-				ph += ","
-			}
-			ph += "?"
-		}
-		got, _, err := a.DB.QueryVolumeBackups(ctx, " WHERE uuid IN ("+ph+")", args, "", len(ids), 0)
+// queryVolumeBackups is QueryVolumeBackup (GET /volume-backups[/{uuid}]).
+func (a *API) queryVolumeBackups(ctx context.Context, c *apiCall) (any, error) {
+	return a.query(ctx, c, inventory.VolumeBackups, func(ctx context.Context, ids []string) ([]any, error) {
+		got, err := a.DB.GetVolumeBackups(ctx, ids)
 		if err != nil {
 			return nil, err
 		}
-		byID := map[string]*inventory.VolumeBackup{}
+		out := make([]any, 0, len(got))
 		for _, b := range got {
-			byID[b.UUID] = b
-		}
-		out := make([]any, 0, len(ids))
-		for _, id := range ids { // keep the query's order
-			if b := byID[id]; b != nil {
-				out = append(out, toBackupInventory(b))
-			}
+			out = append(out, toBackupInventory(b))
 		}
 		return out, nil
 	})
 }
 
-// deleteVolumeBackup is DeleteVolumeBackup: the manifest goes; its chunks
-// stay until a garbage collection finds nothing using them.
-func (a *API) deleteVolumeBackup(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("uuid")
-	b, err := a.DB.GetVolumeBackup(r.Context(), id)
-	if errors.Is(err, inventory.ErrNotFound) {
-		a.fail(w, apiErr(CodeNotFound, "resource not found", "no volume backup "+id))
-		return
-	}
+// backup loads a backup record: SYS.1003 if there is none.
+func (a *API) backup(ctx context.Context, id string) (*inventory.VolumeBackup, error) {
+	b, err := a.DB.GetVolumeBackup(ctx, id)
+	return b, notFoundOr(err, "no volume backup %s", id)
+}
+
+// deleteVolumeBackup is DeleteVolumeBackup (DELETE /volume-backups/{uuid}):
+// the manifest goes; its chunks stay until a garbage collection finds
+// nothing using them.
+func (a *API) deleteVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
+	id := c.Path("uuid")
+	b, err := a.backup(ctx, id)
 	if err != nil {
-		a.fail(w, apiErr(CodeInternal, "internal error", err.Error()))
-		return
+		return nil, err
 	}
-	a.Jobs.Start(w, r, "DeleteVolumeBackup", func(ctx context.Context, _ *dataplane.Progress) (any, *ErrorCode) {
+	return func(ctx context.Context, _ *dataplane.Progress) (any, error) {
 		if a.exports != nil {
 			a.exports.drop(id)
 		}
@@ -317,23 +310,23 @@ func (a *API) deleteVolumeBackup(w http.ResponseWriter, r *http.Request) {
 			}
 			spec, err := refSpec(ref, bs)
 			if err != nil {
-				return nil, apiErr(CodeInternal, "internal error", err.Error())
+				return nil, err
 			}
-			repo, err := a.openTarget(ctx, spec, a.TargetEnv, 0, 0)
+			repo, err := target.OpenRepository(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
 			if err != nil {
-				return nil, apiErr(CodeOperationFail, "cannot open the backup target "+spec.String(), err.Error())
+				return nil, errFailed("cannot open the backup target "+spec.String(), err)
 			}
 			err = repo.DeleteManifest(ctx, id)
 			repo.Close()
 			if err != nil && !errors.Is(err, chunkstore.ErrNotFound) {
-				return nil, apiErr(CodeOperationFail, "cannot delete the backup", err.Error())
+				return nil, errFailed("cannot delete the backup", err)
 			}
 		}
-		if err := a.DB.DeleteVolumeBackup(ctx, id); err != nil && !errors.Is(err, inventory.ErrNotFound) {
-			return nil, apiErr(CodeOperationFail, "cannot delete the backup record", err.Error())
+		if err := a.DB.DeleteVolumeBackup(ctx, id); err != nil && !isNotFound(err) {
+			return nil, errFailed("cannot delete the backup record", err)
 		}
 		return map[string]any{}, nil
-	})
+	}, nil
 }
 
 func nonZero(m map[string]int64) map[string]int64 {

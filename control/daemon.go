@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,18 +15,32 @@ import (
 	"time"
 
 	"github.com/volback/volback/chunkstore"
-	"github.com/volback/volback/chunkstore/local"
 	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
+	"github.com/volback/volback/dataplane"
 	"github.com/volback/volback/nbd"
 )
 
 // DaemonConfig configures RunDaemon.
 type DaemonConfig struct {
-	StateDir  string            // default "volback-data"
-	Listen    string            // API address, default 127.0.0.1:8080
-	NBDListen string            // default unix://<StateDir>/nbd.sock
-	Volumes   map[string]string // existing images or devices to register: uuid -> path
+	StateDir string // default "volback-data"
+	// Listen is the ZStack API's address, default 127.0.0.1:8080.
+	Listen string
+	// NoAPI runs the daemon without the ZStack API (volback serve):
+	// volumes over NBD and the admin socket only.
+	NoAPI     bool
+	NBDListen string // default unix://<StateDir>/nbd.sock
+	// AdminSocket is the Unix socket of the local admin API (live
+	// backups for `volback backup --live`); default
+	// <StateDir>/control.sock.
+	AdminSocket string
+	// Volumes are existing images or devices to register and export:
+	// uuid -> path (see ParseVolumeFlags).
+	Volumes map[string]string
+	// Repo and Backups: backups of Repo to export read-only, each under
+	// its id, for as long as the daemon runs (volback serve --backup).
+	Repo    *chunkstore.Repository
+	Backups []string
 	// AdminPassword is the admin account's password (plain); default
 	// "password", as ZStack's.
 	AdminPassword string
@@ -39,17 +52,20 @@ type DaemonConfig struct {
 	// GCInterval is how often every backup storage is garbage collected;
 	// 0 means never (ReclaimSpaceFromImageStore still runs one).
 	GCInterval time.Duration
-	// Ready, if set, is called with the API's address once it listens.
+	// Ready, if set, is called with the API's address ("" without the
+	// API) once everything listens.
 	Ready func(apiAddr string)
 }
 
 // adminAccountUUID is the admin account's fixed uuid.
 const adminAccountUUID = "36c27e8ff05c4780bf6d2fa65700f22e"
 
-// RunDaemon runs the daemon until ctx is done: the ZStack-compatible API,
-// every known volume exported over NBD, backup jobs, state under StateDir.
-// On the way out running jobs are cancelled (and recorded failed), NBD
-// connections finish, and every volume's changed-block maps are saved.
+// RunDaemon runs the daemon until ctx is done: every known volume exported
+// over NBD, the admin socket, and unless NoAPI the ZStack-compatible API
+// with its jobs; state under StateDir. On the way out the API stops taking
+// requests, running jobs and live backups are cancelled (and recorded
+// failed), NBD connections finish, and every volume's changed-block maps
+// are saved.
 func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	log := cfg.Logger
 	if log == nil {
@@ -75,6 +91,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	if cfg.NBDListen == "" {
 		cfg.NBDListen = "unix://" + filepath.Join(cfg.StateDir, "nbd.sock")
 	}
+	if cfg.AdminSocket == "" {
+		cfg.AdminSocket = filepath.Join(cfg.StateDir, "control.sock")
+	}
 	db, err := inventory.Open(ctx, filepath.Join(cfg.StateDir, "inventory.db"), nil)
 	if err != nil {
 		return err
@@ -83,8 +102,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	if err := db.EnsureAccount(ctx, adminAccountUUID, "admin", inventory.HashPassword(cfg.AdminPassword)); err != nil {
 		return err
 	}
-	failed, _ := json.Marshal(map[string]*ErrorCode{"error": apiErr(CodeOperationFail, "operation failed",
-		"the daemon stopped while this job was running")})
+	failed, _ := json.Marshal(map[string]*ErrorCode{"error": errRefused("operation failed", "the daemon stopped while this job was running")})
 	if n, err := db.FailRunningJobs(ctx, failed); err != nil {
 		return err
 	} else if n > 0 {
@@ -97,9 +115,10 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		log.Warn("backups left unfinished by the last stop are dropped from the inventory", "backups", strings.Join(ids, ","))
 		go dropMarkers(ctx, db, env, ids, log)
 	}
-
-	if err := ensureDefaultStore(ctx, db, cfg.StateDir, log); err != nil {
-		return err
+	if !cfg.NoAPI {
+		if err := ensureDefaultStore(ctx, db, cfg.StateDir, log); err != nil {
+			return err
+		}
 	}
 
 	srv := nbd.NewServer()
@@ -110,37 +129,16 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	ids := make([]string, 0, len(cfg.Volumes))
-	for id := range cfg.Volumes {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		if err := chunkstore.ValidID(id); err != nil {
-			return fmt.Errorf("--volume %s: %w", id, err)
-		}
-		path, err := filepath.Abs(cfg.Volumes[id])
-		if err != nil {
-			return err
-		}
-		if _, err := db.GetVolume(ctx, id); errors.Is(err, inventory.ErrNotFound) {
-			size, err := volumeSizeOf(path)
-			if err != nil {
-				return fmt.Errorf("--volume %s: %w", id, err)
-			}
-			if err := db.AddVolume(ctx, &inventory.Volume{UUID: id, Name: filepath.Base(path), Path: path, Size: size,
-				Type: "Root", State: "Enabled", Status: "Ready"}); err != nil {
-				return err
-			}
-		}
+	if err := registerVolumes(ctx, db, cfg.Volumes); err != nil {
+		return err
 	}
 	vols, err := db.ListVolumes(ctx)
 	if err != nil {
 		return err
 	}
 	for _, v := range vols {
-		if _, err := os.Stat(restoreStatePath(cfg.StateDir, v.UUID)); err == nil {
-			continue // a live restore: resumed below, once the API can open its repository
+		if _, err := os.Stat(host.restoreStatePath(v.UUID)); err == nil {
+			continue // a live restore: resumed below, once its repository can be opened
 		}
 		if _, err := host.OpenVolume(v.UUID, v.Path); err != nil {
 			log.Error("cannot open volume; not exported", "volume", v.UUID, "path", v.Path, "err", err)
@@ -148,108 +146,187 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		}
 		log.Info("exporting volume", "volume", v.UUID, "path", v.Path, "size", v.Size)
 	}
+	for _, id := range cfg.Backups {
+		if cfg.Repo == nil {
+			return errors.New("backups to export, but no repository")
+		}
+		m, err := cfg.Repo.LoadManifest(ctx, id)
+		if err != nil {
+			return err
+		}
+		im := dataplane.OpenImage(cfg.Repo, m, dataplane.ImageOptions{})
+		defer im.Close()
+		srv.AddExport(backupExport(id, m, im))
+		log.Info("exporting backup read-only", "backup", id, "volume", m.VolumeID, "size", m.Size, "repo", cfg.Repo.Location())
+	}
 
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	metrics := NewMetrics(srv)
 	jobs := &Jobs{DB: db, Log: log, Metrics: metrics}
 	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics, TargetEnv: env}
-	api.exports = newBackupExports(api, srv, log)
-	defer api.exports.closeAll()
+	admin := &LocalAPI{Host: host, DB: db, TargetEnv: env, Log: log, ctx: ctx}
+
+	// Listen on everything before serving anything, so a port in use
+	// fails the start cleanly.
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
 	nl, err := nbd.Listen(cfg.NBDListen)
 	if err != nil {
 		return err
 	}
-	hl, err := net.Listen("tcp", cfg.Listen)
+	listeners = append(listeners, nl)
+	al, err := nbd.Listen("unix://" + cfg.AdminSocket)
 	if err != nil {
-		nl.Close()
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		closeAll()
+		return fmt.Errorf("admin socket: %w", err)
 	}
-	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-	api.resumeRestores(ctx, vols)
-	hs := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
+	listeners = append(listeners, al)
+	var hl net.Listener
+	if !cfg.NoAPI {
+		if hl, err = net.Listen("tcp", cfg.Listen); err != nil {
+			closeAll()
+			return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		}
+		listeners = append(listeners, hl)
+		api.exports = newBackupExports(api, srv, log)
+		defer api.exports.closeAll()
+		api.resumeRestores(ctx, vols)
+	}
+
+	servers := []*http.Server{{Handler: admin.Handler(), ReadHeaderTimeout: 10 * time.Second}}
+	if hl != nil {
+		servers = append(servers, &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second})
+	}
+	errc := make(chan error, 1+len(servers))
 	go func() { errc <- srv.Serve(ctx, nl) }()
-	go func() {
-		if err := hs.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	serveHTTP := func(hs *http.Server, l net.Listener) {
+		if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
 			return
 		}
 		errc <- nil
-	}()
-	// Expired sessions and jobs older than 3 hours are purged hourly.
-	go func() {
-		t := time.NewTicker(time.Hour)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_, _ = db.PurgeExpiredSessions(ctx)
-				_, _ = db.PurgeJobs(ctx, JobRetention)
-			}
+	}
+	go serveHTTP(servers[0], al)
+	apiAddr := ""
+	if hl != nil {
+		go serveHTTP(servers[1], hl)
+		apiAddr = hl.Addr().String()
+		go purgeEvery(ctx, db, time.Hour)
+		go api.exports.reap(ctx, 2*time.Minute)
+		if cfg.GCInterval > 0 {
+			go collectEvery(ctx, db, env, metrics, log, cfg.GCInterval)
 		}
-	}()
-	go api.exports.reap(ctx, 2*time.Minute)
-	if cfg.GCInterval > 0 {
-		go collectEvery(ctx, db, env, metrics, log, cfg.GCInterval)
+		log.Info("volback daemon serving", "api", "http://"+apiAddr+"/zstack/v1", "nbd", cfg.NBDListen, "admin", "unix://"+cfg.AdminSocket, "state", cfg.StateDir)
+	} else {
+		log.Info("serving", "nbd", cfg.NBDListen, "admin", "unix://"+cfg.AdminSocket, "state", cfg.StateDir)
 	}
-	log.Info("volback daemon serving", "api", "http://"+hl.Addr().String()+"/zstack/v1", "nbd", cfg.NBDListen, "state", cfg.StateDir)
 	if cfg.Ready != nil {
-		cfg.Ready(hl.Addr().String())
+		cfg.Ready(apiAddr)
 	}
+
+	var serveErr error
+	pending := 1 + len(servers) // goroutines that will send on errc
 	select {
 	case <-ctx.Done():
-	case err = <-errc:
+	case serveErr = <-errc:
+		pending--
 	}
 	log.Info("shutting down")
+	// The shutdown sequence: stop taking requests, cancel jobs and live
+	// backups (each records how it ended), let NBD connections finish;
+	// the volumes close (saving their maps) when this function returns.
 	stop()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_ = hs.Shutdown(sctx)
-	jobs.Close()
-	<-errc
-	if err == nil {
-		<-errc
+	for _, hs := range servers {
+		_ = hs.Shutdown(sctx)
 	}
+	jobs.Close()
+	admin.wait()
+	for ; pending > 0; pending-- {
+		if e := <-errc; e != nil && serveErr == nil {
+			serveErr = e
+		}
+	}
+	os.Remove(cfg.AdminSocket)
 	if strings.HasPrefix(cfg.NBDListen, "unix://") {
 		os.Remove(strings.TrimPrefix(cfg.NBDListen, "unix://"))
 	}
-	return err
+	return serveErr
 }
 
-// volumeSizeOf returns the size of a file or block device.
-func volumeSizeOf(path string) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
+// registerVolumes records the volumes given on the command line. A volume
+// recorded with another path is refused: its changed-block maps describe
+// the other file.
+func registerVolumes(ctx context.Context, db *inventory.DB, vols map[string]string) error {
+	ids := make([]string, 0, len(vols))
+	for id := range vols {
+		ids = append(ids, id)
 	}
-	defer f.Close()
-	return f.Seek(0, io.SeekEnd)
+	sort.Strings(ids)
+	for _, id := range ids {
+		if err := ValidVolumeID(id); err != nil {
+			return fmt.Errorf("--volume %s: %w", id, err)
+		}
+		path, err := filepath.Abs(vols[id])
+		if err != nil {
+			return err
+		}
+		rec, err := db.GetVolume(ctx, id)
+		switch {
+		case err == nil && rec.Path != path:
+			return fmt.Errorf("--volume %s=%s: volume %s is recorded with path %s; delete it first to register another file", id, path, id, rec.Path)
+		case err == nil:
+			continue
+		case !errors.Is(err, inventory.ErrNotFound):
+			return err
+		}
+		f, size, err := dataplane.OpenVolume(path)
+		if err != nil {
+			return fmt.Errorf("--volume %s: %w", id, err)
+		}
+		f.Close()
+		if err := db.AddVolume(ctx, &inventory.Volume{UUID: id, Name: filepath.Base(path), Path: path, Size: size,
+			Type: inventory.VolumeRoot, State: inventory.StateEnabled, Status: inventory.StatusReady}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// purgeEvery deletes expired sessions and jobs older than JobRetention.
+func purgeEvery(ctx context.Context, db *inventory.DB, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_, _ = db.PurgeExpiredSessions(ctx)
+			_, _ = db.PurgeJobs(ctx, JobRetention)
+		}
+	}
 }
 
 // ensureDefaultStore gives a new daemon a local ImageStore backup storage
 // under its state directory, so backups work with no set-up.
 func ensureDefaultStore(ctx context.Context, db *inventory.DB, stateDir string, log *slog.Logger) error {
-	ids, _, err := db.QueryUUIDs(ctx, "backup_storages", "", nil, "", 1, 0)
-	if err != nil || len(ids) > 0 {
+	if n, err := db.CountBackupStorages(ctx); err != nil || n > 0 {
 		return err
 	}
 	dir := filepath.Join(stateDir, "imagestore")
-	s, err := local.Open(dir)
+	repo, err := target.OpenRepository(ctx, target.Spec{Kind: target.Local, URL: dir}, target.Env{}, target.RepoOptions{Create: target.CreateIfMissing})
 	if err != nil {
-		return err
-	}
-	repo, err := chunkstore.Open(ctx, s)
-	if errors.Is(err, chunkstore.ErrNoRepository) {
-		repo, err = chunkstore.Init(ctx, s, chunkstore.InitOptions{})
-	}
-	if err != nil {
-		s.Close()
 		return fmt.Errorf("default image store %s: %w", dir, err)
 	}
 	repo.Close()
-	bs := &inventory.BackupStorage{UUID: chunkstore.NewID(), Name: "local", Type: "ImageStoreBackupStorage", URL: dir}
+	bs := &inventory.BackupStorage{UUID: chunkstore.NewID(), Name: "local", Type: inventory.StorageImageStore, URL: dir}
 	if err := db.AddBackupStorage(ctx, bs); err != nil {
 		return err
 	}

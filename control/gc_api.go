@@ -2,11 +2,9 @@ package control
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
@@ -19,31 +17,22 @@ import (
 // /backup-storage/image-store/{uuid}/actions with
 // {"reclaimSpaceFromImageStore":{}}): a garbage collection of the
 // storage's repository. The result's size is the bytes freed.
-func (a *API) reclaimSpace(w http.ResponseWriter, r *http.Request) {
-	var body map[string]json.RawMessage
-	if err := decodeBody(r, &body); err != nil {
-		badRequest(w, "bad JSON: "+err.Error())
-		return
+func (a *API) reclaimSpace(ctx context.Context, c *apiCall) (JobFunc, error) {
+	bs, err := a.storage(ctx, c.Path("uuid"))
+	if err != nil {
+		return nil, err
 	}
-	if _, ok := body["reclaimSpaceFromImageStore"]; !ok || len(body) != 1 {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", `want {"reclaimSpaceFromImageStore":{}}`))
-		return
-	}
-	bs, ok := a.storageOrFail(w, r.Context(), r.PathValue("uuid"))
-	if !ok {
-		return
-	}
-	a.Jobs.Start(w, r, "ReclaimSpaceFromImageStore", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
+	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
 		rep, err := collectStorage(ctx, a.DB, bs, a.TargetEnv, prog)
 		if errors.Is(err, chunkstore.ErrBackupsInProgress) {
-			return nil, apiErr(CodeOperationFail, "backups are running in this backup storage; reclaim space when they are done", err.Error())
+			return nil, errFailed("backups are running in this backup storage; reclaim space when they are done", err)
 		}
 		if err != nil {
-			return nil, apiErr(CodeOperationFail, "garbage collection of backup storage "+bs.UUID+" failed", err.Error())
+			return nil, errFailed("garbage collection of backup storage "+bs.UUID+" failed", err)
 		}
 		a.Metrics.gcDone(rep)
 		return map[string]any{"size": rep.BytesDeleted, "gc": rep}, nil
-	})
+	}, nil
 }
 
 // collectStorage collects every target of a storage (its url and the
@@ -61,6 +50,7 @@ func collectStorage(ctx context.Context, db *inventory.DB, bs *inventory.BackupS
 		sum.ChunksDeleted += rep.ChunksDeleted
 		sum.BytesDeleted += rep.BytesDeleted
 		sum.StaleMarkers += rep.StaleMarkers
+		sum.TempsRemoved += rep.TempsRemoved
 		sum.MissingChunks += rep.MissingChunks
 		sum.Duration += rep.Duration
 	}
@@ -68,13 +58,8 @@ func collectStorage(ctx context.Context, db *inventory.DB, bs *inventory.BackupS
 }
 
 func collect(ctx context.Context, spec target.Spec, env target.Env, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
-	st, err := target.Open(ctx, spec, env)
+	repo, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{})
 	if err != nil {
-		return nil, err
-	}
-	repo, err := chunkstore.Open(ctx, st)
-	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	defer repo.Close()
@@ -130,13 +115,8 @@ func dropMarkers(ctx context.Context, db *inventory.DB, env target.Env, ids []st
 	}
 	for _, bs := range storages {
 		for _, spec := range storageTargets(ctx, db, bs) {
-			st, err := target.Open(ctx, spec, env)
+			repo, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{})
 			if err != nil {
-				continue
-			}
-			repo, err := chunkstore.Open(ctx, st)
-			if err != nil {
-				st.Close()
 				continue
 			}
 			for _, id := range ids {

@@ -41,8 +41,9 @@ type Jobs struct {
 }
 
 // JobFunc does a job's work. It returns the body a finished job answers
-// with (for example {"inventory": ...}) or an error code.
-type JobFunc func(ctx context.Context, p *dataplane.Progress) (any, *ErrorCode)
+// with (for example {"inventory": ...}) or an error: an *ErrorCode as it
+// is, anything else as SYS.1000.
+type JobFunc func(ctx context.Context, p *dataplane.Progress) (any, error)
 
 // JobRetention is how long finished jobs can be polled.
 const JobRetention = 3 * time.Hour
@@ -60,76 +61,56 @@ type JobTicket struct {
 }
 
 // Accept validates the request's job headers (X-Job-UUID: 32 lowercase
-// hex digits, not in use; X-Web-Hook: an http(s) URL) and answers 400 if
-// they are wrong. Nothing is recorded yet, so a caller may still refuse
-// the request for its own reasons.
-func (j *Jobs) Accept(w http.ResponseWriter, r *http.Request) (*JobTicket, bool) {
+// hex digits, not in use; X-Web-Hook: an http(s) URL); a wrong one is a
+// bad request (400). Nothing is recorded yet, so the handler may still
+// refuse the request for its own reasons.
+func (j *Jobs) Accept(ctx context.Context, r *http.Request) (*JobTicket, error) {
 	j.init()
 	t := &JobTicket{id: r.Header.Get("X-Job-UUID"), hook: r.Header.Get("X-Web-Hook")}
 	if t.id == "" {
 		t.id = chunkstore.NewID()
 	} else if chunkstore.ValidID(t.id) != nil {
-		badRequest(w, "X-Job-UUID must be 32 lowercase hex digits")
-		return nil, false
+		return nil, badRequestf("X-Job-UUID must be 32 lowercase hex digits")
 	}
 	if t.hook != "" {
 		if u, err := url.Parse(t.hook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			badRequest(w, "X-Web-Hook must be an http or https URL")
-			return nil, false
+			return nil, badRequestf("X-Web-Hook must be an http or https URL")
 		}
 	}
-	if _, err := j.DB.GetJob(r.Context(), t.id); err == nil {
-		badRequest(w, "X-Job-UUID "+t.id+" is already in use")
-		return nil, false
+	if _, err := j.DB.GetJob(ctx, t.id); err == nil {
+		return nil, badRequestf("X-Job-UUID %s is already in use", t.id)
 	}
-	return t, true
+	return t, nil
 }
 
-// Start is Accept then Launch.
-func (j *Jobs) Start(w http.ResponseWriter, r *http.Request, api string, fn JobFunc) bool {
-	t, ok := j.Accept(w, r)
-	if !ok {
-		return false
-	}
-	return j.Launch(w, r, t, api, fn)
-}
-
-// Launch records the job, answers 202 with its location and runs fn in
-// the background. It returns false (having answered) if the job could not
-// be recorded, for example because a concurrent request took its id.
-func (j *Jobs) Launch(w http.ResponseWriter, r *http.Request, t *JobTicket, api string, fn JobFunc) bool {
+// Launch records the job and runs fn in the background, under the jobs'
+// lifetime (not the request's). It fails, running nothing, if the job
+// cannot be recorded, for example because a concurrent request took its id.
+func (j *Jobs) Launch(ctx context.Context, t *JobTicket, api string, fn JobFunc) error {
 	j.init()
 	id, hook := t.id, t.hook
-	if err := j.DB.CreateJob(r.Context(), id, api, hook); err != nil {
-		if _, gerr := j.DB.GetJob(r.Context(), id); gerr == nil {
-			badRequest(w, "X-Job-UUID "+id+" is already in use")
-			return false
+	if err := j.DB.CreateJob(ctx, id, api, hook); err != nil {
+		if _, gerr := j.DB.GetJob(ctx, id); gerr == nil {
+			return badRequestf("X-Job-UUID %s is already in use", id)
 		}
-		writeZJSON(w, http.StatusServiceUnavailable, map[string]*ErrorCode{"error": apiErr(CodeInternal, "internal error", err.Error())})
-		return false
+		return err
 	}
 	p := &dataplane.Progress{}
 	j.mu.Lock()
 	j.progress[id] = p
 	j.mu.Unlock()
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	writeZJSON(w, http.StatusAccepted, map[string]string{"location": fmt.Sprintf("%s://%s/zstack/v1/api-jobs/%s", scheme, r.Host, id)})
-
 	j.wg.Add(1)
 	j.Metrics.jobStarted()
 	go func() {
 		defer j.wg.Done()
 		defer j.Metrics.jobEnded()
-		result, ecode := fn(j.ctx, p)
-		if ecode == nil && j.ctx.Err() != nil {
-			ecode = apiErr(CodeOperationFail, "operation failed", "the daemon is shutting down")
+		result, err := fn(j.ctx, p)
+		if err == nil && j.ctx.Err() != nil {
+			err = errRefused("operation failed", "the daemon is shutting down")
 		}
 		var resBody, errBody []byte
-		if ecode != nil {
-			errBody, _ = json.Marshal(map[string]*ErrorCode{"error": ecode})
+		if err != nil {
+			errBody, _ = json.Marshal(map[string]*ErrorCode{"error": errorCodeOf(err)})
 		} else {
 			if result == nil {
 				result = map[string]any{}
@@ -138,9 +119,9 @@ func (j *Jobs) Launch(w http.ResponseWriter, r *http.Request, t *JobTicket, api 
 		}
 		// Record with a fresh context: a shutdown must still record
 		// how the job ended.
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := j.DB.FinishJob(ctx, id, resBody, errBody); err != nil {
+		if err := j.DB.FinishJob(rctx, id, resBody, errBody); err != nil {
 			j.log().Error("recording job", "job", id, "err", err)
 		}
 		j.mu.Lock()
@@ -148,13 +129,13 @@ func (j *Jobs) Launch(w http.ResponseWriter, r *http.Request, t *JobTicket, api 
 		j.mu.Unlock()
 		if hook != "" {
 			body := resBody
-			if ecode != nil {
+			if errBody != nil {
 				body = errBody
 			}
-			j.callHook(hook, id, ecode == nil, body)
+			j.callHook(hook, id, errBody == nil, body)
 		}
 	}()
-	return true
+	return nil
 }
 
 // Progress returns a running job's progress, or nil.

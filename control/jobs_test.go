@@ -25,20 +25,21 @@ func jobsHarness(t *testing.T) (srv *httptest.Server, session string, jobs *Jobs
 	release = make(chan *ErrorCode, 10)
 	mux := http.NewServeMux()
 	mux.Handle("/zstack/v1/", api.Handler())
-	mux.Handle("POST /zstack/v1/test-jobs", api.authed(func(w http.ResponseWriter, r *http.Request) {
-		jobs.Start(w, r, "TestJob", func(ctx context.Context, p *dataplane.Progress) (any, *ErrorCode) {
-			p.SetTotal(100)
-			p.Add(40)
-			select {
-			case e := <-release:
-				if e != nil {
-					return nil, e
-				}
-				return map[string]any{"inventory": map[string]string{"uuid": "done"}}, nil
-			case <-ctx.Done():
-				return nil, apiErr(CodeOperationFail, "cancelled", "")
+	job := func(ctx context.Context, p *dataplane.Progress) (any, error) {
+		p.SetTotal(100)
+		p.Add(40)
+		select {
+		case e := <-release:
+			if e != nil {
+				return nil, e
 			}
-		})
+			return map[string]any{"inventory": map[string]string{"uuid": "done"}}, nil
+		case <-ctx.Done():
+			return nil, errRefused("cancelled", "")
+		}
+	}
+	mux.Handle("POST /zstack/v1/test-jobs", api.serve(false, func(*apiCall) (endpoint, error) {
+		return endpoint{api: "TestJob", async: func(context.Context, *apiCall) (JobFunc, error) { return job, nil }}, nil
 	}))
 	srv = httptest.NewServer(mux)
 	t.Cleanup(func() { jobs.Close(); srv.Close() })
@@ -100,7 +101,7 @@ func TestAsyncJobs(t *testing.T) {
 
 	// A failing job answers 503 with its error.
 	_, loc2 := startJob(t, srv, session, nil)
-	release <- apiErr(CodeOperationFail, "backup failed", "target vanished")
+	release <- errRefused("backup failed", "target vanished")
 	if r := waitDone(t, loc2, session); r.status != 503 || errCode(t, r) != CodeOperationFail {
 		t.Fatalf("failed job: %d %s", r.status, r.body)
 	}

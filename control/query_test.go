@@ -6,26 +6,28 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/volback/volback/control/inventory"
 )
 
 func TestParseCondition(t *testing.T) {
 	cases := []struct {
 		in   string
-		want Condition
+		want inventory.Condition
 	}{
-		{"name=backup-1", Condition{"name", "=", []string{"backup-1"}}},
-		{"name=a=b", Condition{"name", "=", []string{"a=b"}}},
-		{"size>=1024", Condition{"size", ">=", []string{"1024"}}},
-		{"size<5", Condition{"size", "<", []string{"5"}}},
-		{"state!=Disabled", Condition{"state", "!=", []string{"Disabled"}}},
-		{"uuid?=a,b,c", Condition{"uuid", "?=", []string{"a", "b", "c"}}},
-		{"uuid!?=a", Condition{"uuid", "!?=", []string{"a"}}},
-		{"name~=%back%", Condition{"name", "~=", []string{"%back%"}}},
-		{"name!~=x%", Condition{"name", "!~=", []string{"x%"}}},
-		{"description is null", Condition{"description", "is null", nil}},
-		{"description not null", Condition{"description", "not null", nil}},
-		{"backupStorageRefs.backupStorageUuid=abc", Condition{"backupStorageRefs.backupStorageUuid", "=", []string{"abc"}}},
-		{"name=", Condition{"name", "=", []string{""}}},
+		{"name=backup-1", cond("name", "=", []string{"backup-1"})},
+		{"name=a=b", cond("name", "=", []string{"a=b"})},
+		{"size>=1024", cond("size", ">=", []string{"1024"})},
+		{"size<5", cond("size", "<", []string{"5"})},
+		{"state!=Disabled", cond("state", "!=", []string{"Disabled"})},
+		{"uuid?=a,b,c", cond("uuid", "?=", []string{"a", "b", "c"})},
+		{"uuid!?=a", cond("uuid", "!?=", []string{"a"})},
+		{"name~=%back%", cond("name", "~=", []string{"%back%"})},
+		{"name!~=x%", cond("name", "!~=", []string{"x%"})},
+		{"description is null", cond("description", "is null", nil)},
+		{"description not null", cond("description", "not null", nil)},
+		{"backupStorageRefs.backupStorageUuid=abc", cond("backupStorageRefs.backupStorageUuid", "=", []string{"abc"})},
+		{"name=", cond("name", "=", []string{""})},
 	}
 	for _, c := range cases {
 		got, err := ParseCondition(c.in)
@@ -40,39 +42,29 @@ func TestParseCondition(t *testing.T) {
 	}
 }
 
-var testSchema = Schema{Table: "volume_backups", Fields: map[string]SchemaField{
-	"uuid": {Column: "uuid"}, "name": {Column: "name"}, "size": {Column: "size", Kind: KindInt},
-	"description": {Column: "description"},
-}}
-
-func TestQuerySQL(t *testing.T) {
+func TestParseQuery(t *testing.T) {
 	v := url.Values{"q": {"name~=%b%", "size>=10", "uuid?=x,y", "description is null"}, "sort": {"-size"}, "limit": {"5"}, "start": {"2"}, "replyWithCount": {"true"}}
 	q, err := ParseQuery(v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	where, args, order, err := q.SQL(testSchema)
-	if err != nil {
-		t.Fatal(err)
+	want := []inventory.Condition{
+		{Field: "name", Op: inventory.OpLike, Values: []string{"%b%"}},
+		{Field: "size", Op: inventory.OpGe, Values: []string{"10"}},
+		{Field: "uuid", Op: inventory.OpIn, Values: []string{"x", "y"}},
+		{Field: "description", Op: inventory.OpIsNull},
 	}
-	if want := " WHERE name LIKE ? AND size >= ? AND uuid IN (?,?) AND description IS NULL"; where != want {
-		t.Errorf("where %q, want %q", where, want)
-	}
-	if fmt.Sprint(args) != "[%b% 10 x y]" || order != " ORDER BY size DESC" || q.Limit != 5 || q.Start != 2 || !q.ReplyWithCount {
-		t.Errorf("args %v order %q limit %d start %d rwc %v", args, order, q.Limit, q.Start, q.ReplyWithCount)
+	if fmt.Sprint(q.Conditions) != fmt.Sprint(want) || q.SortField != "size" || !q.SortDesc || q.Limit != 5 || q.Start != 2 || !q.ReplyWithCount {
+		t.Errorf("got %+v, want conditions %v sorted by -size, limit 5, start 2, replyWithCount", q, want)
 	}
 	q, _ = ParseQuery(url.Values{})
-	if q.Limit != DefaultQueryLimit {
+	if q.Limit != inventory.DefaultQueryLimit {
 		t.Errorf("default limit %d", q.Limit)
 	}
 	for _, bad := range []url.Values{
-		{"q": {"nosuch=1"}}, {"q": {"size=abc"}}, {"sort": {"size"}}, {"sort": {"+nosuch"}},
-		{"limit": {"-1"}}, {"start": {"x"}}, {"count": {"maybe"}}, {"fields": {"a b"}},
+		{"sort": {"size"}}, {"limit": {"-1"}}, {"start": {"x"}}, {"count": {"maybe"}}, {"fields": {"a b"}}, {"q": {"=x"}},
 	} {
-		q, err := ParseQuery(bad)
-		if err == nil {
-			_, _, _, err = q.SQL(testSchema)
-		}
+		_, err := ParseQuery(bad)
 		var qe *QueryError
 		if !errors.As(err, &qe) {
 			t.Errorf("%v: got %v, want a QueryError", bad, err)
@@ -80,8 +72,11 @@ func TestQuerySQL(t *testing.T) {
 	}
 }
 
+// FuzzParseCondition checks that an accepted condition is exactly what
+// the text says: its field, operator and values put back together give
+// the text again (an in-list less its empty elements).
 func FuzzParseCondition(f *testing.F) {
-	for _, s := range []string{"name=x", "uuid?=a,b", "d is null", "size>=1", "x!~=%"} {
+	for _, s := range []string{"name=x", "uuid?=a,b", "d is null", "size>=1", "x!~=%", "a!?=,b,"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -92,38 +87,38 @@ func FuzzParseCondition(f *testing.F) {
 		if !fieldPattern.MatchString(c.Field) {
 			t.Fatalf("accepted field %q", c.Field)
 		}
-		q := &Query{Conditions: []Condition{c}}
-		schema := Schema{Table: "t", Fields: map[string]SchemaField{c.Field: {Column: "col"}}}
-		where, args, _, err := q.SQL(schema)
-		if err != nil {
-			return
-		}
-		// Client text never reaches the SQL: only the column, the
-		// operator and placeholders do.
-		var want string
+		var again string
 		switch c.Op {
-		case "is null":
-			want = " WHERE col IS NULL"
-		case "not null":
-			want = " WHERE col IS NOT NULL"
-		case "?=", "!?=":
-			ph := strings.TrimSuffix(strings.Repeat("?,", len(c.Values)), ",")
-			want = " WHERE col IN (" + ph + ")"
-			if c.Op == "!?=" {
-				want = " WHERE col NOT IN (" + ph + ")"
+		case inventory.OpIsNull, inventory.OpNotNull:
+			if len(c.Values) != 0 {
+				t.Fatalf("%q: values %q with %s", s, c.Values, c.Op)
 			}
-		case "~=":
-			want = " WHERE col LIKE ?"
-		case "!~=":
-			want = " WHERE col NOT LIKE ?"
+			again = c.Field + " " + string(c.Op)
+			s = strings.TrimSpace(strings.TrimSuffix(strings.TrimSuffix(s, " is null"), " not null")) + " " + string(c.Op)
+		case inventory.OpIn, inventory.OpNotIn:
+			if len(c.Values) == 0 {
+				t.Fatalf("%q: empty in-list accepted", s)
+			}
+			again = c.Field + string(c.Op) + strings.Join(c.Values, ",")
+			var kept []string
+			for _, x := range strings.Split(strings.TrimPrefix(s, c.Field+string(c.Op)), ",") {
+				if x != "" {
+					kept = append(kept, x)
+				}
+			}
+			s = c.Field + string(c.Op) + strings.Join(kept, ",")
 		default:
-			want = " WHERE col " + c.Op + " ?"
+			if len(c.Values) != 1 {
+				t.Fatalf("%q: %d values for %s", s, len(c.Values), c.Op)
+			}
+			again = c.Field + string(c.Op) + c.Values[0]
 		}
-		if where != want {
-			t.Fatalf("SQL %q, want %q", where, want)
-		}
-		if c.Op != "is null" && c.Op != "not null" && len(args) != len(c.Values) {
-			t.Fatalf("%d args for %d values", len(args), len(c.Values))
+		if again != s {
+			t.Fatalf("%q parsed as %+v, which reads %q", s, c, again)
 		}
 	})
+}
+
+func cond(field, op string, values []string) inventory.Condition {
+	return inventory.Condition{Field: field, Op: inventory.Op(op), Values: values}
 }

@@ -3,9 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -16,35 +14,21 @@ import (
 	"github.com/volback/volback/dataplane"
 )
 
-// backupActions dispatches PUT /volume-backups/{uuid}/actions.
-func (a *API) backupActions(w http.ResponseWriter, r *http.Request) {
-	var body map[string]json.RawMessage
-	if err := decodeBody(r, &body); err != nil {
-		badRequest(w, "bad JSON: "+err.Error())
-		return
-	}
-	if p, ok := body["revertVolumeFromVolumeBackup"]; ok {
-		a.revertVolume(w, r, p)
-		return
-	}
-	a.fail(w, apiErr(CodeInvalidArg, "invalid argument", `unknown action: want {"revertVolumeFromVolumeBackup":{...}}`))
-}
-
 // readyBackup loads a Ready backup and where it lives.
-func (a *API) readyBackup(ctx context.Context, id string) (*inventory.VolumeBackup, *inventory.BackupStorage, *ErrorCode) {
-	got, err := a.DB.GetVolumeBackup(ctx, id)
-	if errors.Is(err, inventory.ErrNotFound) || (err == nil && len(got.Refs) == 0) {
-		return nil, nil, apiErr(CodeNotFound, "resource not found", "no volume backup "+id)
+func (a *API) readyBackup(ctx context.Context, id string) (*inventory.VolumeBackup, *inventory.BackupStorage, error) {
+	got, err := a.backup(ctx, id)
+	if err == nil && len(got.Refs) == 0 {
+		err = errNotFound("no volume backup %s", id)
 	}
 	if err != nil {
-		return nil, nil, apiErr(CodeInternal, "internal error", err.Error())
+		return nil, nil, err
 	}
-	if got.Status != "Ready" {
-		return nil, nil, apiErr(CodeOperationFail, "backup not ready", "volume backup "+id+" is "+got.Status)
+	if got.Status != inventory.StatusReady {
+		return nil, nil, errRefused("backup not ready", "volume backup %s is %s", id, got.Status)
 	}
 	bs, err := a.DB.GetBackupStorage(ctx, got.Refs[0].BackupStorageUUID)
 	if err != nil {
-		return nil, nil, apiErr(CodeNotFound, "resource not found", "the backup storage of volume backup "+id+" is gone")
+		return nil, nil, notFoundOr(err, "the backup storage of volume backup %s is gone", id)
 	}
 	return got, bs, nil
 }
@@ -55,7 +39,7 @@ func (a *API) openBackup(ctx context.Context, b *inventory.VolumeBackup, bs *inv
 	if err != nil {
 		return nil, nil, err
 	}
-	repo, err := a.openTarget(ctx, spec, a.TargetEnv, 0, 0)
+	repo, err := target.OpenRepository(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
 	if err != nil {
 		return nil, nil, fmt.Errorf("open %s: %w", spec.String(), err)
 	}
@@ -67,64 +51,52 @@ func (a *API) openBackup(ctx context.Context, b *inventory.VolumeBackup, bs *inv
 	return repo, m, nil
 }
 
-// revertVolume is RevertVolumeFromVolumeBackup: the volume's content
-// becomes the backup's, writing only the chunks that differ. Refused
-// while NBD clients are attached (they would see their disk change under
-// them) unless "force" is set.
-func (a *API) revertVolume(w http.ResponseWriter, r *http.Request, raw json.RawMessage) {
+// revertVolume is RevertVolumeFromVolumeBackup (PUT
+// /volume-backups/{uuid}/actions, {"revertVolumeFromVolumeBackup":{}}):
+// the volume's content becomes the backup's, writing only the chunks that
+// differ. Refused while NBD clients are attached (they would see their
+// disk change under them) unless "force" is set.
+func (a *API) revertVolume(ctx context.Context, c *apiCall) (JobFunc, error) {
 	var p struct {
 		Force bool `json:"force"`
 	}
-	if len(raw) > 0 && string(raw) != "null" {
-		if err := json.Unmarshal(raw, &p); err != nil {
-			badRequest(w, "bad params: "+err.Error())
-			return
-		}
+	if err := c.Params(&p); err != nil {
+		return nil, err
 	}
-	ctx := r.Context()
-	b, bs, e := a.readyBackup(ctx, r.PathValue("uuid"))
-	if e != nil {
-		a.fail(w, e)
-		return
+	b, bs, err := a.readyBackup(ctx, c.Path("uuid"))
+	if err != nil {
+		return nil, err
 	}
 	vol := a.Host.Volume(b.VolumeUUID)
 	if vol == nil {
-		a.fail(w, apiErr(CodeNotFound, "resource not found", "volume "+b.VolumeUUID+" of backup "+b.UUID+" is not served here"))
-		return
+		return nil, errNotFound("volume %s of backup %s is not served here", b.VolumeUUID, b.UUID)
 	}
-	attached := func() *ErrorCode {
-		if n := a.Host.NBD.ConnectionsTo(b.VolumeUUID); n > 0 && !p.Force {
-			return apiErr(CodeOperationFail, "volume in use",
-				fmt.Sprintf("volume %s has %d NBD clients connected; disconnect them, or revert with \"force\": true", b.VolumeUUID, n))
-		}
-		return nil
+	const doing = `revert it, or revert with "force": true`
+	if err := a.Host.refuseAttached(b.VolumeUUID, doing, p.Force); err != nil {
+		return nil, err
 	}
-	if e := attached(); e != nil {
-		a.fail(w, e)
-		return
-	}
-	a.Jobs.Start(w, r, "RevertVolumeFromVolumeBackup", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
-		if e := attached(); e != nil {
-			return nil, e
+	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
+		if err := a.Host.refuseAttached(b.VolumeUUID, doing, p.Force); err != nil {
+			return nil, err
 		}
 		repo, m, err := a.openBackup(ctx, b, bs)
 		if err != nil {
-			return nil, apiErr(CodeOperationFail, "cannot read backup "+b.UUID, err.Error())
+			return nil, errFailed("cannot read backup "+b.UUID, err)
 		}
 		defer repo.Close()
 		st, err := vol.Revert(ctx, repo, m, dataplane.RevertOptions{Progress: prog})
 		if err != nil {
-			return nil, apiErr(CodeOperationFail, "revert of volume "+b.VolumeUUID+" failed", err.Error())
+			return nil, errFailed("revert of volume "+b.VolumeUUID+" failed", err)
 		}
 		v, err := a.DB.GetVolume(ctx, b.VolumeUUID)
-		if errors.Is(err, inventory.ErrNotFound) {
+		if isNotFound(err) {
 			return map[string]any{"revert": st}, nil
 		}
 		if err != nil {
-			return nil, apiErr(CodeInternal, "internal error", err.Error())
+			return nil, err
 		}
 		return map[string]any{"inventory": toVolumeInventory(v), "revert": st}, nil
-	})
+	}, nil
 }
 
 // restoreSource is what a live restore's state file records to reopen
@@ -138,100 +110,82 @@ type restoreSource struct {
 	Parallelism int   `json:"parallelismDegree,omitempty"`
 }
 
-func restoreStatePath(stateDir, volID string) string {
-	return filepath.Join(stateDir, "restore", volID+".json")
-}
-
 // createVolumeFromBackup is CreateDataVolumeFromVolumeBackup (POST
 // /volumes/data-volume/from/volume-template/{backupUuid}): a new volume
 // holding the backup, exported at once in live-restore mode. The job
 // follows the background copy and ends with the volume's inventory when
 // it is complete.
-func (a *API) createVolumeFromBackup(w http.ResponseWriter, r *http.Request) {
+func (a *API) createVolumeFromBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
 	var p struct {
 		Name         string      `json:"name"`
 		Description  string      `json:"description"`
 		ResourceUUID string      `json:"resourceUuid"`
 		ReadBPS      json.Number `json:"networkReadBandwidth"`
 	}
-	req, ok := parseAPIRequest(w, r, &p)
-	if !ok {
-		return
+	if err := c.Params(&p); err != nil {
+		return nil, err
 	}
-	tags, err := ParseBackupTags(req.SystemTags)
+	tags, err := ParseBackupTags(c.SystemTags())
 	if err != nil {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", err.Error()))
-		return
+		return nil, errTag(err)
 	}
 	if p.Name == "" {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "name is required"))
-		return
+		return nil, errInvalid("name is required")
 	}
-	readBPS, err := intParam(p.ReadBPS)
-	if err != nil || (p.ReadBPS != "" && readBPS < 1024) {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "networkReadBandwidth must be at least 1024 bytes per second"))
-		return
+	readBPS, err := bandwidthParam("networkReadBandwidth", p.ReadBPS)
+	if err != nil {
+		return nil, err
 	}
-	id, ok := resourceID(p.ResourceUUID)
-	if !ok {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "resourceUuid must be 32 lowercase hex digits"))
-		return
+	id, err := resourceID(p.ResourceUUID)
+	if err != nil {
+		return nil, err
 	}
-	ctx := r.Context()
-	b, bs, e := a.readyBackup(ctx, r.PathValue("backupUuid"))
-	if e != nil {
-		a.fail(w, e)
-		return
+	b, bs, err := a.readyBackup(ctx, c.Path("backupUuid"))
+	if err != nil {
+		return nil, err
 	}
 	if _, err := a.DB.GetVolume(ctx, id); err == nil {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", "volume "+id+" exists"))
-		return
+		return nil, errInvalid("volume %s exists", id)
 	}
-	a.Jobs.Start(w, r, "CreateDataVolumeFromVolumeBackup", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
+	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
 		spec, err := refSpec(b.Refs[0], bs)
 		if err != nil {
-			return nil, apiErr(CodeInternal, "internal error", err.Error())
+			return nil, err
 		}
 		repo, m, err := a.openBackup(ctx, b, bs)
 		if err != nil {
-			return nil, apiErr(CodeOperationFail, "cannot read backup "+b.UUID, err.Error())
+			return nil, errFailed("cannot read backup "+b.UUID, err)
 		}
-		path := filepath.Join(a.Host.StateDir, "volumes", id+".raw")
-		fail := func(desc string, err error) (any, *ErrorCode) {
+		statePath := a.Host.restoreStatePath(id)
+		var path string
+		fail := func(desc string, err error) (any, error) {
 			repo.Close()
 			_ = a.Host.CloseVolume(id)
 			_ = a.DB.DeleteVolume(context.WithoutCancel(ctx), id)
-			os.Remove(path)
-			os.Remove(restoreStatePath(a.Host.StateDir, id))
-			return nil, apiErr(CodeOperationFail, desc, err.Error())
-		}
-		if err := os.MkdirAll(filepath.Dir(restoreStatePath(a.Host.StateDir, id)), 0o700); err != nil {
-			return fail("cannot create the volume", err)
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return fail("cannot create the volume", err)
-		}
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if err == nil {
-			err = f.Truncate(m.Size)
-			if cerr := f.Close(); err == nil {
-				err = cerr
+			if path != "" {
+				os.Remove(path)
 			}
+			os.Remove(statePath)
+			return nil, errFailed(desc, err)
 		}
-		if err != nil {
+		if err := os.MkdirAll(filepath.Dir(statePath), 0o700); err != nil {
+			return fail("cannot create the volume", err)
+		}
+		if path, err = a.Host.createVolumeFile(id, m.Size); err != nil {
 			return fail("cannot create the volume", err)
 		}
 		typ := b.Type
 		if typ == "" {
-			typ = "Data"
+			typ = inventory.VolumeData
 		}
-		rec := &inventory.Volume{UUID: id, Name: p.Name, Path: path, Size: m.Size, Type: typ, State: "Enabled", Status: "Restoring"}
+		rec := &inventory.Volume{UUID: id, Name: p.Name, Path: path, Size: m.Size, Type: typ,
+			State: inventory.StateEnabled, Status: inventory.StatusRestoring}
 		if err := a.DB.AddVolume(ctx, rec); err != nil {
 			return fail("cannot record the volume", err)
 		}
 		src, _ := json.Marshal(restoreSource{BackupUUID: b.UUID, StorageUUID: bs.UUID, Target: spec, ReadBPS: readBPS, Parallelism: tags.Parallelism})
 		v, err := a.Host.OpenVolume(id, path, func(v *dataplane.Volume) error {
-			return v.StartRestore(repo, m, restoreStatePath(a.Host.StateDir, id), string(src))
+			return v.StartRestore(repo, m, statePath, string(src))
 		})
 		if err != nil {
 			return fail("cannot export the volume", err)
@@ -241,18 +195,17 @@ func (a *API) createVolumeFromBackup(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			// The daemon is stopping: the state file lets the next start
 			// resume; the repository stays open until the volume closes.
-			return nil, apiErr(CodeOperationFail, "restore of volume "+id+" interrupted; it resumes when the daemon starts again", err.Error())
+			return nil, errFailed("restore of volume "+id+" interrupted; it resumes when the daemon starts again", err)
 		}
 		repo.Close()
-		if err := a.DB.SetVolumeStatus(ctx, id, "Ready"); err != nil {
-			return nil, apiErr(CodeInternal, "internal error", err.Error())
+		if err := a.DB.SetVolumeStatus(ctx, id, inventory.StatusReady); err != nil {
+			return nil, err
 		}
-		rec, err = a.DB.GetVolume(ctx, id)
-		if err != nil {
-			return nil, apiErr(CodeInternal, "internal error", err.Error())
+		if rec, err = a.DB.GetVolume(ctx, id); err != nil {
+			return nil, err
 		}
 		return map[string]any{"inventory": toVolumeInventory(rec)}, nil
-	})
+	}, nil
 }
 
 // resumeRestores continues the live restores a stop interrupted: each
@@ -261,7 +214,7 @@ func (a *API) createVolumeFromBackup(w http.ResponseWriter, r *http.Request) {
 func (a *API) resumeRestores(ctx context.Context, vols []*inventory.Volume) map[string]bool {
 	resumed := map[string]bool{}
 	for _, rec := range vols {
-		statePath := restoreStatePath(a.Host.StateDir, rec.UUID)
+		statePath := a.Host.restoreStatePath(rec.UUID)
 		st, err := dataplane.ReadRestoreState(statePath)
 		if err != nil {
 			continue
@@ -275,7 +228,7 @@ func (a *API) resumeRestores(ctx context.Context, vols []*inventory.Volume) map[
 			}
 			backoff := time.Second
 			for {
-				repo, err := a.openTarget(ctx, src.Target, a.TargetEnv, 0, 0)
+				repo, err := target.OpenRepository(ctx, src.Target, a.TargetEnv, target.RepoOptions{Create: createFor(src.Target)})
 				if err == nil {
 					_, err = a.Host.OpenVolume(rec.UUID, rec.Path, func(v *dataplane.Volume) error {
 						return v.ResumeRestore(repo, statePath)
@@ -289,7 +242,7 @@ func (a *API) resumeRestores(ctx context.Context, vols []*inventory.Volume) map[
 							return // stopping; the state file stays
 						}
 						repo.Close()
-						_ = a.DB.SetVolumeStatus(context.WithoutCancel(ctx), rec.UUID, "Ready")
+						_ = a.DB.SetVolumeStatus(context.WithoutCancel(ctx), rec.UUID, inventory.StatusReady)
 						a.log().Info("restore complete", "volume", rec.UUID, "backup", src.BackupUUID)
 						return
 					}

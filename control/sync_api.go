@@ -4,9 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
+	"fmt"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
 )
@@ -18,91 +19,71 @@ import (
 // every backup the inventory does not know. This is how a repository
 // written by another daemon, on another host or an earlier install, is
 // taken over: the repository describes itself.
-func (a *API) syncVolumeBackups(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		Sync       *json.RawMessage `json:"syncVolumeBackup"`
-		SystemTags []string         `json:"systemTags"`
-		UserTags   []string         `json:"userTags"`
-	}
-	if err := decodeBody(r, &body); err != nil {
-		badRequest(w, "bad JSON: "+err.Error())
-		return
-	}
-	if body.Sync == nil {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid argument", `want {"syncVolumeBackup":{}}`))
-		return
-	}
-	bs, ok := a.storageOrFail(w, r.Context(), r.PathValue("storageUuid"))
-	if !ok {
-		return
-	}
-	tags, err := ParseBackupTags(body.SystemTags)
+func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error) {
+	bs, err := a.storage(ctx, c.Path("storageUuid"))
 	if err != nil {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", err.Error()))
-		return
+		return nil, err
+	}
+	tags, err := ParseBackupTags(c.SystemTags())
+	if err != nil {
+		return nil, errTag(err)
 	}
 	spec, env, err := a.backupTarget(bs, tags)
 	if err != nil {
-		a.fail(w, apiErr(CodeInvalidArg, "invalid system tag", err.Error()))
-		return
+		return nil, errTag(err)
 	}
-	a.Jobs.Start(w, r, "SyncVolumeBackup", func(ctx context.Context, prog *dataplane.Progress) (any, *ErrorCode) {
-		st, err := openStoreFor(ctx, spec, env)
+	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
+		repo, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{})
 		if err != nil {
-			return nil, apiErr(CodeOperationFail, "cannot open the backup target "+spec.String(), err.Error())
-		}
-		repo, err := chunkstore.Open(ctx, st)
-		if err != nil {
-			st.Close()
-			return nil, apiErr(CodeOperationFail, "no repository at "+spec.String(), err.Error())
+			return nil, errFailed("no repository at "+spec.String(), err)
 		}
 		defer repo.Close()
 		ids, err := repo.ListBackups(ctx)
 		if err != nil {
-			return nil, apiErr(CodeOperationFail, "cannot list the backups of "+spec.String(), err.Error())
+			return nil, errFailed("cannot list the backups of "+spec.String(), err)
 		}
 		prog.SetTotal(int64(len(ids)))
-		var target string
+		var tgt string // the ref's target, when not the storage's url
 		if spec != storageSpec(bs) {
 			tj, _ := json.Marshal(spec)
-			target = string(tj)
+			tgt = string(tj)
 		}
 		added := []any{}
 		for _, bid := range ids {
 			prog.Add(1)
 			if _, err := a.DB.GetVolumeBackup(ctx, bid); err == nil {
 				continue // known already
-			} else if !errors.Is(err, inventory.ErrNotFound) {
-				return nil, apiErr(CodeInternal, "internal error", err.Error())
+			} else if !isNotFound(err) {
+				return nil, err
 			}
 			m, err := repo.LoadManifest(ctx, bid)
 			if errors.Is(err, chunkstore.ErrNotFound) {
 				continue // deleted since the listing
 			}
 			if err != nil {
-				return nil, apiErr(CodeOperationFail, "cannot read backup "+bid+" in "+spec.String(), err.Error())
+				return nil, errFailed("cannot read backup "+bid+" in "+spec.String(), err)
 			}
-			md, _ := json.Marshal(metadataOf(m, float64(m.Stats.DurationNanos)/1e9, nil, target, ""))
-			typ := m.Meta["volumeType"]
+			md, _ := json.Marshal(metadataOf(m, float64(m.Stats.DurationNanos)/1e9, nil, targetOf(spec, bs), ""))
+			typ := inventory.VolumeType(m.Meta["volumeType"])
 			if typ == "" {
-				typ = "Data"
+				typ = inventory.VolumeData
 			}
 			name := m.Meta["name"]
 			if name == "" {
 				name = "imported-" + bid[:8]
 			}
 			rec := &inventory.VolumeBackup{UUID: bid, VolumeUUID: m.VolumeID, Name: name, Description: m.Meta["description"],
-				Type: typ, State: "Enabled", Status: "Ready", Size: m.Size, Mode: m.Mode, Metadata: string(md), Created: m.Finished}
-			ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, bid), Status: "Ready", Target: target}
+				Type: typ, State: inventory.StateEnabled, Status: inventory.StatusReady, Size: m.Size, Mode: string(m.Mode), Metadata: string(md), Created: m.Finished}
+			ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, bid), Status: inventory.StatusReady, Target: tgt}
 			if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
-				return nil, apiErr(CodeOperationFail, "cannot record backup "+bid, err.Error())
+				return nil, errFailed("cannot record backup "+bid, err)
 			}
 			got, err := a.DB.GetVolumeBackup(ctx, bid)
 			if err != nil {
-				return nil, apiErr(CodeInternal, "internal error", "cannot read back backup "+bid+": "+err.Error())
+				return nil, fmt.Errorf("cannot read back backup %s: %w", bid, err)
 			}
 			added = append(added, toBackupInventory(got))
 		}
 		return map[string]any{"inventories": added}, nil
-	})
+	}, nil
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/volback/volback/chunkstore"
-	"github.com/volback/volback/chunkstore/ratelimit"
 	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 )
@@ -77,30 +76,6 @@ func refSpec(ref inventory.BackupStorageRef, bs *inventory.BackupStorage) (targe
 	return s, nil
 }
 
-// openTarget opens the repository on a target, creating it on first use
-// of an fsInfo target, with the network limits wrapped around the store.
-func (a *API) openTarget(ctx context.Context, spec target.Spec, env target.Env, writeBPS, readBPS int64) (*chunkstore.Repository, error) {
-	st, err := target.Open(ctx, spec, env)
-	if err != nil {
-		return nil, err
-	}
-	var s chunkstore.Store = st
-	if writeBPS > 0 || readBPS > 0 {
-		s = ratelimit.New(st, writeBPS, readBPS)
-	}
-	var repo *chunkstore.Repository
-	if spec.Kind == target.Local {
-		repo, err = chunkstore.Open(ctx, s)
-	} else {
-		repo, err = chunkstore.OpenOrInit(ctx, s, chunkstore.InitOptions{})
-	}
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	return repo, nil
-}
-
 // storageTargets lists every target a storage's backups live in: its url
 // and each fsInfo target recorded for them.
 func storageTargets(ctx context.Context, db *inventory.DB, bs *inventory.BackupStorage) []target.Spec {
@@ -115,7 +90,18 @@ func storageTargets(ctx context.Context, db *inventory.DB, bs *inventory.BackupS
 	return specs
 }
 
-// openStoreFor opens a target's store, without limits.
-func openStoreFor(ctx context.Context, spec target.Spec, env target.Env) (chunkstore.Store, error) {
-	return target.Open(ctx, spec, env)
+// chainFor names the changed-block map of live backups into repo by the
+// same rule as the API's: a backup storage's own repository is its chain
+// (chainOf); any other repository's chain is its config id.
+func chainFor(ctx context.Context, db *inventory.DB, spec target.Spec, repo *chunkstore.Repository) (string, error) {
+	storages, err := db.ListBackupStorages(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, bs := range storages {
+		if storageSpec(bs) == spec {
+			return chainOf(bs, spec), nil
+		}
+	}
+	return repo.Config().ID, nil
 }

@@ -10,12 +10,6 @@ import (
 	"github.com/volback/volback/chunkstore/ratelimit"
 )
 
-// Backup modes recorded in manifests.
-const (
-	ModeFull        = "full"
-	ModeIncremental = "incremental"
-)
-
 // BackupOptions configures one backup.
 type BackupOptions struct {
 	// ID is the new backup's id; empty means a fresh random one.
@@ -152,7 +146,7 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 		VolumeID:  opts.VolumeID,
 		Size:      size,
 		ChunkSize: chunkSize,
-		Mode:      ModeFull,
+		Mode:      chunkstore.ModeFull,
 		Started:   started.UTC(),
 		Meta:      opts.Meta,
 		Chunks:    make([]chunkstore.Key, nChunks),
@@ -173,7 +167,7 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 		}
 	}
 	if plan.Incremental {
-		m.Mode = ModeIncremental
+		m.Mode = chunkstore.ModeIncremental
 		for i := range nChunks {
 			if !plan.read[i] {
 				m.Chunks[i] = opts.Parent.Chunks[i]

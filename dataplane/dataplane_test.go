@@ -169,7 +169,7 @@ func TestIncremental(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if m.Mode != dataplane.ModeIncremental || m.Parent != parent.ID {
+			if m.Mode != chunkstore.ModeIncremental || m.Parent != parent.ID {
 				t.Fatalf("mode %q parent %q", m.Mode, m.Parent)
 			}
 			if m.Stats.ChunksRead != 3 || m.Stats.BytesRead != 3*testChunk || m.Stats.ChunksReused != 18 {

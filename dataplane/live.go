@@ -9,19 +9,14 @@ import (
 	"github.com/volback/volback/chunkstore"
 )
 
-// Backup modes a caller may ask for.
-const (
-	ModeAuto = "auto"
-)
-
 // LiveBackupOptions configures Volume.Backup.
 type LiveBackupOptions struct {
 	// Chain names the changed-block map to use: one per backup storage,
 	// so backups to two storages never steal each other's changes.
 	Chain string
-	// Mode is ModeFull, ModeIncremental or ModeAuto (the default):
-	// incremental when the chain's map and last backup can be trusted.
-	Mode        string
+	// Mode is full, incremental or auto (the default): incremental
+	// when the chain's map and last backup can be trusted.
+	Mode        chunkstore.Mode
 	ID          string
 	Parallelism int
 	Meta        map[string]string
@@ -48,14 +43,11 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 	if opts.Chain == "" {
 		return nil, fmt.Errorf("volume %s: backup needs a chain name", v.ID)
 	}
-	if opts.Mode == "" {
-		opts.Mode = ModeAuto
+	mode, err := chunkstore.ParseMode(string(opts.Mode))
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", v.ID, err)
 	}
-	switch opts.Mode {
-	case ModeAuto, ModeFull, ModeIncremental:
-	default:
-		return nil, fmt.Errorf("volume %s: unknown backup mode %q (want full, incremental or auto)", v.ID, opts.Mode)
-	}
+	opts.Mode = mode
 	if id, ok := v.Restoring(); ok {
 		return nil, fmt.Errorf("volume %s: %w %s; back it up when the restore is complete", v.ID, ErrRestoring, id)
 	}
@@ -104,7 +96,7 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 	var parent *chunkstore.Manifest
 	fullReason := ""
 	switch {
-	case opts.Mode == ModeFull:
+	case opts.Mode == chunkstore.ModeFull:
 		fullReason = "full backup requested"
 	case c == nil || lastBackup == "":
 		fullReason = "first backup of this volume to this storage"

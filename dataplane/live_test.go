@@ -120,9 +120,9 @@ func TestLiveBackupIsPointInTime(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantMode := ModeIncremental
+		wantMode := chunkstore.ModeIncremental
 		if round == 0 {
-			wantMode = ModeFull
+			wantMode = chunkstore.ModeFull
 		}
 		if m.Mode != wantMode {
 			t.Fatalf("round %d: mode %s (%s), want %s", round, m.Mode, m.Meta["fullReason"], wantMode)
@@ -162,13 +162,13 @@ func TestLiveIncrementalReadsOnlyChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inc.Mode != ModeIncremental || inc.Stats.ChunksRead != 3 || inc.Stats.BytesRead != 3*liveChunk {
+	if inc.Mode != chunkstore.ModeIncremental || inc.Stats.ChunksRead != 3 || inc.Stats.BytesRead != 3*liveChunk {
 		t.Fatalf("incremental: mode %s, read %d chunks (%d bytes), want 3", inc.Mode, inc.Stats.ChunksRead, inc.Stats.BytesRead)
 	}
 	// A second chain has its own map: its first backup is full, and it
 	// does not reset chain s.
 	other, err := v.Backup(ctx, r, LiveBackupOptions{Chain: "t"})
-	if err != nil || other.Mode != ModeFull {
+	if err != nil || other.Mode != chunkstore.ModeFull {
 		t.Fatalf("second chain: %v %v", other, err)
 	}
 	_ = v.WriteAt(ctx, []byte("x"), 0, false)
@@ -220,7 +220,7 @@ func TestChangedBlockStatePersistence(t *testing.T) {
 		t.Fatal(err)
 	}
 	inc, err := v2.Backup(ctx, r, LiveBackupOptions{Chain: "s"})
-	if err != nil || inc.Mode != ModeIncremental || inc.Stats.ChunksRead != 1 {
+	if err != nil || inc.Mode != chunkstore.ModeIncremental || inc.Stats.ChunksRead != 1 {
 		t.Fatalf("after a clean restart: %v mode %s read %d", err, inc.Mode, inc.Stats.ChunksRead)
 	}
 	// Unclean stop: v2 is never closed, as after kill -9. The next open
@@ -231,7 +231,7 @@ func TestChangedBlockStatePersistence(t *testing.T) {
 	}
 	defer v3.Close()
 	m, err := v3.Backup(ctx, r, LiveBackupOptions{Chain: "s"})
-	if err != nil || m.Mode != ModeFull || m.Meta["fullReason"] == "" {
+	if err != nil || m.Mode != chunkstore.ModeFull || m.Meta["fullReason"] == "" {
 		t.Fatalf("after an unclean stop: %v mode %s reason %q", err, m.Mode, m.Meta["fullReason"])
 	}
 	t.Logf("full read reason: %s", m.Meta["fullReason"])

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -75,4 +76,12 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 		return err
 	}
 	return c.PutIfAbsent(ctx, name, data)
+}
+
+// RemoveStale passes through to the wrapped store (chunkstore.StaleRemover).
+func (s *Store) RemoveStale(ctx context.Context, age time.Duration) (int, error) {
+	if r, ok := s.Store.(chunkstore.StaleRemover); ok {
+		return r.RemoveStale(ctx, age)
+	}
+	return 0, nil
 }

@@ -2,10 +2,12 @@ package target
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -176,8 +178,15 @@ func ParseURL(s string) (Spec, error) {
 		return sp, sp.Check()
 	case strings.Contains(s, "://"):
 		return Spec{}, fmt.Errorf("repository %q: want a directory, nfs://HOST/PATH or s3://BUCKET/PREFIX", s)
+	case s == "":
+		return Spec{}, errors.New("repository: empty; want a directory, nfs://HOST/PATH or s3://BUCKET/PREFIX")
 	}
-	return Spec{Kind: Local, URL: s}, nil
+	abs, err := filepath.Abs(s)
+	if err != nil {
+		return Spec{}, fmt.Errorf("repository %q: %w", s, err)
+	}
+	sp := Spec{Kind: Local, URL: abs}
+	return sp, sp.Check()
 }
 
 func queryOptions(q url.Values) []string {

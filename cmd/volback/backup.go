@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control"
 	"github.com/volback/volback/dataplane"
 )
@@ -40,7 +42,7 @@ func backupCommand() *cli.Command {
 			}
 			path := c.Args().First()
 			o := outputOf(c)
-			r, err := openRepo(c.Context, c.String("repo"))
+			r, err := openRepo(c, target.OpenExisting, chunkstore.InitOptions{})
 			if err != nil {
 				return err
 			}
@@ -87,24 +89,46 @@ func backupCommand() *cli.Command {
 	}
 }
 
-// liveBackup asks the serving process, through its admin socket, to back
-// up one of its volumes.
+// liveBackup asks the running daemon (volback serve or volback daemon),
+// through its admin socket, to back up one of its volumes. The backup runs
+// under the daemon's lifetime: if this client is interrupted, it cancels
+// the backup explicitly and says so.
 func liveBackup(c *cli.Context) error {
 	o := outputOf(c)
-	repo, err := filepath.Abs(c.String("repo"))
+	repo, err := repoOf(c)
 	if err != nil {
 		return err
 	}
-	req := control.LocalBackupRequest{Repo: repo, Mode: c.String("mode"), Parallelism: c.Int("parallelism"), ID: c.String("id")}
-	if n := c.String("name"); n != "" {
-		req.Meta = map[string]string{"name": n}
+	spec, err := target.ParseURL(repo)
+	if err != nil {
+		return err
 	}
 	if c.String("parent") != "" {
 		return errors.New("--parent does not apply to --live: the volume's changed-block chain picks the parent")
 	}
+	id := c.String("id")
+	if id == "" {
+		id = chunkstore.NewID() // known here, so an interrupted client can cancel it
+	}
+	vol := c.Args().First()
+	req := control.LocalBackupRequest{Repo: spec.String(), Mode: c.String("mode"), Parallelism: c.Int("parallelism"), ID: id}
+	if n := c.String("name"); n != "" {
+		req.Meta = map[string]string{"name": n}
+	}
 	sock := filepath.Join(c.String("state-dir"), "control.sock")
 	var reply control.LocalBackupReply
-	if err := control.CallLocal(c.Context, sock, "POST", "/v1/volumes/"+url.PathEscape(c.Args().First())+"/backups", req, &reply); err != nil {
+	err = control.CallLocal(c.Context, sock, "POST", "/v1/volumes/"+url.PathEscape(vol)+"/backups", req, &reply)
+	if err != nil && c.Context.Err() != nil {
+		// Interrupted: cancel the backup, which would otherwise go on.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var res map[string]any
+		if cerr := control.CallLocal(ctx, sock, "DELETE", "/v1/backups/"+id, nil, &res); cerr != nil {
+			return fmt.Errorf("interrupted; cancelling live backup %s of volume %s: %w", id, vol, cerr)
+		}
+		return fmt.Errorf("interrupted: cancelled live backup %s of volume %s", id, vol)
+	}
+	if err != nil {
 		return err
 	}
 	if o.json {
@@ -135,5 +159,5 @@ type backupJSON struct {
 }
 
 func backupSummary(m *chunkstore.Manifest, d time.Duration) backupJSON {
-	return backupJSON{ID: m.ID, VolumeID: m.VolumeID, Size: m.Size, Parent: m.Parent, Mode: m.Mode, Seconds: d.Seconds(), Stats: m.Stats}
+	return backupJSON{ID: m.ID, VolumeID: m.VolumeID, Size: m.Size, Parent: m.Parent, Mode: string(m.Mode), Seconds: d.Seconds(), Stats: m.Stats}
 }

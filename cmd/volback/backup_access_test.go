@@ -95,7 +95,7 @@ func TestMountS3(t *testing.T) {
 	live := filepath.Join(dir, "live.raw")
 	tool(t, time.Minute, "nbdcopy", uri, live)
 	mnt := filepath.Join(dir, "mnt")
-	m := startMount(t, mnt, "--repo", repoOf(t, inv))
+	m := startMount(t, mnt, "--repo", installRepo(t, inv))
 	m.waitMounted(t)
 	if sha(t, filepath.Join(mnt, "by-name", "in s3.raw")) != sha(t, live) {
 		t.Error("image mounted from S3 differs from the volume")

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 )
 
 func gcCommand() *cli.Command {
@@ -24,7 +25,7 @@ func gcCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			o := outputOf(c)
-			r, err := openRepo(c.Context, c.String("repo"))
+			r, err := openRepo(c, target.OpenExisting, chunkstore.InitOptions{})
 			if err != nil {
 				return err
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 )
 
 func lsCommand() *cli.Command {
@@ -20,7 +21,7 @@ func lsCommand() *cli.Command {
 		Flags: []cli.Flag{repoFlag},
 		Action: func(c *cli.Context) error {
 			o := outputOf(c)
-			r, err := openRepo(c.Context, c.String("repo"))
+			r, err := openRepo(c, target.OpenExisting, chunkstore.InitOptions{})
 			if err != nil {
 				return err
 			}

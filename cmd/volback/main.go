@@ -37,11 +37,8 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:  "volback",
 		Usage: "back up live virtual-machine volumes into a deduplicating chunk repository",
-		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON on stdout"},
-			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only results, no progress or summaries"},
-			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the command to this file", Hidden: true},
-		},
+		Flags: append(globalFlags(), repoFlag,
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the command to this file", Hidden: true}),
 		Before: func(c *cli.Context) error {
 			if p := c.String("cpuprofile"); p != "" {
 				f, err := os.Create(p)
@@ -60,18 +57,26 @@ func newApp() *cli.App {
 		},
 		// Errors are printed once by main, with their exit code.
 		ExitErrHandler: func(*cli.Context, error) {},
-		Commands: []*cli.Command{
-			repoCommand(),
-			backupCommand(),
-			restoreCommand(),
-			lsCommand(),
-			verifyCommand(),
-			gcCommand(),
-			mountCommand(),
-			daemonCommand(),
-			serveCommand(),
-			demoCommand(),
-			benchCommand(),
-		},
+		Commands:       commands(),
 	}
+}
+
+func commands() []*cli.Command {
+	cmds := []*cli.Command{
+		repoCommand(),
+		backupCommand(),
+		restoreCommand(),
+		lsCommand(),
+		verifyCommand(),
+		gcCommand(),
+		mountCommand(),
+		daemonCommand(),
+		serveCommand(),
+		demoCommand(),
+		benchCommand(),
+	}
+	for _, c := range cmds {
+		withGlobalFlags(c)
+	}
+	return cmds
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/dataplane"
 	"github.com/volback/volback/dataplane/fusefs"
 )
@@ -42,7 +44,7 @@ func mountCommand() *cli.Command {
 				return errors.New("mount needs MOUNTPOINT")
 			}
 			dir := c.Args().First()
-			repoURL := c.String("repo")
+			repoURL := stringFlag(c, "repo")
 			if s := c.String("storage"); s != "" {
 				u, err := storageURL(c.Context, c.String("api"), c.String("password"), s)
 				if err != nil {
@@ -54,7 +56,7 @@ func mountCommand() *cli.Command {
 				return errors.New("mount needs --repo or --storage")
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			repo, err := openRepo(c.Context, repoURL)
+			repo, err := openRepoURL(c.Context, repoURL, target.OpenExisting, chunkstore.InitOptions{})
 			if err != nil {
 				return err
 			}

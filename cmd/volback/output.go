@@ -22,7 +22,63 @@ type output struct {
 }
 
 func outputOf(c *cli.Context) output {
-	return output{json: c.Bool("json"), quiet: c.Bool("quiet")}
+	return output{json: boolFlag(c, "json"), quiet: boolFlag(c, "quiet")}
+}
+
+// globalFlags are accepted before the command and after it, as restic's
+// and kopia's are: `volback --json backup ...` and `volback backup
+// --json ...` mean the same. stringFlag and boolFlag read them.
+func globalFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON on stdout"},
+		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only results, no progress or summaries"},
+	}
+}
+
+// withGlobalFlags adds the global flags to a command and its subcommands.
+func withGlobalFlags(cmd *cli.Command) *cli.Command {
+	have := map[string]bool{}
+	for _, f := range cmd.Flags {
+		for _, n := range f.Names() {
+			have[n] = true
+		}
+	}
+	for _, f := range globalFlags() {
+		if !have[f.Names()[0]] {
+			cmd.Flags = append(cmd.Flags, f)
+		}
+	}
+	for _, sub := range cmd.Subcommands {
+		withGlobalFlags(sub)
+	}
+	return cmd
+}
+
+// setIn finds the nearest context, the command's first, where name was set
+// (on the command line or through its environment variable).
+func setIn(c *cli.Context, name string) *cli.Context {
+	for _, cc := range c.Lineage() {
+		if cc.IsSet(name) {
+			return cc
+		}
+	}
+	return nil
+}
+
+// stringFlag is a flag given after or before the command; "" if neither.
+func stringFlag(c *cli.Context, name string) string {
+	if cc := setIn(c, name); cc != nil {
+		return cc.String(name)
+	}
+	return ""
+}
+
+// boolFlag is a flag given after or before the command.
+func boolFlag(c *cli.Context, name string) bool {
+	if cc := setIn(c, name); cc != nil {
+		return cc.Bool(name)
+	}
+	return false
 }
 
 // infof prints a human summary line on stderr unless quiet or JSON.

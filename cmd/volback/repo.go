@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -12,12 +13,16 @@ import (
 	"github.com/volback/volback/chunkstore/target"
 )
 
+// repoUsage describes the --repo forms.
+const repoUsage = "repository: a directory (an ImageStore backup storage's url), nfs://HOST[:PORT]/PATH[?OPTIONS] or s3://BUCKET/PREFIX[?endpoint=URL&region=R&path-style] (credentials from the AWS environment or a profile= option)"
+
+// repoFlag is --repo on the commands that take one; it is also accepted
+// before the command (see globalFlags), and repoOf reads either.
 var repoFlag = &cli.StringFlag{
-	Name:     "repo",
-	Aliases:  []string{"r"},
-	Usage:    "repository: a directory (an ImageStore backup storage's url), nfs://HOST[:PORT]/PATH[?OPTIONS] or s3://BUCKET/PREFIX[?endpoint=URL&region=R&path-style] (credentials from the AWS environment or a profile= option)",
-	EnvVars:  []string{"VOLBACK_REPO"},
-	Required: true,
+	Name:    "repo",
+	Aliases: []string{"r"},
+	Usage:   repoUsage,
+	EnvVars: []string{"VOLBACK_REPO"},
 }
 
 var parallelismFlag = &cli.IntFlag{
@@ -26,27 +31,31 @@ var parallelismFlag = &cli.IntFlag{
 	Usage:   "parallel workers (parallelismDegree); 0 = one per CPU",
 }
 
-func openRepo(ctx context.Context, repo string) (*chunkstore.Repository, error) {
-	st, err := openStore(ctx, repo)
-	if err != nil {
-		return nil, err
+// repoOf is the --repo given after or before the command (or in
+// VOLBACK_REPO); it is required.
+func repoOf(c *cli.Context) (string, error) {
+	if r := stringFlag(c, "repo"); r != "" {
+		return r, nil
 	}
-	r, err := chunkstore.Open(ctx, st)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	return r, nil
+	return "", errors.New("--repo is required (or VOLBACK_REPO)")
 }
 
-// openStore opens the store a --repo value names.
-func openStore(ctx context.Context, repo string) (chunkstore.Store, error) {
-	spec, err := target.ParseURL(repo)
+// openRepo opens the repository --repo names, through the one opener.
+func openRepo(c *cli.Context, create target.Create, init chunkstore.InitOptions) (*chunkstore.Repository, error) {
+	url, err := repoOf(c)
+	if err != nil {
+		return nil, err
+	}
+	return openRepoURL(c.Context, url, create, init)
+}
+
+func openRepoURL(ctx context.Context, url string, create target.Create, init chunkstore.InitOptions) (*chunkstore.Repository, error) {
+	spec, err := target.ParseURL(url)
 	if err != nil {
 		return nil, err
 	}
 	env := target.Env{S3AccessKeyID: os.Getenv("VOLBACK_S3_ACCESS_KEY_ID"), S3SecretAccessKey: os.Getenv("VOLBACK_S3_SECRET_ACCESS_KEY")}
-	return target.Open(ctx, spec, env)
+	return target.OpenRepository(ctx, spec, env, target.RepoOptions{Create: create, Init: init})
 }
 
 func repoCommand() *cli.Command {
@@ -70,11 +79,7 @@ func repoCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("--compression: %w", err)
 				}
-				s, err := openStore(c.Context, c.String("repo"))
-				if err != nil {
-					return err
-				}
-				r, err := chunkstore.Init(c.Context, s, chunkstore.InitOptions{ChunkSize: int(cs), Compression: comp})
+				r, err := openRepo(c, target.CreateNew, chunkstore.InitOptions{ChunkSize: int(cs), Compression: comp})
 				if err != nil {
 					return err
 				}

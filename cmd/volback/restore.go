@@ -8,6 +8,8 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/dataplane"
 )
 
@@ -26,9 +28,9 @@ func restoreCommand() *cli.Command {
 			if c.NArg() != 2 {
 				return errors.New("restore takes BACKUP and TARGET")
 			}
-			id, target := c.Args().Get(0), c.Args().Get(1)
+			id, dst := c.Args().Get(0), c.Args().Get(1)
 			o := outputOf(c)
-			r, err := openRepo(c.Context, c.String("repo"))
+			r, err := openRepo(c, target.OpenExisting, chunkstore.InitOptions{})
 			if err != nil {
 				return err
 			}
@@ -40,7 +42,7 @@ func restoreCommand() *cli.Command {
 			p := &dataplane.Progress{}
 			start := time.Now()
 			stop := o.watch(p, "restore")
-			st, err := dataplane.Restore(c.Context, r, m, target, dataplane.RestoreOptions{
+			st, err := dataplane.Restore(c.Context, r, m, dst, dataplane.RestoreOptions{
 				Parallelism: c.Int("parallelism"),
 				Force:       c.Bool("force"),
 				SkipVerify:  c.Bool("no-verify"),
@@ -52,14 +54,14 @@ func restoreCommand() *cli.Command {
 			}
 			elapsed := time.Since(start)
 			if o.json {
-				return o.printJSON(map[string]any{"id": m.ID, "target": target, "size": m.Size, "seconds": elapsed.Seconds(), "stats": st})
+				return o.printJSON(map[string]any{"id": m.ID, "target": dst, "size": m.Size, "seconds": elapsed.Seconds(), "stats": st})
 			}
 			o.infof("restored backup %s to %s (%s) in %s, %s; verified: %v",
-				m.ID, target, humanize.IBytes(uint64(m.Size)), elapsed.Round(time.Millisecond), rate(m.Size, elapsed), st.Verified)
+				m.ID, dst, humanize.IBytes(uint64(m.Size)), elapsed.Round(time.Millisecond), rate(m.Size, elapsed), st.Verified)
 			if o.quiet {
 				return nil
 			}
-			fmt.Println(target)
+			fmt.Println(dst)
 			return nil
 		},
 	}

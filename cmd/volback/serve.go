@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control"
 )
 
@@ -40,10 +41,10 @@ func serveCommand() *cli.Command {
 			}
 			var repo *chunkstore.Repository
 			if len(c.StringSlice("backup")) > 0 {
-				if c.String("repo") == "" {
+				if stringFlag(c, "repo") == "" {
 					return errors.New("--backup needs --repo")
 				}
-				if repo, err = openRepo(c.Context, c.String("repo")); err != nil {
+				if repo, err = openRepo(c, target.OpenExisting, chunkstore.InitOptions{}); err != nil {
 					return err
 				}
 				defer repo.Close()
@@ -53,9 +54,11 @@ func serveCommand() *cli.Command {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			return control.Serve(c.Context, control.ServeConfig{
-				StateDir: c.String("state-dir"), Volumes: vols, NBDListen: c.String("nbd-listen"), Logger: log,
+			// serve is the daemon without the ZStack API.
+			return control.RunDaemon(c.Context, control.DaemonConfig{
+				NoAPI: true, StateDir: c.String("state-dir"), Volumes: vols, NBDListen: c.String("nbd-listen"), Logger: log,
 				Repo: repo, Backups: c.StringSlice("backup"),
+				S3AccessKeyID: os.Getenv("VOLBACK_S3_ACCESS_KEY_ID"), S3SecretAccessKey: os.Getenv("VOLBACK_S3_SECRET_ACCESS_KEY"),
 			})
 		},
 	}

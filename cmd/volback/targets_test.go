@@ -51,9 +51,9 @@ func backupBody(bs, name string, extra string, tags ...string) string {
 	return `{"params":{"backupStorageUuid":"` + bs + `","name":"` + name + `"` + extra + `},"systemTags":` + string(tj) + `}`
 }
 
-// repoOf turns a ref's installPath (…/manifests/<id>[?options]) into the
+// installRepo turns a ref's installPath (…/manifests/<id>[?options]) into the
 // repository URL the CLI takes.
-func repoOf(t *testing.T, inv map[string]any) string {
+func installRepo(t *testing.T, inv map[string]any) string {
 	t.Helper()
 	p := inv["backupStorageRefs"].([]any)[0].(map[string]any)["installPath"].(string)
 	base, q, _ := strings.Cut(p, "?")
@@ -113,7 +113,7 @@ func TestDaemonTargets(t *testing.T) {
 			t.Fatalf("%s: full backup: %d %s", tc.name, r.status, r.body)
 		}
 		inv := r.obj(t)["inventory"].(map[string]any)
-		repo := repoOf(t, inv)
+		repo := installRepo(t, inv)
 		if !strings.HasPrefix(repo, tc.scheme) || metadata(t, inv)["target"] == nil || metadata(t, inv)["mode"] != "full" {
 			t.Fatalf("%s: inventory %v", tc.name, inv)
 		}
@@ -127,8 +127,8 @@ func TestDaemonTargets(t *testing.T) {
 		if md := metadata(t, inv2); md["mode"] != "incremental" || md["chunksRead"] != float64(1) || md["parent"] != inv["uuid"] {
 			t.Errorf("%s: second backup %v", tc.name, md)
 		}
-		if repoOf(t, inv2) != repo {
-			t.Errorf("%s: the two backups name different repositories: %s, %s", tc.name, repo, repoOf(t, inv2))
+		if installRepo(t, inv2) != repo {
+			t.Errorf("%s: the two backups name different repositories: %s, %s", tc.name, repo, installRepo(t, inv2))
 		}
 		restoreMatches(t, repo, inv2["uuid"].(string), uri)
 		mustRun(t, "verify", "--repo", repo)
@@ -224,8 +224,8 @@ func TestTargetFaults(t *testing.T) {
 		if md := metadata(t, inv); md["mode"] != "incremental" || md["parent"] != base["uuid"] || md["chunksRead"] != float64(8) {
 			t.Errorf("%s: backup after the failure: %v", tc.name, md)
 		}
-		restoreMatches(t, repoOf(t, inv), inv["uuid"].(string), uri)
-		mustRun(t, "verify", "--repo", repoOf(t, inv))
+		restoreMatches(t, installRepo(t, inv), inv["uuid"].(string), uri)
+		mustRun(t, "verify", "--repo", installRepo(t, inv))
 	}
 }
 
@@ -435,7 +435,7 @@ func TestReimport(t *testing.T) {
 	}
 	last := invs[2].(map[string]any)
 	out := filepath.Join(dir, "restored.raw")
-	mustRun(t, "restore", "--repo", repoOf(t, last), last["uuid"].(string), out)
+	mustRun(t, "restore", "--repo", installRepo(t, last), last["uuid"].(string), out)
 	if !sameFiles(t, out, live) {
 		t.Fatal("backup imported from S3 restores to other data")
 	}
@@ -509,7 +509,7 @@ func TestSharedS3Bucket(t *testing.T) {
 	if chunks != 7+len(nodes) {
 		t.Errorf("%d chunks in the bucket, want %d (shared ones stored once)", chunks, 7+len(nodes))
 	}
-	repo := repoOf(t, invs[0])
+	repo := installRepo(t, invs[0])
 	mustRun(t, "verify", "--repo", repo)
 	for i, n := range nodes {
 		restoreMatches(t, repo, invs[i]["uuid"].(string), n.uri)

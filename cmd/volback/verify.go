@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/dataplane"
 )
 
@@ -21,7 +22,7 @@ func verifyCommand() *cli.Command {
 		Flags:     []cli.Flag{repoFlag, parallelismFlag},
 		Action: func(c *cli.Context) error {
 			o := outputOf(c)
-			r, err := openRepo(c.Context, c.String("repo"))
+			r, err := openRepo(c, target.OpenExisting, chunkstore.InitOptions{})
 			if err != nil {
 				return err
 			}

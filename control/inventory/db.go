@@ -281,13 +281,6 @@ func (d *DB) PurgeExpiredSessions(ctx context.Context) (int64, error) {
 	return r.RowsAffected()
 }
 
-// Job states.
-const (
-	JobRunning   = "running"
-	JobSucceeded = "succeeded"
-	JobFailed    = "failed"
-)
-
 // CreateJob records a new running job.
 func (d *DB) CreateJob(ctx context.Context, uuid, api, webhook string) error {
 	_, err := d.db.ExecContext(ctx, `INSERT INTO jobs(uuid, api, state, webhook, create_date) VALUES(?, ?, ?, ?, ?)`,
@@ -328,11 +321,12 @@ func (d *DB) FailRunningJobs(ctx context.Context, errJSON []byte) (int64, error)
 
 // Job is a recorded async job.
 type Job struct {
-	UUID, API, State string
-	Result, Error    []byte
-	Webhook          string
-	Created          time.Time
-	Finished         time.Time
+	UUID, API     string
+	State         JobState
+	Result, Error []byte
+	Webhook       string
+	Created       time.Time
+	Finished      time.Time
 }
 
 // GetJob returns a job.

@@ -205,7 +205,7 @@ func TestMigration2MovesUserTags(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	ids, total, err := d.QueryUUIDs(ctx, "user_tags", " WHERE resource_uuid = ?", []any{"b1"}, " ORDER BY tag", 10, 0)
+	ids, total, err := d.Query(ctx, UserTags, &Query{Conditions: []Condition{{Field: "resourceUuid", Op: OpEq, Values: []string{"b1"}}}, SortField: "tag", Limit: 10})
 	if err != nil || total != 2 {
 		t.Fatalf("tags after migration: %v %d %v", ids, total, err)
 	}
@@ -216,7 +216,7 @@ func TestMigration2MovesUserTags(t *testing.T) {
 	if err := d.DeleteVolumeBackup(ctx, "b1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, total, _ := d.QueryUUIDs(ctx, "user_tags", "", nil, "", 10, 0); total != 0 {
+	if _, total, _ := d.Query(ctx, UserTags, &Query{Limit: 10}); total != 0 {
 		t.Fatalf("%d tags left after their backup was deleted", total)
 	}
 }

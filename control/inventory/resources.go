@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -26,16 +25,18 @@ type BackupStorage struct {
 type Volume struct {
 	UUID, Name, Path string
 	Size             int64
-	Type             string // Root | Data
-	State            string // Enabled | Disabled
-	Status           string // Ready | ...
+	Type             VolumeType
+	State            State
+	Status           Status
 	Created, LastOp  time.Time
 }
 
 // VolumeBackup is a backup's inventory record.
 type VolumeBackup struct {
 	UUID, VolumeUUID, Name, Description string
-	Type, State, Status                 string
+	Type                                VolumeType
+	State                               State
+	Status                              Status
 	Size                                int64
 	Metadata                            string // JSON object
 	Mode                                string
@@ -46,7 +47,8 @@ type VolumeBackup struct {
 
 // BackupStorageRef says where a backup is stored.
 type BackupStorageRef struct {
-	VolumeBackupUUID, BackupStorageUUID, InstallPath, Status string
+	VolumeBackupUUID, BackupStorageUUID, InstallPath string
+	Status                                           Status
 	// Target is the JSON of the target the backup was written to when it
 	// is not the storage's own url (an fsInfo tag); "" otherwise.
 	Target          string
@@ -160,7 +162,7 @@ func (d *DB) GetVolume(ctx context.Context, uuid string) (*Volume, error) {
 }
 
 // SetVolumeStatus sets a volume's status.
-func (d *DB) SetVolumeStatus(ctx context.Context, uuid, status string) error {
+func (d *DB) SetVolumeStatus(ctx context.Context, uuid string, status Status) error {
 	r, err := d.db.ExecContext(ctx, `UPDATE volumes SET status = ?, last_op_date = ? WHERE uuid = ?`, status, ns(d.now()), uuid)
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", uuid, err)
@@ -219,7 +221,7 @@ func (d *DB) CreateVolumeBackup(ctx context.Context, b *VolumeBackup, ref Backup
 
 // FinishVolumeBackup sets a backup's status (and its refs'), size and
 // metadata in one transaction.
-func (d *DB) FinishVolumeBackup(ctx context.Context, uuid, status string, size int64, metadata string) error {
+func (d *DB) FinishVolumeBackup(ctx context.Context, uuid string, status Status, size int64, metadata string) error {
 	now := ns(d.now())
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -248,7 +250,7 @@ func (d *DB) DeleteVolumeBackup(ctx context.Context, uuid string) error {
 // a backup is recorded Ready only after its manifest is durable, so one
 // still Creating never finished and must not be shown.
 func (d *DB) AbandonCreatingBackups(ctx context.Context) ([]string, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT uuid FROM volume_backups WHERE status = 'Creating'`)
+	rows, err := d.db.QueryContext(ctx, `SELECT uuid FROM volume_backups WHERE status = ?`, StatusCreating)
 	if err != nil {
 		return nil, err
 	}
@@ -272,21 +274,12 @@ func (d *DB) AbandonCreatingBackups(ctx context.Context) ([]string, error) {
 
 const backupCols = `uuid, volume_uuid, name, COALESCE(description, ''), type, state, status, size, COALESCE(metadata, ''), mode, user_tags, create_date, last_op_date`
 
-// QueryVolumeBackups runs a query (a WHERE clause and ORDER BY over the
-// volume_backups columns, values bound) and loads each backup's refs.
-// It returns the page and the total number of matches.
-func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, order string, limit, start int) ([]*VolumeBackup, int, error) {
-	var total int
-	if err := d.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM volume_backups`+where, args...).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("query volume backups: %w", err)
-	}
-	if order == "" {
-		order = " ORDER BY create_date"
-	}
-	q := `SELECT ` + backupCols + ` FROM volume_backups` + where + order + ` LIMIT ? OFFSET ?`
-	rows, err := d.db.QueryContext(ctx, q, append(append([]any{}, args...), limit, start)...)
+// loadBackups loads the backups a WHERE clause of this package selects,
+// with their refs, in create_date order.
+func (d *DB) loadBackups(ctx context.Context, where string, args ...any) ([]*VolumeBackup, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+backupCols+` FROM volume_backups`+where+` ORDER BY create_date`, args...)
 	if err != nil {
-		return nil, 0, fmt.Errorf("query volume backups: %w", err)
+		return nil, fmt.Errorf("load volume backups: %w", err)
 	}
 	defer rows.Close()
 	var out []*VolumeBackup
@@ -295,7 +288,7 @@ func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, o
 		var b VolumeBackup
 		var c, l int64
 		if err := rows.Scan(&b.UUID, &b.VolumeUUID, &b.Name, &b.Description, &b.Type, &b.State, &b.Status, &b.Size, &b.Metadata, &b.Mode, &b.UserTags, &c, &l); err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		b.Created, b.LastOp = tm(c), tm(l)
 		b.Refs = []BackupStorageRef{}
@@ -303,12 +296,12 @@ func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, o
 		byID[b.UUID] = &b
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	if len(out) == 0 {
-		return out, total, nil
+		return out, nil
 	}
-	ph := strings.TrimSuffix(strings.Repeat("?,", len(out)), ",")
+	ph := placeholders(len(out))
 	ids := make([]any, len(out))
 	for i, b := range out {
 		ids[i] = b.UUID
@@ -316,24 +309,24 @@ func (d *DB) QueryVolumeBackups(ctx context.Context, where string, args []any, o
 	rrows, err := d.db.QueryContext(ctx, `SELECT volume_backup_uuid, backup_storage_uuid, install_path, status, COALESCE(target, ''), create_date, last_op_date
 		FROM volume_backup_refs WHERE volume_backup_uuid IN (`+ph+`)`, ids...)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	defer rrows.Close()
 	for rrows.Next() {
 		var r BackupStorageRef
 		var c, l int64
 		if err := rrows.Scan(&r.VolumeBackupUUID, &r.BackupStorageUUID, &r.InstallPath, &r.Status, &r.Target, &c, &l); err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		r.Created, r.LastOp = tm(c), tm(l)
 		byID[r.VolumeBackupUUID].Refs = append(byID[r.VolumeBackupUUID].Refs, r)
 	}
-	return out, total, rrows.Err()
+	return out, rrows.Err()
 }
 
 // GetVolumeBackup loads one backup with its refs, or ErrNotFound.
 func (d *DB) GetVolumeBackup(ctx context.Context, uuid string) (*VolumeBackup, error) {
-	got, _, err := d.QueryVolumeBackups(ctx, " WHERE uuid = ?", []any{uuid}, "", 1, 0)
+	got, err := d.loadBackups(ctx, " WHERE uuid = ?", uuid)
 	if err != nil {
 		return nil, err
 	}
@@ -343,36 +336,41 @@ func (d *DB) GetVolumeBackup(ctx context.Context, uuid string) (*VolumeBackup, e
 	return got[0], nil
 }
 
-// QueryUUIDs runs a query over table (a WHERE clause and ORDER BY built
-// from whitelisted columns, values bound) and returns the matching uuids of
-// the page and the total number of matches.
-func (d *DB) QueryUUIDs(ctx context.Context, table, where string, args []any, order string, limit, start int) ([]string, int, error) {
-	switch table {
-	case "backup_storages", "volumes", "volume_backups", "user_tags":
-	default:
-		return nil, 0, fmt.Errorf("query: unknown table %q", table)
-	}
-	var total int
-	if err := d.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table+where, args...).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("query %s: %w", table, err)
-	}
-	if order == "" {
-		order = " ORDER BY create_date"
-	}
-	rows, err := d.db.QueryContext(ctx, `SELECT uuid FROM `+table+where+order+` LIMIT ? OFFSET ?`, append(append([]any{}, args...), limit, start)...)
-	if err != nil {
-		return nil, 0, fmt.Errorf("query %s: %w", table, err)
-	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, 0, err
+// GetVolumeBackups loads the backups with the given uuids, in that order;
+// one deleted meanwhile is left out.
+func (d *DB) GetVolumeBackups(ctx context.Context, uuids []string) ([]*VolumeBackup, error) {
+	out := make([]*VolumeBackup, 0, len(uuids))
+	// SQLite binds at most 32766 arguments a statement.
+	const batch = 10000
+	for len(uuids) > 0 {
+		n := min(len(uuids), batch)
+		args := make([]any, n)
+		for i, id := range uuids[:n] {
+			args[i] = id
 		}
-		ids = append(ids, id)
+		got, err := d.loadBackups(ctx, " WHERE uuid IN ("+placeholders(n)+")", args...)
+		if err != nil {
+			return nil, err
+		}
+		byID := make(map[string]*VolumeBackup, len(got))
+		for _, b := range got {
+			byID[b.UUID] = b
+		}
+		for _, id := range uuids[:n] {
+			if b := byID[id]; b != nil {
+				out = append(out, b)
+			}
+		}
+		uuids = uuids[n:]
 	}
-	return ids, total, rows.Err()
+	return out, nil
+}
+
+// CountBackupStorages returns how many backup storages are recorded.
+func (d *DB) CountBackupStorages(ctx context.Context) (int, error) {
+	var n int
+	err := d.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM backup_storages`).Scan(&n)
+	return n, err
 }
 
 // ListVolumes returns every volume.

@@ -32,11 +32,16 @@ func TestVolumeBackupRecords(t *testing.T) {
 	if err := d.FinishVolumeBackup(ctx, "b2", "Ready", 1<<30, `{}`); err != nil {
 		t.Fatal(err)
 	}
-	got, total, err := d.QueryVolumeBackups(ctx, " WHERE name LIKE ?", []any{"backup-%"}, " ORDER BY name DESC", 10, 0)
-	if err != nil || total != 2 || len(got) != 2 || got[0].Name != "backup-2" || len(got[0].Refs) != 1 || got[0].Refs[0].Status != "Ready" {
-		t.Fatalf("query: %v total %d err %v", got, total, err)
+	ids, total, err := d.Query(ctx, VolumeBackups, &Query{Conditions: []Condition{{Field: "name", Op: OpLike, Values: []string{"backup-%"}}},
+		SortField: "name", SortDesc: true, Limit: 10})
+	if err != nil || total != 2 || len(ids) != 2 {
+		t.Fatalf("query: %v total %d err %v", ids, total, err)
 	}
-	page, total, _ := d.QueryVolumeBackups(ctx, "", nil, "", 1, 1)
+	got, err := d.GetVolumeBackups(ctx, ids)
+	if err != nil || len(got) != 2 || got[0].Name != "backup-2" || len(got[0].Refs) != 1 || got[0].Refs[0].Status != StatusReady {
+		t.Fatalf("load: %v err %v", got, err)
+	}
+	page, total, _ := d.Query(ctx, VolumeBackups, &Query{Limit: 1, Start: 1})
 	if total != 3 || len(page) != 1 {
 		t.Fatalf("paging: %d of %d", len(page), total)
 	}
@@ -47,11 +52,11 @@ func TestVolumeBackupRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d2.Close()
-	ids, err := d2.AbandonCreatingBackups(ctx)
+	ids, err = d2.AbandonCreatingBackups(ctx)
 	if err != nil || len(ids) != 1 || ids[0] != "b3" {
 		t.Fatalf("abandon: %v %v", ids, err)
 	}
-	if _, total, _ := d2.QueryVolumeBackups(ctx, "", nil, "", 10, 0); total != 2 {
+	if _, total, _ := d2.Query(ctx, VolumeBackups, &Query{Limit: 10}); total != 2 {
 		t.Fatalf("%d backups after abandoning, want 2", total)
 	}
 	var refs int

@@ -1,0 +1,100 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/control/inventory"
+)
+
+// GsonTime formats times as ZStack's Gson does: "Nov 14, 2017 10:20:57 PM".
+const GsonTime = "Jan 2, 2006 3:04:05 PM"
+
+func gson(t time.Time) string { return t.Local().Format(GsonTime) }
+
+// SessionTTL is how long a ZStack session lives.
+const SessionTTL = 7200 * time.Second
+
+type sessionInventory struct {
+	UUID        string `json:"uuid"`
+	AccountUUID string `json:"accountUuid"`
+	UserUUID    string `json:"userUuid"`
+	ExpiredDate string `json:"expiredDate"`
+	CreateDate  string `json:"createDate"`
+}
+
+// logIn is LogInByAccount (PUT /accounts/login).
+func (a *API) logIn(ctx context.Context, c *apiCall) (any, error) {
+	var body struct {
+		LogInByAccount *struct {
+			AccountName string `json:"accountName"`
+			Password    string `json:"password"`
+		} `json:"logInByAccount"`
+	}
+	if err := c.Params(&body); err != nil {
+		return nil, err
+	}
+	if body.LogInByAccount == nil {
+		return nil, errInvalid("the body needs logInByAccount")
+	}
+	in := body.LogInByAccount
+	s, err := a.DB.LogIn(ctx, in.AccountName, strings.ToLower(in.Password), chunkstore.NewID(), SessionTTL)
+	if errors.Is(err, inventory.ErrAuthFailed) {
+		// The password is never logged, not even hashed.
+		a.log().Info("login refused", "account", in.AccountName, "remote", c.r.RemoteAddr)
+		return nil, &ErrorCode{Code: CodeAuthFailed, Description: "authentication failed", Details: "wrong account name or password"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"inventory": sessionInventory{
+		UUID: s.UUID, AccountUUID: s.AccountUUID, UserUUID: s.UserUUID,
+		ExpiredDate: gson(s.Expires), CreateDate: gson(s.Created),
+	}}, nil
+}
+
+// logOut is LogOut (DELETE /accounts/sessions/{uuid}).
+func (a *API) logOut(ctx context.Context, c *apiCall) (any, error) {
+	return map[string]any{}, a.DB.LogOut(ctx, c.Path("uuid"))
+}
+
+// validateSession is ValidateSession (GET /accounts/sessions/{uuid}/valid).
+func (a *API) validateSession(ctx context.Context, c *apiCall) (any, error) {
+	_, err := a.DB.ValidSession(ctx, c.Path("uuid"))
+	if err != nil && !errors.Is(err, inventory.ErrNotFound) {
+		return nil, err
+	}
+	return map[string]bool{"valid": err == nil}, nil
+}
+
+// pollJob answers an async job's location: 202 {} while it runs (with a
+// progress field ZStack clients ignore), 200 and its result when done, 503
+// and its error when failed, 404 when unknown or expired.
+func (a *API) pollJob(ctx context.Context, c *apiCall) (any, error) {
+	id := c.Path("uuid")
+	j, err := a.DB.GetJob(ctx, id)
+	if errors.Is(err, inventory.ErrNotFound) {
+		return jsonReply(http.StatusNotFound, map[string]*ErrorCode{"error": errNotFound("no job %s (jobs are kept 3 hours)", id)}), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch j.State {
+	case inventory.JobRunning:
+		body := map[string]any{}
+		if a.Jobs != nil {
+			if p := a.Jobs.Progress(j.UUID); p != nil {
+				body["progress"] = map[string]int64{"done": p.Done(), "total": p.Total()}
+			}
+		}
+		return jsonReply(http.StatusAccepted, body), nil
+	case inventory.JobSucceeded:
+		return rawReply{status: http.StatusOK, body: j.Result}, nil
+	default:
+		return rawReply{status: http.StatusServiceUnavailable, body: j.Error}, nil
+	}
+}
