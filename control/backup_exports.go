@@ -8,6 +8,7 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/dataplane"
+	"github.com/volback/volback/dataplane/nbdexport"
 	"github.com/volback/volback/nbd"
 )
 
@@ -137,5 +138,5 @@ func (b *backupExports) closeAll() {
 // backupExport is the read-only NBD export of a backup image.
 func backupExport(id string, m *chunkstore.Manifest, im *dataplane.Image) *nbd.Export {
 	return &nbd.Export{Name: id, Description: "volback backup " + id + " of volume " + m.VolumeID, ReadOnly: true,
-		Backend: dataplane.ImageBackend{Image: im}}
+		Backend: nbdexport.Image{Image: im}}
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/volback/volback/dataplane"
+	"github.com/volback/volback/dataplane/nbdexport"
 	"github.com/volback/volback/nbd"
 )
 
@@ -42,7 +43,7 @@ func (h *Host) OpenVolume(id, path string, prepare ...func(*dataplane.Volume) er
 	}
 	h.vols[id] = v
 	h.mu.Unlock()
-	h.NBD.AddExport(&nbd.Export{Name: id, Description: "volback volume " + id, Backend: v})
+	h.NBD.AddExport(&nbd.Export{Name: id, Description: "volback volume " + id, Backend: nbdexport.Volume{Volume: v}})
 	return v, nil
 }
 

@@ -19,8 +19,8 @@
 //
 // # Live volumes
 //
-// A Volume is a raw file or block device served over NBD (it implements
-// nbd.Backend). Every write, trim and zero marks one DirtyMap per backup
+// A Volume is a raw file or block device served over NBD (package nbdexport
+// adapts it). Every write, trim and zero marks one DirtyMap per backup
 // chain (64 KiB granularity, lock-free atomic ORs). The maps are saved on
 // Close with an in-use flag cleared; the flag is set again when the volume
 // opens and after every backup, so a crash leaves it set and the next start
@@ -50,7 +50,7 @@
 // Image presents a backup as a read-only disk of the volume's size without
 // restoring it: a chunk is fetched and checked when first read and kept in
 // a bounded LRU cache; a reader that moves forward gets the next chunks
-// fetched in the background; zero chunks cost nothing. ImageBackend serves
+// fetched in the background; zero chunks cost nothing. nbdexport.Image serves
 // it over NBD (zero chunks as holes), package fusefs as files.
 //
 // # Revert and live restore

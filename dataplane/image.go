@@ -280,3 +280,16 @@ func (im *Image) Extents(off, length int64, fn func(length int64, zero bool) boo
 		off = runEnd
 	}
 }
+
+// Prefetch fetches the chunks of a range into the cache.
+func (im *Image) Prefetch(ctx context.Context, off, length int64) error {
+	cs := int64(im.m.ChunkSize)
+	for i := off / cs; i*cs < min(off+length, im.m.Size); i++ {
+		if !im.m.Chunks[i].IsZero() {
+			if _, err := im.chunk(ctx, int(i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

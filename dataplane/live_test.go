@@ -13,7 +13,6 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
-	"github.com/volback/volback/nbd"
 )
 
 const liveChunk = 64 << 10
@@ -95,7 +94,7 @@ func TestLiveBackupIsPointInTime(t *testing.T) {
 				var err error
 				switch rng.IntN(10) {
 				case 0:
-					err = v.Zero(ctx, off, int64(n), nbd.ZeroFlags{NoHole: rng.IntN(2) == 0})
+					err = v.Zero(ctx, off, int64(n), ZeroOptions{NoHole: rng.IntN(2) == 0})
 				case 1:
 					err = v.Trim(ctx, off, int64(n), false)
 					// Trimmed data reads back as zeros on files that

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,38 +157,10 @@ func (r *liveRestore) save(v *Volume) error {
 		return fmt.Errorf("volume %s: sync: %w", v.ID, err)
 	}
 	b, _ := json.Marshal(RestoreState{BackupID: r.m.ID, Source: r.source, Size: r.m.Size, ChunkSize: r.m.ChunkSize, Done: bits})
-	tmp := r.path + ".tmp"
-	if err := writeFileSync(tmp, b); err != nil {
+	if err := writeFileAtomic(r.path, b); err != nil {
 		return fmt.Errorf("volume %s: restore state: %w", v.ID, err)
 	}
-	if err := os.Rename(tmp, r.path); err != nil {
-		return fmt.Errorf("volume %s: restore state: %w", v.ID, err)
-	}
-	return syncDirOf(r.path)
-}
-
-func writeFileSync(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func syncDirOf(path string) error {
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
 
 // ensure copies every chunk of [off, off+length) that is not done yet.
@@ -222,7 +193,9 @@ func (r *liveRestore) copyChunk(ctx context.Context, v *Volume, i int) error {
 		err = fmt.Errorf("chunk %s is %d bytes, want %d", r.m.Chunks[i], len(data), r.m.ChunkLen(i))
 	}
 	if err != nil {
-		r.failures.Add(1)
+		if ctx.Err() == nil { // a cancelled fetch did not fail
+			r.failures.Add(1)
+		}
 		return fmt.Errorf("volume %s: restore of offset %d from backup %s: %w", v.ID, int64(i)*int64(r.m.ChunkSize), r.m.ID, err)
 	}
 	if _, err := v.f.WriteAt(data, int64(i)*int64(r.m.ChunkSize)); err != nil {
@@ -253,7 +226,9 @@ type RestoreRunOptions struct {
 
 // RunRestore copies every chunk not yet done, with parallel workers,
 // retrying failed copies (an unreachable repository) with backoff until
-// ctx ends. When all are done it syncs the volume, removes the state file
+// ctx ends; a chunk that is corrupt or missing ends it with an error, since
+// no retry can mend it (reads of that chunk keep failing, never returning
+// wrong data). When all are done it syncs the volume, removes the state file
 // and the volume is an ordinary one.
 func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
 	r := v.restore.Load()
@@ -300,6 +275,13 @@ func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
 		if ctx.Err() != nil {
 			_ = r.save(v)
 			return ctx.Err()
+		}
+		// A chunk that is corrupt or gone stays so: retrying cannot help,
+		// and the restore cannot complete.
+		var corrupt *chunkstore.CorruptChunkError
+		if errors.As(err, &corrupt) || errors.Is(err, chunkstore.ErrNotFound) {
+			_ = r.save(v)
+			return fmt.Errorf("volume %s cannot be restored from backup %s: %w", v.ID, r.m.ID, err)
 		}
 		// Keep what is done, wait, and go on with the rest.
 		_ = r.save(v)

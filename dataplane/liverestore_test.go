@@ -179,9 +179,17 @@ func TestLiveRestoreResumeAndFailures(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- v2.RunRestore(cctx, dataplane.RestoreRunOptions{Parallelism: 2}) }()
-	time.Sleep(300 * time.Millisecond)
-	if v2.RestoreFailures() == 0 {
-		t.Error("the copy did not try (and fail) while the repository failed")
+	// The copy keeps trying while the repository fails: wait for a failed
+	// try (and for a retry after it), not for a time.
+	for deadline := time.Now().Add(30 * time.Second); v2.RestoreFailures() < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the copy did not try again while the repository failed")
+		}
+		select {
+		case err := <-errc:
+			t.Fatalf("the copy gave up while the repository failed transiently: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 	broken.Store(false)
 	select {
@@ -197,5 +205,52 @@ func TestLiveRestoreResumeAndFailures(t *testing.T) {
 	onDisk, _ := os.ReadFile(path)
 	if !bytes.Equal(onDisk, want) {
 		t.Fatal("resumed restore differs from the backup plus the flushed write")
+	}
+}
+
+// TestLiveRestoreStopsOnCorruptChunk: a corrupt chunk cannot heal, so the
+// background copy ends with an error naming it instead of retrying for
+// ever, and reads of that chunk fail while the rest of the volume reads.
+func TestLiveRestoreStopsOnCorruptChunk(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	r, m, data, path := restoreSetup(t, inner)
+	victim := m.Chunks[5]
+	if err := inner.Corrupt("chunks/"+victim.String()[:2]+"/"+victim.String(), 3); err != nil {
+		t.Fatal(err)
+	}
+	v, err := dataplane.OpenLiveVolume("new", path, dataplane.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := v.StartRestore(r, m, path+".restore", "src"); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: 2}) }()
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "corrupt") || !strings.Contains(err.Error(), victim.String()) {
+			t.Fatalf("RunRestore = %v, want an error naming corrupt chunk %s", err, victim)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RunRestore kept retrying a corrupt chunk")
+	}
+	uses := int64(0) // chunks of the image with the corrupt chunk's content
+	for _, k := range m.Chunks {
+		if k == victim {
+			uses++
+		}
+	}
+	if n := v.RestoreFailures(); n < 1 || n > uses {
+		t.Errorf("%d failed copies of the corrupt chunk, used %d times: want each tried once, no retry", n, uses)
+	}
+	p := make([]byte, 10)
+	if err := v.ReadAt(ctx, p, 5*testChunk); err == nil {
+		t.Error("read of the corrupt chunk succeeded")
+	}
+	if err := v.ReadAt(ctx, p, 6*testChunk); err != nil || !bytes.Equal(p, data[6*testChunk:6*testChunk+10]) {
+		t.Errorf("read of a good chunk: %v", err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 
 	"github.com/volback/volback/chunkstore"
-	"github.com/volback/volback/nbd"
 )
 
 // RevertOptions configures Volume.Revert.
@@ -65,7 +64,7 @@ func (v *Volume) Revert(ctx context.Context, repo *chunkstore.Repository, m *chu
 				same.Add(1)
 				return nil
 			}
-			if err := v.Zero(ctx, off, int64(n), nbd.ZeroFlags{}); err != nil {
+			if err := v.Zero(ctx, off, int64(n), ZeroOptions{}); err != nil {
 				return fmt.Errorf("volume %s offset %d: %w", v.ID, off, err)
 			}
 		} else {
