@@ -78,7 +78,9 @@ func (Image) Trim(context.Context, int64, int64, bool) error { return errReadOnl
 func (Image) Zero(context.Context, int64, int64, nbd.ZeroFlags) error { return errReadOnly }
 
 // Cache implements nbd.Backend: fetches the range's chunks into the cache.
-func (b Image) Cache(ctx context.Context, off, length int64) error { return b.Prefetch(ctx, off, length) }
+func (b Image) Cache(ctx context.Context, off, length int64) error {
+	return b.Prefetch(ctx, off, length)
+}
 
 // MetaContexts implements nbd.Backend.
 func (Image) MetaContexts() []string { return []string{nbd.MetaBaseAllocation} }
