@@ -3,6 +3,10 @@ package chunkstore_test
 import (
 	"context"
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -227,5 +231,52 @@ func TestGCRefusesUnreadableManifest(t *testing.T) {
 	}
 	if countChunks(t, r) != 2 {
 		t.Fatal("GC deleted chunks with an unreadable manifest")
+	}
+}
+
+// TestGCRemovesStaleTemporaries: the temporary file a writer killed
+// before its Sync left behind is removed by the next collection once it is
+// older than the grace period; a young one (a writer still running) stays.
+func TestGCRemovesStaleTemporaries(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := local.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	saveBackup(t, r, make([]byte, 64<<10))
+	dead, _ := local.Open(dir)
+	_ = dead.Put(ctx, "chunks/ab/dead", []byte("never synced")) // the writer dies here
+	old := time.Now().Add(-48 * time.Hour)
+	temps := func() (names []string) {
+		_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && strings.HasPrefix(d.Name(), ".tmp-") {
+				names = append(names, p)
+			}
+			return nil
+		})
+		return names
+	}
+	for _, p := range temps() {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alive, _ := local.Open(dir)
+	_ = alive.Put(ctx, "chunks/ab/alive", []byte("a writer still running"))
+	rep, err := r.GC(ctx, chunkstore.GCOptions{TempGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.TempsRemoved != 1 || len(temps()) != 1 {
+		t.Fatalf("GC removed %d temporaries and left %v; want the dead writer's removed, the live one's kept", rep.TempsRemoved, temps())
+	}
+	if err := alive.Sync(ctx); err != nil {
+		t.Fatalf("the live writer's object was lost: %v", err)
 	}
 }

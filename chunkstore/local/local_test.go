@@ -111,3 +111,12 @@ func countFiles(t *testing.T, dir string, match func(string) bool) int {
 	})
 	return n
 }
+
+func BenchmarkStore(b *testing.B) {
+	s, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	storetest.Bench(b, s)
+}

@@ -15,7 +15,7 @@ type Store struct {
 	objects map[string][]byte
 }
 
-var _ chunkstore.Store = (*Store)(nil)
+var _ chunkstore.Creator = (*Store)(nil)
 
 // New returns an empty Store.
 func New() *Store { return &Store{objects: make(map[string][]byte)} }
@@ -35,6 +35,24 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	s.mu.Lock()
 	s.objects[name] = b
 	s.mu.Unlock()
+	return nil
+}
+
+// PutIfAbsent implements chunkstore.Creator.
+func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := chunkstore.ValidName(name); err != nil {
+		return err
+	}
+	b := append([]byte(nil), data...)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.objects[name]; ok {
+		return fmt.Errorf("mem %s: %w", name, chunkstore.ErrExists)
+	}
+	s.objects[name] = b
 	return nil
 }
 

@@ -14,3 +14,7 @@ func TestConformance(t *testing.T) {
 		return s, func() chunkstore.Store { return s }
 	})
 }
+
+func BenchmarkStore(b *testing.B) {
+	storetest.Bench(b, New())
+}

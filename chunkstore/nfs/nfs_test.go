@@ -141,3 +141,22 @@ func TestParseOptions(t *testing.T) {
 	}
 	_ = errors.New
 }
+
+func BenchmarkStore(b *testing.B) {
+	g := storetest.StartGanesha(b)
+	host, path, err := nfs.ParseURL(g.URL("bench"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	o, err := nfs.ParseOptions(g.Options())
+	if err != nil {
+		b.Fatal(err)
+	}
+	o.Host, o.Path = host, path
+	s, err := nfs.Open(context.Background(), o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	storetest.Bench(b, s)
+}

@@ -22,7 +22,7 @@ import (
 	"github.com/volback/volback/chunkstore/storetest"
 )
 
-func open(t *testing.T, srv *storetest.S3Server, bucket, prefix string, mod ...func(*s3store.Options)) *s3store.Store {
+func open(t testing.TB, srv *storetest.S3Server, bucket, prefix string, mod ...func(*s3store.Options)) *s3store.Store {
 	t.Helper()
 	o := s3store.Options{Bucket: bucket, Prefix: prefix, Endpoint: srv.Endpoint, PathStyle: true, Region: "us-east-1",
 		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey}
@@ -226,4 +226,12 @@ func (h *headerClient) Do(r *http.Request) (*http.Response, error) {
 		h.storageClass.Store(r.Header.Get("X-Amz-Storage-Class"))
 	}
 	return h.c.Do(r)
+}
+
+func BenchmarkStore(b *testing.B) {
+	srv := storetest.StartS3(b)
+	srv.NewBucket(b, "bench")
+	s := open(b, srv, "bench", "repo")
+	defer s.Close()
+	storetest.Bench(b, s)
 }

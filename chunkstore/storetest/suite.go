@@ -8,9 +8,12 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/retry"
 )
 
 // Factory returns an empty store for one subtest, and a function that opens
@@ -36,6 +39,9 @@ func Run(t *testing.T, f Factory) {
 		{"InvalidNames", testInvalidNames},
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"Cancellation", testCancellation},
+		{"CancelLongPut", testCancelLongPut},
+		{"PutIfAbsent", testPutIfAbsent},
+		{"RetriesTransientErrors", testRetriesTransient},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -343,5 +349,163 @@ func testCancellation(t *testing.T, s chunkstore.Store, _ func() chunkstore.Stor
 	mustGet(t, s, "c/exists", []byte("x"))
 	if _, err := s.Get(context.Background(), "c/new"); !errors.Is(err, chunkstore.ErrNotFound) {
 		t.Errorf("object put with cancelled ctx exists: %v", err)
+	}
+}
+
+// testCancelLongPut cancels a large Put while it runs: it must return
+// soon, with the cancellation, and leave the object whole or absent.
+func testCancelLongPut(t *testing.T, s chunkstore.Store, _ func() chunkstore.Store) {
+	data := payload(99, 64<<20)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- s.Put(ctx, "long/object", data) }()
+	time.Sleep(time.Millisecond) // let the Put get under way
+	cancel()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a cancelled Put of 64 MiB did not return within 30 s")
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Put: got %v, want nil (it finished first) or context.Canceled", err)
+	}
+	if serr := s.Sync(context.Background()); serr != nil {
+		t.Fatalf("Sync after a cancelled Put: %v", serr)
+	}
+	got, gerr := s.Get(context.Background(), "long/object")
+	switch {
+	case errors.Is(gerr, chunkstore.ErrNotFound):
+		if err == nil {
+			t.Fatal("a Put that succeeded left no object")
+		}
+	case gerr != nil:
+		t.Fatalf("Get after a cancelled Put: %v", gerr)
+	case !bytes.Equal(got, data):
+		t.Fatalf("a cancelled Put left a partial object (%d of %d bytes)", len(got), len(data))
+	}
+}
+
+// testPutIfAbsent checks conditional creation where the store offers it:
+// the first create wins, later ones see ErrExists and change nothing, and
+// of writers racing on one name exactly one succeeds.
+func testPutIfAbsent(t *testing.T, s chunkstore.Store, _ func() chunkstore.Store) {
+	c, ok := s.(chunkstore.Creator)
+	ctx := context.Background()
+	if ok {
+		if err := c.PutIfAbsent(ctx, "cr/probe", []byte("x")); errors.Is(err, errors.ErrUnsupported) {
+			ok = false
+		} else if err != nil {
+			t.Fatalf("PutIfAbsent on a free name: %v", err)
+		}
+	}
+	if !ok {
+		t.Logf("%s has no conditional create (not a chunkstore.Creator)", s.Location())
+		return
+	}
+	if err := c.PutIfAbsent(ctx, "cr/probe", []byte("y")); !errors.Is(err, chunkstore.ErrExists) {
+		t.Fatalf("PutIfAbsent on a taken name: got %v, want ErrExists", err)
+	}
+	mustGet(t, s, "cr/probe", []byte("x"))
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := c.PutIfAbsent(ctx, "cr/race", []byte(fmt.Sprint(i)))
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case !errors.Is(err, chunkstore.ErrExists):
+				t.Errorf("racing PutIfAbsent: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d of 8 racing writers created the same name, want exactly 1", wins.Load())
+	}
+}
+
+// flaky fails the first attempt at every call with a transient error.
+type flaky struct {
+	chunkstore.Store
+	mu    sync.Mutex
+	tried map[string]bool
+	calls atomic.Int32
+}
+
+func (f *flaky) first(op, name string) error {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.tried[op+name] {
+		return nil
+	}
+	f.tried[op+name] = true
+	return chunkstore.Transient(fmt.Errorf("%s %s: injected connection reset", op, name))
+}
+
+func (f *flaky) Put(ctx context.Context, name string, data []byte) error {
+	if err := f.first("put", name); err != nil {
+		return err
+	}
+	return f.Store.Put(ctx, name, data)
+}
+
+func (f *flaky) Get(ctx context.Context, name string) ([]byte, error) {
+	if err := f.first("get", name); err != nil {
+		return nil, err
+	}
+	return f.Store.Get(ctx, name)
+}
+
+func (f *flaky) Stat(ctx context.Context, name string) (chunkstore.Info, error) {
+	if err := f.first("stat", name); err != nil {
+		return chunkstore.Info{}, err
+	}
+	return f.Store.Stat(ctx, name)
+}
+
+func (f *flaky) Delete(ctx context.Context, name string) error {
+	if err := f.first("delete", name); err != nil {
+		return err
+	}
+	return f.Store.Delete(ctx, name)
+}
+
+// testRetriesTransientErrors runs the driver behind package retry with a
+// transient failure on the first attempt of every call: each call
+// succeeds, while a permanent error (not found) is answered at once.
+func testRetriesTransient(t *testing.T, s chunkstore.Store, _ func() chunkstore.Store) {
+	f := &flaky{Store: s, tried: map[string]bool{}}
+	var retries atomic.Int32
+	r := retry.New(f, retry.Options{Base: time.Millisecond, OnRetry: func(string, string, int, error) { retries.Add(1) }})
+	ctx := context.Background()
+	data := payload(7, 100<<10)
+	if err := r.Put(ctx, "rt/a", data); err != nil {
+		t.Fatalf("Put through retries: %v", err)
+	}
+	if err := r.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, r, "rt/a", data)
+	if info, err := r.Stat(ctx, "rt/a"); err != nil || info.Size != int64(len(data)) {
+		t.Fatalf("Stat through retries: %+v %v", info, err)
+	}
+	if err := r.Delete(ctx, "rt/a"); err != nil {
+		t.Fatalf("Delete through retries: %v", err)
+	}
+	if retries.Load() != 4 {
+		t.Errorf("%d retries for 4 calls failing once each, want 4", retries.Load())
+	}
+	before := f.calls.Load()
+	f.tried["get"+"rt/missing"] = true // no injected failure: the real answer
+	if _, err := r.Get(ctx, "rt/missing"); !errors.Is(err, chunkstore.ErrNotFound) {
+		t.Fatalf("Get of a missing object: %v, want ErrNotFound", err)
+	}
+	if n := f.calls.Load() - before; n != 1 {
+		t.Errorf("a permanent error was tried %d times, want 1", n)
 	}
 }
