@@ -50,6 +50,8 @@ type LocalBackupRequest struct {
 	Parallelism int               `json:"parallelism,omitempty"`
 	ID          string            `json:"id,omitempty"`
 	Meta        map[string]string `json:"meta,omitempty"`
+	// ReadBytesPerSec limits how fast the volume is read (0: no limit).
+	ReadBytesPerSec int64 `json:"readBytesPerSec,omitempty"`
 }
 
 // LocalBackupReply is the finished backup.
@@ -130,6 +132,10 @@ func (a *LocalAPI) backup(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Parallelism < 0 || req.Parallelism > MaxParallelism {
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("parallelism must be from 0 to %d", MaxParallelism))
+		return
+	}
+	if req.ReadBytesPerSec < 0 || (req.ReadBytesPerSec > 0 && req.ReadBytesPerSec < 1024) {
+		writeErr(w, http.StatusBadRequest, errors.New("readBytesPerSec must be at least 1024 when set"))
 		return
 	}
 	mode, err := chunkstore.ParseMode(req.Mode)
@@ -219,7 +225,7 @@ func (a *LocalAPI) run(ctx context.Context, v *dataplane.Volume, spec target.Spe
 		return nil, err
 	}
 	return liveBackup(ctx, a.log(), v, repo, spec, dataplane.LiveBackupOptions{
-		Chain: chain, Mode: mode, ID: req.ID, Parallelism: req.Parallelism, Meta: req.Meta,
+		Chain: chain, Mode: mode, ID: req.ID, Parallelism: req.Parallelism, Meta: req.Meta, ReadBytesPerSec: req.ReadBytesPerSec,
 	})
 }
 

@@ -31,6 +31,7 @@ func backupCommand() *cli.Command {
 			&cli.StringFlag{Name: "id", Usage: "the backup's id (32 hex digits); default a random one"},
 			&cli.BoolFlag{Name: "live", Usage: "FILE is the UUID of a volume exported by a running `volback serve`: back it up live, with its changed-block map"},
 			&cli.StringFlag{Name: "mode", Value: "auto", Usage: "with --live: full, incremental or auto"},
+			&cli.StringFlag{Name: "read-bandwidth", Usage: "with --live: limit how fast the volume is read, e.g. 50MiB (per second)"},
 			stateDirFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -112,6 +113,13 @@ func liveBackup(c *cli.Context) error {
 	}
 	vol := c.Args().First()
 	req := control.LocalBackupRequest{Repo: spec.String(), Mode: c.String("mode"), Parallelism: c.Int("parallelism"), ID: id}
+	if bw := c.String("read-bandwidth"); bw != "" {
+		n, err := humanize.ParseBytes(bw)
+		if err != nil || n < 1024 {
+			return fmt.Errorf("--read-bandwidth %q: want bytes per second, at least 1KiB", bw)
+		}
+		req.ReadBytesPerSec = int64(n)
+	}
 	if n := c.String("name"); n != "" {
 		req.Meta = map[string]string{"name": n}
 	}
