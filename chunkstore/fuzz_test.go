@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"bytes"
+	"reflect"
 	"testing"
 )
 
@@ -65,6 +66,19 @@ func FuzzDecodeManifest(f *testing.F) {
 		if m.Validate() != nil {
 			t.Fatal("decodeManifest returned an invalid manifest")
 		}
+		// Whatever decodes encodes back to a manifest that decodes to
+		// the same thing: nothing it accepted is lost or changed.
+		enc, err := encodeManifest(r.menc, m)
+		if err != nil {
+			t.Fatalf("a decoded manifest does not encode: %v", err)
+		}
+		again, err := decodeManifest(r.mdec, id, enc)
+		if err != nil {
+			t.Fatalf("a re-encoded manifest does not decode: %v", err)
+		}
+		if !reflect.DeepEqual(m, again) {
+			t.Fatalf("round trip changed the manifest:\n%+v\n%+v", m, again)
+		}
 	})
 }
 
@@ -75,8 +89,18 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if ValidChunkSize(c.ChunkSize) != nil || c.Seeds[0] == c.Seeds[1] {
-			t.Fatalf("parseConfig accepted %+v", c)
+		// A config that parses writes out as one that parses to the
+		// same config (the bytes repository writers store).
+		out, err := jsonIndent(c)
+		if err != nil {
+			t.Fatalf("a parsed config does not encode: %v", err)
+		}
+		again, err := parseConfig(out)
+		if err != nil {
+			t.Fatalf("a re-encoded config does not parse: %v\n%s", err, out)
+		}
+		if !reflect.DeepEqual(c, again) {
+			t.Fatalf("round trip changed the config:\n%+v\n%+v", c, again)
 		}
 	})
 }

@@ -213,7 +213,11 @@ func (v *Volume) pace(n int64) {
 		if nanotime()-v.lastWrite.Load() > int64(paceQuiet) {
 			return
 		}
-		time.Sleep(paceQuiet)
+		if v.sleep != nil {
+			v.sleep(paceQuiet)
+		} else {
+			time.Sleep(paceQuiet)
+		}
 	}
 }
 

@@ -55,6 +55,8 @@ type Volume struct {
 	// onFreeze, if set, runs while a backup holds writes off at its
 	// freeze point (tests capture the volume's content there).
 	onFreeze func()
+	// sleep is time.Sleep, injected so tests count a paced backup's waits.
+	sleep func(time.Duration)
 }
 
 // chain is the changed-block state for one backup chain (one backup

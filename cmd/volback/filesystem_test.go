@@ -137,11 +137,36 @@ func TestLiveBackupOfMountedFilesystem(t *testing.T) {
 			mu.Unlock()
 		}
 	}()
-	time.Sleep(700 * time.Millisecond)
+	// waitFiles waits until n files are synced, counting those begun
+	// after since: the writer must run on both sides of the backup.
+	waitFiles := func(n int, since time.Time) {
+		for deadline := time.Now().Add(time.Minute); ; {
+			mu.Lock()
+			k := 0
+			for _, r := range records {
+				if r.started.After(since) {
+					k++
+				}
+			}
+			mu.Unlock()
+			if k >= n {
+				return
+			}
+			select {
+			case err := <-writerErr:
+				t.Fatalf("writer: %v", err)
+			case <-time.After(5 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the writer synced %d of %d files in a minute", k, n)
+			}
+		}
+	}
+	waitFiles(20, time.Time{})
 	t0 := time.Now()
 	inc := s.backup(repo, "vol1")
 	t1 := time.Now()
-	time.Sleep(700 * time.Millisecond)
+	waitFiles(20, t1)
 	close(stop)
 	if err := <-writerErr; err != nil {
 		t.Fatalf("writer: %v", err)

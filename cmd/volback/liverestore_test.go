@@ -123,7 +123,20 @@ func TestLiveRestoreAPI(t *testing.T) {
 			t.Errorf("backup of a volume being restored: %d %s", r.status, r.body)
 		}
 	}
-	time.Sleep(time.Second)
+	// Kill once the background copy has made progress, while it runs.
+	for i := 0; ; i++ {
+		p := d.getAbs(acc.obj(t)["location"].(string))
+		if p.status != 202 {
+			t.Fatalf("the throttled restore ended before the kill: %d %s", p.status, p.body)
+		}
+		if prog, _ := p.obj(t)["progress"].(map[string]any); prog != nil && prog["done"].(float64) >= 16<<20 {
+			break
+		}
+		if i > 3000 {
+			t.Fatal("the restore made no progress")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	d.cmd.Process.Signal(syscall.SIGKILL)
 	d.cmd.Wait()
 	d2 := startDaemon(t, state)

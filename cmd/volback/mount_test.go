@@ -170,10 +170,8 @@ func TestMountBackup(t *testing.T) {
 	}
 	firstByte := time.Since(t0)
 	f.Close()
+	// How soon is a figure of the mount benchmark, not a test's.
 	t.Logf("first byte of a fresh mount after %v (process start included)", firstByte)
-	if firstByte > 5*time.Second {
-		t.Errorf("first byte took %v", firstByte)
-	}
 	if fi, err := os.Stat(images[0]); err != nil || fi.Size() != 256<<20 || fi.Mode().Perm()&0o222 != 0 {
 		t.Fatalf("image %v %v", fi, err)
 	}

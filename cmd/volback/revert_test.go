@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -35,22 +34,25 @@ func TestRevert(t *testing.T) {
 
 	revert := `{"revertVolumeFromVolumeBackup":{}}`
 	// An attached client blocks it.
-	if _, err := os.Stat("/usr/lib/python3/dist-packages/nbd.py"); err == nil {
-		hold := exec.Command("/usr/bin/python3", "-c", "import nbd, sys, time\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint('up', flush=True)\ntime.sleep(30)", uri)
-		out, _ := hold.StdoutPipe()
+	requirePythonNBD(t)
+	{
+		// A client holds a connection until its standard input closes.
+		hold := exec.Command("/usr/bin/python3", "-c", "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nsys.stdin.read()", uri)
+		release, err := hold.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := hold.Start(); err != nil {
 			t.Fatal(err)
 		}
-		buf := make([]byte, 3)
-		_, _ = out.Read(buf)
-		time.Sleep(100 * time.Millisecond)
+		d.waitConnections(1)
 		r := d.do("PUT", "/volume-backups/"+id+"/actions", "OAuth "+d.session, revert, nil)
 		if r.status != 503 || zcode(t, r) != "SYS.1006" || !strings.Contains(string(r.body), "NBD clients connected") {
 			t.Errorf("revert with a client attached: %d %s", r.status, r.body)
 		}
-		hold.Process.Kill()
+		release.Close()
 		hold.Wait()
-		time.Sleep(200 * time.Millisecond)
+		d.waitConnections(0)
 	}
 	r = d.job("PUT", "/volume-backups/"+id+"/actions", revert, nil)
 	if r.status != 200 {

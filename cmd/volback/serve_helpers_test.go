@@ -32,6 +32,18 @@ func requireTools(t *testing.T, tools ...string) {
 	}
 }
 
+// requirePythonNBD needs libnbd's Python module (Debian's python3-libnbd)
+// under /usr/bin/python3.
+func requirePythonNBD(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/usr/lib/python3/dist-packages/nbd.py"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("libnbd's Python module is not installed; scripts/test installs python3-libnbd")
+		}
+		t.Skip("libnbd's Python module is not installed (scripts/test installs python3-libnbd)")
+	}
+}
+
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Getuid() != 0 {

@@ -203,7 +203,8 @@ func TestTargetFaults(t *testing.T) {
 		if acc.status != 202 {
 			t.Fatalf("%s: %d %s", tc.name, acc.status, acc.body)
 		}
-		time.Sleep(time.Second)
+		// Pull the server away once the backup is writing to it.
+		waitProgress(t, d, acc.obj(t)["location"].(string))
 		tc.stop()
 		failed := d.poll(acc.obj(t)["location"].(string))
 		if failed.status != 503 || !strings.Contains(string(failed.body), tc.location) {
@@ -513,5 +514,23 @@ func TestSharedS3Bucket(t *testing.T) {
 	mustRun(t, "verify", "--repo", repo)
 	for i, n := range nodes {
 		restoreMatches(t, repo, invs[i]["uuid"].(string), n.uri)
+	}
+}
+
+// waitProgress waits until a running job reports some progress.
+func waitProgress(t *testing.T, d *daemonProc, loc string) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; {
+		p := d.getAbs(loc)
+		if p.status != 202 {
+			t.Fatalf("the job ended before it was interrupted: %d %s", p.status, p.body)
+		}
+		if prog, _ := p.obj(t)["progress"].(map[string]any); prog != nil && prog["done"].(float64) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the job made no progress within a minute")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
