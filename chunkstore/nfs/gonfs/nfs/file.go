@@ -258,7 +258,7 @@ func (f *File) Seek(offset int64, whence int) (int64, error) {
 		return int64(f.curr), errors.New("SeekEnd is not supported yet")
 	default:
 		// This indicates serious programming error
-		return int64(f.curr), errors.New("Invalid whence")
+		return int64(f.curr), errors.New("invalid whence")
 	}
 }
 

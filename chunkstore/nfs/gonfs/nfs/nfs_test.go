@@ -12,6 +12,9 @@ import (
 func listenAndServe(t *testing.T, port int) (*net.TCPListener, *sync.WaitGroup, error) {
 
 	addr, err := net.ResolveTCPAddr("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return nil, nil, err
+	}
 	l, err := net.ListenTCP("tcp", addr)
 	if err != nil {
 		return nil, nil, err

@@ -114,7 +114,7 @@ func TestByteSlice(t *testing.T) {
 		return
 	}
 
-	if bytes.Compare(in.Data, out) != 0 {
+	if !bytes.Equal(in.Data, out) {
 		t.FailNow()
 	}
 }
