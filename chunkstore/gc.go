@@ -127,6 +127,16 @@ func (l *Lease) Err() error {
 	return l.lastErr
 }
 
+// ReleaseAfter releases the lease at the end of work done under ctx: with
+// a context of its own (30 s), so a cancelled or failed backup still
+// removes its marker, and with the error dropped (a marker left behind goes
+// stale and is ignored). Holders defer it.
+func (l *Lease) ReleaseAfter(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = l.Release(rctx)
+}
+
 // Release stops the heartbeat and removes the marker. It is safe to call
 // more than once.
 func (l *Lease) Release(ctx context.Context) error {
@@ -196,9 +206,7 @@ func (r *Repository) BeginBackup(ctx context.Context, id string) (*Lease, error)
 				continue
 			}
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		_ = l.Release(rctx)
-		cancel()
+		l.ReleaseAfter(ctx)
 		return nil, err
 	}
 }
@@ -244,11 +252,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		_ = l.Release(rctx)
-		cancel()
-	}()
+	defer l.ReleaseAfter(ctx)
 	live, stale, err := r.liveMarkers(ctx, backupLockPrefix)
 	if err != nil {
 		return nil, err

@@ -121,11 +121,7 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 		if lease, err = repo.BeginBackup(ctx, id); err != nil {
 			return nil, fmt.Errorf("backup %s of volume %s: %w", id, opts.VolumeID, err)
 		}
-		defer func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			_ = lease.Release(rctx)
-			cancel()
-		}()
+		defer lease.ReleaseAfter(ctx)
 	}
 	if p := opts.Parent; p != nil {
 		// The parent's chunks are reused unread: it must still exist now

@@ -78,11 +78,7 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", v.ID, err)
 	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		_ = lease.Release(rctx)
-		cancel()
-	}()
+	defer lease.ReleaseAfter(ctx)
 
 	// Find the parent before freezing: loading a manifest is I/O, and
 	// writes must not wait for it.

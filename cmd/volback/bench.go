@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -30,31 +31,13 @@ func benchCommand() *cli.Command {
 				&cli.BoolFlag{Name: "live-backup", Value: true, Usage: "also measure volback's write throughput during a live backup"},
 				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
 			},
-			Action: func(c *cli.Context) error {
-				size, err := humanize.ParseBytes(c.String("size"))
-				if err != nil {
-					return fmt.Errorf("--size: %w", err)
-				}
-				self, err := os.Executable()
-				if err != nil {
-					return err
-				}
-				res, err := bench.CompareNBD(c.Context, bench.NBDConfig{
-					Dir: c.String("dir"), Size: int64(size), Rounds: c.Int("rounds"),
+			Action: benchAction(func(c *cli.Context, size int64, self string) (report, error) {
+				return bench.CompareNBD(c.Context, bench.NBDConfig{
+					Dir: c.String("dir"), Size: size, Rounds: c.Int("rounds"),
 					Servers: strings.Split(c.String("servers"), ","), Volback: self,
 					Connections: c.Int("connections"), FioRuntime: c.Duration("fio-runtime"), LiveBackup: c.Bool("live-backup"),
 				}, os.Stderr)
-				if err != nil {
-					return err
-				}
-				if err := writeJSONFile(c.String("json-out"), res); err != nil {
-					return err
-				}
-				if outputOf(c).json {
-					return outputOf(c).printJSON(res)
-				}
-				return res.WriteTable(os.Stdout)
-			},
+			}),
 		}, {
 			Name:   "gonbd-server",
 			Usage:  "serve a file with the go-nbd v0.3.2 server (the bench's baseline)",
@@ -101,35 +84,17 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "runs per tool, taking turns; the median is reported"},
 				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
 			},
-			Action: func(c *cli.Context) error {
-				size, err := humanize.ParseBytes(c.String("size"))
-				if err != nil {
-					return fmt.Errorf("--size: %w", err)
-				}
+			Action: benchAction(func(c *cli.Context, size int64, self string) (report, error) {
 				cs, err := humanize.ParseBytes(c.String("chunk-size"))
 				if err != nil {
-					return fmt.Errorf("--chunk-size: %w", err)
+					return nil, fmt.Errorf("--chunk-size: %w", err)
 				}
-				self, err := os.Executable()
-				if err != nil {
-					return err
-				}
-				res, err := bench.CompareBackup(c.Context, bench.BackupCompareConfig{
-					Dir: c.String("dir"), Image: c.String("image"), Size: int64(size), ChunkSize: int(cs),
+				return bench.CompareBackup(c.Context, bench.BackupCompareConfig{
+					Dir: c.String("dir"), Image: c.String("image"), Size: size, ChunkSize: int(cs),
 					Parallelism: c.Int("parallelism"), Tools: strings.Split(c.String("tools"), ","),
 					Volback: self, DropCaches: c.Bool("drop-caches"), Rounds: c.Int("rounds"),
 				}, os.Stderr)
-				if err != nil {
-					return err
-				}
-				if err := writeJSONFile(c.String("json-out"), res); err != nil {
-					return err
-				}
-				if outputOf(c).json {
-					return outputOf(c).printJSON(res)
-				}
-				return res.WriteTable(os.Stdout)
-			},
+			}),
 		}, {
 			Name:  "mount",
 			Usage: "sequential read of a backup through volback mount and restic mount, side by side",
@@ -141,31 +106,43 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "rounds", Value: 2, Usage: "cached reads after the fresh one; the best is reported"},
 				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
 			},
-			Action: func(c *cli.Context) error {
-				size, err := humanize.ParseBytes(c.String("size"))
-				if err != nil {
-					return fmt.Errorf("--size: %w", err)
-				}
-				self, err := os.Executable()
-				if err != nil {
-					return err
-				}
-				res, err := bench.CompareMount(c.Context, bench.MountCompareConfig{
-					Dir: c.String("dir"), Image: c.String("image"), Size: int64(size),
+			Action: benchAction(func(c *cli.Context, size int64, self string) (report, error) {
+				return bench.CompareMount(c.Context, bench.MountCompareConfig{
+					Dir: c.String("dir"), Image: c.String("image"), Size: size,
 					Tools: strings.Split(c.String("tools"), ","), Volback: self, Rounds: c.Int("rounds"),
 				}, os.Stderr)
-				if err != nil {
-					return err
-				}
-				if err := writeJSONFile(c.String("json-out"), res); err != nil {
-					return err
-				}
-				if outputOf(c).json {
-					return outputOf(c).printJSON(res)
-				}
-				return res.WriteTable(os.Stdout)
-			},
+			}),
 		}},
+	}
+}
+
+// report is a comparison's result: a table, and JSON.
+type report interface{ WriteTable(io.Writer) error }
+
+// benchAction binds a comparison to the command line: it reads --size,
+// finds this binary (the comparison runs it), runs the comparison and
+// prints its report as a table or JSON, also into --json-out.
+func benchAction(run func(c *cli.Context, size int64, self string) (report, error)) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		size, err := humanize.ParseBytes(c.String("size"))
+		if err != nil {
+			return fmt.Errorf("--size: %w", err)
+		}
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		res, err := run(c, int64(size), self)
+		if err != nil {
+			return err
+		}
+		if err := writeJSONFile(c.String("json-out"), res); err != nil {
+			return err
+		}
+		if outputOf(c).json {
+			return outputOf(c).printJSON(res)
+		}
+		return res.WriteTable(os.Stdout)
 	}
 }
 
