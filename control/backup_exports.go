@@ -86,15 +86,9 @@ func (b *backupExports) resolve(name string) *nbd.Export {
 
 // reap closes backup exports that have had no client for idle.
 func (b *backupExports) reap(ctx context.Context, idle time.Duration) {
-	t := time.NewTicker(idle / 4)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, idle/4, func() {
 		b.mu.Lock()
+		defer b.mu.Unlock()
 		for id, ob := range b.open {
 			if b.srv.ConnectionsTo(id) > 0 {
 				ob.since = time.Time{}
@@ -106,8 +100,7 @@ func (b *backupExports) reap(ctx context.Context, idle time.Duration) {
 				b.closeLocked(id)
 			}
 		}
-		b.mu.Unlock()
-	}
+	})
 }
 
 // drop unpublishes a backup (deleted); clients still attached get errors.

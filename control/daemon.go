@@ -301,6 +301,14 @@ func registerVolumes(ctx context.Context, db *inventory.DB, vols map[string]stri
 
 // purgeEvery deletes expired sessions and jobs older than JobRetention.
 func purgeEvery(ctx context.Context, db *inventory.DB, interval time.Duration) {
+	every(ctx, interval, func() {
+		_, _ = db.PurgeExpiredSessions(ctx)
+		_, _ = db.PurgeJobs(ctx, JobRetention)
+	})
+}
+
+// every runs fn each interval until ctx is done.
+func every(ctx context.Context, interval time.Duration, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -308,8 +316,7 @@ func purgeEvery(ctx context.Context, db *inventory.DB, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			_, _ = db.PurgeExpiredSessions(ctx)
-			_, _ = db.PurgeJobs(ctx, JobRetention)
+			fn()
 		}
 	}
 }

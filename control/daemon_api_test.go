@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/volback/volback/chunkstore/ratelimit"
+	"github.com/volback/volback/control/apitest"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/nbd"
 )
@@ -54,44 +54,27 @@ func startTestDaemon(t *testing.T) *testDaemon {
 		db.Close()
 	})
 	d := &testDaemon{t: t, dir: dir, base: srv.URL + "/zstack/v1", api: api}
-	r := d.do("PUT", "/accounts/login", "", `{"logInByAccount":{"accountName":"admin","password":"`+inventory.HashPassword("password")+`"}}`, nil)
-	if r.status != 200 {
-		t.Fatalf("login: %d %s", r.status, r.body)
-	}
-	d.session = r.json(t)["inventory"].(map[string]any)["uuid"].(string)
+	c := d.client()
+	c.Login("password")
+	d.session = c.Session
 	return d
+}
+
+func (d *testDaemon) client() *apitest.Client {
+	return &apitest.Client{T: d.t, Base: d.base, Session: d.session}
 }
 
 func (d *testDaemon) do(method, path, auth, body string, headers map[string]string) httpResult {
 	d.t.Helper()
-	req, err := http.NewRequest(method, d.base+path, strings.NewReader(body))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json;charset=UTF-8")
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return httpResult{resp.StatusCode, b}
+	r := d.client().Do(method, path, auth, body, headers)
+	return httpResult{r.Status, r.Body}
 }
 
 // job sends an async call and polls its location until it ends.
 func (d *testDaemon) job(method, path, body string, headers map[string]string) httpResult {
 	d.t.Helper()
-	r := d.do(method, path, "OAuth "+d.session, body, headers)
-	if r.status != 202 {
-		return r
-	}
-	return waitDone(d.t, r.json(d.t)["location"].(string), "OAuth "+d.session)
+	r := d.client().Job(method, path, body, headers)
+	return httpResult{r.Status, r.Body}
 }
 
 // storageAndVolume adds an ImageStore and a data volume of size bytes.

@@ -75,18 +75,11 @@ func collect(ctx context.Context, spec target.Spec, env target.Env, prog *datapl
 // interval, until ctx is done. A storage with backups running is retried
 // at the next round.
 func collectEvery(ctx context.Context, db *inventory.DB, env target.Env, m *Metrics, log *slog.Logger, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, interval, func() {
 		storages, err := db.ListBackupStorages(ctx)
 		if err != nil {
 			log.Error("garbage collection: cannot list backup storages", "err", err)
-			continue
+			return
 		}
 		for _, bs := range storages {
 			rep, err := collectStorage(ctx, db, bs, env, nil)
@@ -100,10 +93,10 @@ func collectEvery(ctx context.Context, db *inventory.DB, env target.Env, m *Metr
 			default:
 				m.gcDone(rep)
 				log.Info("garbage collection", "storage", bs.UUID, "chunksDeleted", rep.ChunksDeleted,
-					"bytesFreed", rep.BytesDeleted, "chunksInUse", rep.ChunksInUse, "duration", rep.Duration)
+					"bytesFreed", rep.BytesDeleted, "chunksInUse", rep.ChunksInUse, "tempsRemoved", rep.TempsRemoved, "duration", rep.Duration)
 			}
 		}
-	}
+	})
 }
 
 // dropMarkers removes the repository markers of backups a crash left

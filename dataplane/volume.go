@@ -145,23 +145,34 @@ func (v *Volume) beforeWrite(off, length int64) error {
 	return nil
 }
 
-// WriteAt writes p at off; with fua the data is durable on return.
-func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	if err := v.ensureRestored(ctx, off, int64(len(p))); err != nil {
+// modify runs one write-type operation on [off, off+length): the range is
+// restored first if the volume is being restored; then, under the write
+// gate, running backups keep the old data and the maps are marked before
+// do changes the file; with fua the change is durable on return.
+func (v *Volume) modify(ctx context.Context, off, length int64, fua bool, do func() error) error {
+	if err := v.ensureRestored(ctx, off, length); err != nil {
 		return err
 	}
 	v.gate.RLock()
 	defer v.gate.RUnlock()
-	if err := v.beforeWrite(off, int64(len(p))); err != nil {
+	if err := v.beforeWrite(off, length); err != nil {
 		return err
 	}
-	if _, err := v.f.WriteAt(p, off); err != nil {
+	if err := do(); err != nil {
 		return err
 	}
 	if fua {
 		return unix.Fdatasync(int(v.f.Fd()))
 	}
 	return nil
+}
+
+// WriteAt writes p at off; with fua the data is durable on return.
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	return v.modify(ctx, off, int64(len(p)), fua, func() error {
+		_, err := v.f.WriteAt(p, off)
+		return err
+	})
 }
 
 // Flush makes every completed write durable: one fdatasync covers the
@@ -178,22 +189,13 @@ func (v *Volume) Flush(context.Context) error {
 // Trim discards a range by punching a hole; where the filesystem cannot,
 // trimming is a no-op (it is only a hint).
 func (v *Volume) Trim(ctx context.Context, off, length int64, fua bool) error {
-	if err := v.ensureRestored(ctx, off, length); err != nil {
+	return v.modify(ctx, off, length, fua, func() error {
+		err := unix.Fallocate(int(v.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if errors.Is(err, syscall.EOPNOTSUPP) {
+			return nil
+		}
 		return err
-	}
-	v.gate.RLock()
-	defer v.gate.RUnlock()
-	if err := v.beforeWrite(off, length); err != nil {
-		return err
-	}
-	err := unix.Fallocate(int(v.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-	if err != nil && !errors.Is(err, syscall.EOPNOTSUPP) {
-		return err
-	}
-	if fua {
-		return unix.Fdatasync(int(v.f.Fd()))
-	}
-	return nil
+	})
 }
 
 // ZeroOptions qualify Volume.Zero.
@@ -211,32 +213,20 @@ var ErrNotFast = errors.New("zeroing would not be fast")
 // allocated zero range with NoHole, written zeros only as a slow fallback
 // (refused with ErrNotFast when Fast is asked for).
 func (v *Volume) Zero(ctx context.Context, off, length int64, f ZeroOptions) error {
-	if err := v.ensureRestored(ctx, off, length); err != nil {
-		return err
-	}
-	v.gate.RLock()
-	defer v.gate.RUnlock()
-	if err := v.beforeWrite(off, length); err != nil {
-		return err
-	}
-	mode := uint32(unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE)
-	if f.NoHole || v.block {
-		mode = unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE
-	}
-	err := unix.Fallocate(int(v.f.Fd()), mode, off, length)
-	if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EINVAL) {
-		if f.Fast {
-			return ErrNotFast
+	return v.modify(ctx, off, length, f.FUA, func() error {
+		mode := uint32(unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE)
+		if f.NoHole || v.block {
+			mode = unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE
 		}
-		err = v.writeZeros(off, length)
-	}
-	if err != nil {
+		err := unix.Fallocate(int(v.f.Fd()), mode, off, length)
+		if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EINVAL) {
+			if f.Fast {
+				return ErrNotFast
+			}
+			err = v.writeZeros(off, length)
+		}
 		return err
-	}
-	if f.FUA {
-		return unix.Fdatasync(int(v.f.Fd()))
-	}
-	return nil
+	})
 }
 
 var zeroBuf = make([]byte, 1<<20)

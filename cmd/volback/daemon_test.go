@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha512"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/volback/volback/control/apitest"
 )
 
 type daemonProc struct {
@@ -65,12 +65,9 @@ func startDaemon(t *testing.T, state string, extra ...string) *daemonProc {
 			d.stop()
 		}
 	})
-	sum := sha512.Sum512([]byte("password"))
-	r := d.do("PUT", "/accounts/login", "", fmt.Sprintf(`{"logInByAccount":{"accountName":"admin","password":"%s"}}`, hex.EncodeToString(sum[:])), nil)
-	if r.status != 200 {
-		t.Fatalf("login: %d %s", r.status, r.body)
-	}
-	d.session = r.obj(t)["inventory"].(map[string]any)["uuid"].(string)
+	c := d.client()
+	c.Login("password")
+	d.session = c.Session
 	return d
 }
 
@@ -96,49 +93,21 @@ func (r apiReply) obj(t *testing.T) map[string]any {
 	return m
 }
 
+func (d *daemonProc) client() *apitest.Client {
+	return &apitest.Client{T: d.t, Base: d.base, Session: d.session}
+}
+
 func (d *daemonProc) do(method, path, auth, body string, headers map[string]string) apiReply {
 	d.t.Helper()
-	req, _ := http.NewRequest(method, d.base+path, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json;charset=UTF-8")
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return apiReply{resp.StatusCode, b}
+	r := d.client().Do(method, path, auth, body, headers)
+	return apiReply{r.Status, r.Body}
 }
 
 // job posts an async API and polls its location until it ends.
 func (d *daemonProc) job(method, path, body string, headers map[string]string) apiReply {
 	d.t.Helper()
-	r := d.do(method, path, "OAuth "+d.session, body, headers)
-	if r.status != 202 {
-		return r
-	}
-	loc := r.obj(d.t)["location"].(string)
-	for i := 0; i < 3000; i++ {
-		req, _ := http.NewRequest("GET", loc, nil)
-		req.Header.Set("Authorization", "OAuth "+d.session)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			d.t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 202 {
-			return apiReply{resp.StatusCode, b}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	d.t.Fatalf("job %s never ended", loc)
-	return apiReply{}
+	r := d.client().Job(method, path, body, headers)
+	return apiReply{r.Status, r.Body}
 }
 
 // waitConnections waits until the daemon counts n NBD connections (its

@@ -233,27 +233,14 @@ func TestTargetFaults(t *testing.T) {
 // getAbs GETs an absolute URL (a job's location) with the session.
 func (d *daemonProc) getAbs(loc string) apiReply {
 	d.t.Helper()
-	base := d.base
-	d.base = ""
-	defer func() { d.base = base }()
 	return d.do("GET", loc, "OAuth "+d.session, "", nil)
 }
 
 // poll waits for an async job's end.
 func (d *daemonProc) poll(loc string) apiReply {
 	d.t.Helper()
-	base := d.base
-	d.base = ""
-	defer func() { d.base = base }()
-	for i := 0; i < 6000; i++ {
-		r := d.do("GET", loc, "OAuth "+d.session, "", nil)
-		if r.status != 202 {
-			return r
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	d.t.Fatalf("job %s never ended", loc)
-	return apiReply{}
+	r := d.client().Wait(loc)
+	return apiReply{r.Status, r.Body}
 }
 
 // recorder is a TCP proxy in front of a real server that notes the source
