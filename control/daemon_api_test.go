@@ -276,4 +276,3 @@ func TestAPIBandwidthLimits(t *testing.T) {
 		}
 	}
 }
-
