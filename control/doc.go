@@ -1,17 +1,29 @@
-// Package control is volback's control plane, compatible with ZStack's REST
-// API (/zstack/v1/...): sessions, async jobs, backup storages, volumes and
-// volume backups, and the inventory that records them.
+// Package control is volback's control plane: the daemon (RunDaemon), its
+// ZStack-compatible REST API (/zstack/v1/...: sessions, async jobs, backup
+// storages, volumes, volume backups) and the admin socket of live backups.
 //
-// query.go parses ZStack's query parameters (q= conditions with = != > <
-// >= <= ?= !?= ~= !~= "is null" "not null", limit, start, count,
-// replyWithCount, sort, fields) and renders them as SQL against a schema
-// that whitelists each resource's fields; values are always bound
-// arguments. serve.go and local.go run `volback serve` and its local admin
-// socket.
+// Every API handler has one of two shapes (see api.go): a synchronous
+// handler returns the reply or an error; an asynchronous one checks the
+// request and returns the job to run. API.serve, the one wrapper, does
+// authentication, body decoding, the job headers, the 202 and its
+// location, and turns errors into ZStack's answers (errors.go): an
+// *ErrorCode is 503 with ZStack's body, a badRequest is 400 plain text,
+// anything else SYS.1000. Handlers live by resource: sessions_api.go,
+// storages_api.go, volumes_api.go, backups_api.go, restore_api.go (revert
+// and live restore), sync_api.go, gc_api.go, usertags_api.go; query.go
+// parses ZStack's query parameters, which package inventory alone turns
+// into SQL.
 //
-// systemtags.go parses the system tags that CreateVolumeBackup and backup
+// host.go is the registry of served volumes; volume_flags.go the rule for
+// volume ids; targets.go where a backup goes and how its chain is named;
+// systemtags.go parses the system tags CreateVolumeBackup and backup
 // storages carry (fsInfo, volumeLiveBackup::parallelismDegree,
-// backup::network::cidr). Parsing is strict: an unknown tag or a malformed
-// value is an error that names the tag, which the API turns into SYS.1007,
-// so that a typo never silently falls back to a default.
+// backup::network::cidr), strictly: an unknown tag or a malformed value is
+// an error that names the tag (SYS.1007), so a typo never falls back to a
+// default.
+//
+// Concurrency: handlers run concurrently; Jobs runs each async job in its
+// own goroutine under the daemon's lifetime (cancelled at shutdown, and
+// recorded as failed); Host and the admin API guard their maps with
+// mutexes; the inventory is safe for concurrent use.
 package control

@@ -8,6 +8,12 @@
 // Times are stored as Unix nanoseconds (UTC) and injected through a clock,
 // never read with time.Now inside logic, so expiry is testable.
 //
+// All of the daemon's SQL is here. ZStack queries arrive as a typed Query
+// (conditions, page, sort) and DB.Query renders them against a schema that
+// whitelists each resource's fields, with every value a bound argument;
+// no SQL text crosses the package boundary. States, statuses, volume types
+// and job states are typed constants (types.go).
+//
 // A restarted daemon calls FailRunningJobs: a job that was running when the
 // process died is recorded as failed with a clear error, never left
 // running forever.
