@@ -12,7 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/volback/volback/chunkstore"
-	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/dataplane"
 )
 
@@ -45,11 +45,11 @@ func RunDemo(ctx context.Context, cfg DemoConfig, w io.Writer) error {
 	}
 	step("generated %s: %s, half random, a quarter text, a quarter zeros (%s)", img, humanize.IBytes(uint64(cfg.Size)), time.Since(t).Round(time.Millisecond))
 
-	s, err := local.Open(repoDir)
+	repoSpec, err := target.ParseURL(repoDir)
 	if err != nil {
 		return err
 	}
-	repo, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{})
+	repo, err := target.OpenRepository(ctx, repoSpec, target.Env{}, target.RepoOptions{Create: target.CreateNew})
 	if err != nil {
 		return err
 	}

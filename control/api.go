@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 )
@@ -32,6 +33,9 @@ type API struct {
 	Log     *slog.Logger
 	// TargetEnv holds the daemon's S3 credentials, if configured.
 	TargetEnv target.Env
+	// Open opens repositories; nil means target.OpenRepository. Handler
+	// tests put in-memory repositories behind it.
+	Open      Opener
 	mux       *http.ServeMux
 	exports   *backupExports
 }
@@ -85,6 +89,17 @@ func (a *API) Handler() http.Handler {
 	}
 	a.mux = r.mux
 	return r.mux
+}
+
+// Opener opens the repository on a target (target.OpenRepository's shape).
+type Opener func(ctx context.Context, spec target.Spec, env target.Env, opts target.RepoOptions) (*chunkstore.Repository, error)
+
+// openRepo opens a repository through the API's opener.
+func (a *API) openRepo(ctx context.Context, spec target.Spec, env target.Env, opts target.RepoOptions) (*chunkstore.Repository, error) {
+	if a.Open != nil {
+		return a.Open(ctx, spec, env, opts)
+	}
+	return target.OpenRepository(ctx, spec, env, opts)
 }
 
 func (a *API) log() *slog.Logger {

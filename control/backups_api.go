@@ -206,7 +206,7 @@ func (a *API) createVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, erro
 		// The target's bandwidth limits wrap the store; the volume's read
 		// limit is the backup's own. volumeWriteBandwidth limits writes to
 		// the volume, which a backup does not make.
-		repo, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{Create: createFor(spec),
+		repo, err := a.openRepo(ctx, spec, env, target.RepoOptions{Create: createFor(spec),
 			WriteBytesPerSec: bw["networkWriteBandwidth"], ReadBytesPerSec: bw["networkReadBandwidth"]})
 		if err != nil {
 			return fail("cannot open the backup target "+spec.String(), err)
@@ -312,7 +312,7 @@ func (a *API) deleteVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, erro
 			if err != nil {
 				return nil, err
 			}
-			repo, err := target.OpenRepository(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
+			repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
 			if err != nil {
 				return nil, errFailed("cannot open the backup target "+spec.String(), err)
 			}

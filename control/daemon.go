@@ -113,7 +113,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		return err
 	} else if len(ids) > 0 {
 		log.Warn("backups left unfinished by the last stop are dropped from the inventory", "backups", strings.Join(ids, ","))
-		go dropMarkers(ctx, db, env, ids, log)
+		go (&API{DB: db, Log: log, TargetEnv: env}).dropMarkers(ctx, ids)
 	}
 	if !cfg.NoAPI {
 		if err := ensureDefaultStore(ctx, db, cfg.StateDir, log); err != nil {
@@ -165,7 +165,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	metrics := NewMetrics(srv)
 	jobs := &Jobs{DB: db, Log: log, Metrics: metrics}
 	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics, TargetEnv: env}
-	admin := &LocalAPI{Host: host, DB: db, TargetEnv: env, Log: log, ctx: ctx}
+	admin := &LocalAPI{api: api, ctx: ctx}
 
 	// Listen on everything before serving anything, so a port in use
 	// fails the start cleanly.
@@ -195,8 +195,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		listeners = append(listeners, hl)
 		api.exports = newBackupExports(api, srv, log)
 		defer api.exports.closeAll()
-		api.resumeRestores(ctx, vols)
 	}
+	// Live restores a stop interrupted go on, with or without the API.
+	api.resumeRestores(ctx, vols)
 
 	servers := []*http.Server{{Handler: admin.Handler(), ReadHeaderTimeout: 10 * time.Second}}
 	if hl != nil {
@@ -219,7 +220,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		go purgeEvery(ctx, db, time.Hour)
 		go api.exports.reap(ctx, 2*time.Minute)
 		if cfg.GCInterval > 0 {
-			go collectEvery(ctx, db, env, metrics, log, cfg.GCInterval)
+			go api.collectEvery(ctx, cfg.GCInterval)
 		}
 		log.Info("volback daemon serving", "api", "http://"+apiAddr+"/zstack/v1", "nbd", cfg.NBDListen, "admin", "unix://"+cfg.AdminSocket, "state", cfg.StateDir)
 	} else {

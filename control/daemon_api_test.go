@@ -276,3 +276,65 @@ func TestAPIBandwidthLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIQueries: ZStack's query parameters on backups, volumes, storages
+// and user tags, answered from the inventory.
+func TestAPIQueries(t *testing.T) {
+	d := startTestDaemon(t)
+	const bs, vol = "1c4b0a3a24533c4faa9b156a0ef98fdf", "ec7196ba2d993236aceddd9b31f5d19b"
+	d.storageAndVolume(bs, vol, 1<<20)
+	var ids []string
+	for i, name := range []string{"b-one", "b-two", "other"} {
+		r := d.job("POST", "/volumes/"+vol+"/volume-backups", fmt.Sprintf(`{"params":{"backupStorageUuid":"%s","name":"%s"},"userTags":["n%d"]}`, bs, name, i), nil)
+		if r.status != 200 {
+			t.Fatalf("backup %s: %d %s", name, r.status, r.body)
+		}
+		ids = append(ids, r.json(t)["inventory"].(map[string]any)["uuid"].(string))
+	}
+	auth := "OAuth " + d.session
+	names := func(r httpResult) []string {
+		t.Helper()
+		var out []string
+		for _, inv := range r.json(t)["inventories"].([]any) {
+			out = append(out, fmt.Sprint(inv.(map[string]any)["name"]))
+		}
+		return out
+	}
+	for _, c := range []struct {
+		query string
+		want  string
+	}{
+		{"q=name~=b-%25&sort=-name", "[b-two b-one]"},
+		{"q=name?=b-one,other&sort=%2Bname", "[b-one other]"},
+		{"q=name!=other&limit=1&start=1&sort=%2Bname", "[b-two]"},
+		{"q=volumeUuid=" + vol + "&q=mode=auto&q=name=b-one", "[b-one]"},
+		{"q=description%20is%20null&q=name=other", "[other]"},
+	} {
+		r := d.do("GET", "/volume-backups?"+c.query, auth, "", nil)
+		if r.status != 200 || fmt.Sprint(names(r)) != c.want {
+			t.Errorf("?%s: %d %s, want names %s", c.query, r.status, r.body, c.want)
+		}
+	}
+	if r := d.do("GET", "/volume-backups?count=true", auth, "", nil); r.json(t)["total"] != float64(3) || r.json(t)["inventories"] != nil {
+		t.Errorf("count=true: %s", r.body)
+	}
+	if r := d.do("GET", "/volume-backups?replyWithCount=true&limit=1", auth, "", nil); r.json(t)["total"] != float64(3) || len(names(r)) != 1 {
+		t.Errorf("replyWithCount with limit 1: %s", r.body)
+	}
+	r := d.do("GET", "/volume-backups/"+ids[1]+"?fields=uuid,name", auth, "", nil)
+	invs := r.json(t)["inventories"].([]any)
+	if len(invs) != 1 || len(invs[0].(map[string]any)) != 2 || invs[0].(map[string]any)["name"] != "b-two" {
+		t.Errorf("by uuid with fields: %s", r.body)
+	}
+	r = d.do("GET", "/user-tags?q=tag=n2", auth, "", nil)
+	tags := r.json(t)["inventories"].([]any)
+	if len(tags) != 1 || tags[0].(map[string]any)["resourceUuid"] != ids[2] || tags[0].(map[string]any)["resourceType"] != "VolumeBackupVO" {
+		t.Errorf("user tags: %s", r.body)
+	}
+	if r := d.do("GET", "/volumes/"+vol, auth, "", nil); len(r.json(t)["inventories"].([]any)) != 1 {
+		t.Errorf("volume by uuid: %s", r.body)
+	}
+	if r := d.do("GET", "/backup-storage?q=uuid="+bs, auth, "", nil); len(r.json(t)["inventories"].([]any)) != 1 {
+		t.Errorf("storage by uuid: %s", r.body)
+	}
+}

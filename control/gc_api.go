@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
@@ -23,7 +22,7 @@ func (a *API) reclaimSpace(ctx context.Context, c *apiCall) (JobFunc, error) {
 		return nil, err
 	}
 	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
-		rep, err := collectStorage(ctx, a.DB, bs, a.TargetEnv, prog)
+		rep, err := a.collectStorage(ctx, bs, prog)
 		if errors.Is(err, chunkstore.ErrBackupsInProgress) {
 			return nil, errFailed("backups are running in this backup storage; reclaim space when they are done", err)
 		}
@@ -37,10 +36,10 @@ func (a *API) reclaimSpace(ctx context.Context, c *apiCall) (JobFunc, error) {
 
 // collectStorage collects every target of a storage (its url and the
 // fsInfo targets its backups went to) and sums the reports.
-func collectStorage(ctx context.Context, db *inventory.DB, bs *inventory.BackupStorage, env target.Env, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
+func (a *API) collectStorage(ctx context.Context, bs *inventory.BackupStorage, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
 	sum := &chunkstore.GCReport{}
-	for _, spec := range storageTargets(ctx, db, bs) {
-		rep, err := collect(ctx, spec, env, prog)
+	for _, spec := range storageTargets(ctx, a.DB, bs) {
+		rep, err := a.collect(ctx, spec, prog)
 		if err != nil {
 			return sum, fmt.Errorf("%s: %w", spec.String(), err)
 		}
@@ -57,8 +56,8 @@ func collectStorage(ctx context.Context, db *inventory.DB, bs *inventory.BackupS
 	return sum, nil
 }
 
-func collect(ctx context.Context, spec target.Spec, env target.Env, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
-	repo, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{})
+func (a *API) collect(ctx context.Context, spec target.Spec, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
+	repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -74,15 +73,16 @@ func collect(ctx context.Context, spec target.Spec, env target.Env, prog *datapl
 // collectEvery runs a garbage collection of every backup storage each
 // interval, until ctx is done. A storage with backups running is retried
 // at the next round.
-func collectEvery(ctx context.Context, db *inventory.DB, env target.Env, m *Metrics, log *slog.Logger, interval time.Duration) {
+func (a *API) collectEvery(ctx context.Context, interval time.Duration) {
+	log := a.log()
 	every(ctx, interval, func() {
-		storages, err := db.ListBackupStorages(ctx)
+		storages, err := a.DB.ListBackupStorages(ctx)
 		if err != nil {
 			log.Error("garbage collection: cannot list backup storages", "err", err)
 			return
 		}
 		for _, bs := range storages {
-			rep, err := collectStorage(ctx, db, bs, env, nil)
+			rep, err := a.collectStorage(ctx, bs, nil)
 			switch {
 			case ctx.Err() != nil:
 				return
@@ -91,7 +91,7 @@ func collectEvery(ctx context.Context, db *inventory.DB, env target.Env, m *Metr
 			case err != nil:
 				log.Error("garbage collection failed", "storage", bs.UUID, "err", err)
 			default:
-				m.gcDone(rep)
+				a.Metrics.gcDone(rep)
 				log.Info("garbage collection", "storage", bs.UUID, "chunksDeleted", rep.ChunksDeleted,
 					"bytesFreed", rep.BytesDeleted, "chunksInUse", rep.ChunksInUse, "tempsRemoved", rep.TempsRemoved, "duration", rep.Duration)
 			}
@@ -101,14 +101,15 @@ func collectEvery(ctx context.Context, db *inventory.DB, env target.Env, m *Metr
 
 // dropMarkers removes the repository markers of backups a crash left
 // behind, so collections need not wait for them to go stale.
-func dropMarkers(ctx context.Context, db *inventory.DB, env target.Env, ids []string, log *slog.Logger) {
-	storages, err := db.ListBackupStorages(ctx)
+func (a *API) dropMarkers(ctx context.Context, ids []string) {
+	log := a.log()
+	storages, err := a.DB.ListBackupStorages(ctx)
 	if err != nil {
 		return
 	}
 	for _, bs := range storages {
-		for _, spec := range storageTargets(ctx, db, bs) {
-			repo, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{})
+		for _, spec := range storageTargets(ctx, a.DB, bs) {
+			repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{})
 			if err != nil {
 				continue
 			}

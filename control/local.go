@@ -13,7 +13,6 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/target"
-	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
 )
 
@@ -26,11 +25,8 @@ import (
 // a client that goes away leaves it running to its end; DELETE
 // /v1/backups/{id} cancels it.
 type LocalAPI struct {
-	Host      *Host
-	DB        *inventory.DB
-	TargetEnv target.Env
-	Log       *slog.Logger
-	ctx       context.Context // the daemon's
+	api *API            // the volumes, inventory, opener and log it shares
+	ctx context.Context // the daemon's
 
 	mu      sync.Mutex
 	running map[string]*runningBackup
@@ -102,7 +98,7 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 }
 
 func (a *LocalAPI) listVolumes(w http.ResponseWriter, _ *http.Request) {
-	vols := a.Host.Volumes()
+	vols := a.api.Host.Volumes()
 	out := make([]LocalVolume, 0, len(vols))
 	for _, v := range vols {
 		lv := LocalVolume{ID: v.ID, Path: v.Path(), Size: v.Size(), Chains: []LocalChain{}}
@@ -118,7 +114,7 @@ func (a *LocalAPI) listVolumes(w http.ResponseWriter, _ *http.Request) {
 
 func (a *LocalAPI) backup(w http.ResponseWriter, r *http.Request) {
 	volID := r.PathValue("id")
-	v := a.Host.Volume(volID)
+	v := a.api.Host.Volume(volID)
 	if v == nil {
 		writeErr(w, http.StatusNotFound, fmt.Errorf("no volume %q is served here", volID))
 		return
@@ -214,13 +210,13 @@ func (a *LocalAPI) backup(w http.ResponseWriter, r *http.Request) {
 
 // run opens the repository and takes the backup, logged as the API's are.
 func (a *LocalAPI) run(ctx context.Context, v *dataplane.Volume, spec target.Spec, req LocalBackupRequest, mode chunkstore.Mode) (*chunkstore.Manifest, error) {
-	repo, err := target.OpenRepository(ctx, spec, a.TargetEnv, target.RepoOptions{})
+	repo, err := a.api.openRepo(ctx, spec, a.api.TargetEnv, target.RepoOptions{})
 	if err != nil {
 		a.log().Error("live backup failed", "volume", v.ID, "backup", req.ID, "target", spec.String(), "err", err)
 		return nil, err
 	}
 	defer repo.Close()
-	chain, err := chainFor(ctx, a.DB, spec, repo)
+	chain, err := chainFor(ctx, a.api.DB, spec, repo)
 	if err != nil {
 		return nil, err
 	}
@@ -253,12 +249,7 @@ func (a *LocalAPI) cancel(w http.ResponseWriter, r *http.Request) {
 // wait waits for running backups; the daemon's context is done by then.
 func (a *LocalAPI) wait() { a.wg.Wait() }
 
-func (a *LocalAPI) log() *slog.Logger {
-	if a.Log != nil {
-		return a.Log
-	}
-	return slog.Default()
-}
+func (a *LocalAPI) log() *slog.Logger { return a.api.log() }
 
 // liveBackup takes a live backup of v into repo with the daemon's logging:
 // at start, end, failure and conflict. Every live backup goes through it,

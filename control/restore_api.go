@@ -39,7 +39,7 @@ func (a *API) openBackup(ctx context.Context, b *inventory.VolumeBackup, bs *inv
 	if err != nil {
 		return nil, nil, err
 	}
-	repo, err := target.OpenRepository(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
+	repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
 	if err != nil {
 		return nil, nil, fmt.Errorf("open %s: %w", spec.String(), err)
 	}
@@ -228,7 +228,7 @@ func (a *API) resumeRestores(ctx context.Context, vols []*inventory.Volume) map[
 			}
 			backoff := time.Second
 			for {
-				repo, err := target.OpenRepository(ctx, src.Target, a.TargetEnv, target.RepoOptions{Create: createFor(src.Target)})
+				repo, err := a.openRepo(ctx, src.Target, a.TargetEnv, target.RepoOptions{Create: createFor(src.Target)})
 				if err == nil {
 					_, err = a.Host.OpenVolume(rec.UUID, rec.Path, func(v *dataplane.Volume) error {
 						return v.ResumeRestore(repo, statePath)

@@ -82,7 +82,7 @@ func (a *API) addImageStore(ctx context.Context, c *apiCall) (JobFunc, error) {
 	tags, _ := json.Marshal(nonNil(c.SystemTags()))
 	return func(ctx context.Context, _ *dataplane.Progress) (any, error) {
 		spec := target.Spec{Kind: target.Local, URL: p.URL}
-		repo, err := target.OpenRepository(ctx, spec, a.TargetEnv, target.RepoOptions{Create: target.CreateIfMissing})
+		repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{Create: target.CreateIfMissing})
 		if err != nil {
 			return nil, errFailed("cannot use the directory as a repository", err)
 		}

@@ -33,7 +33,7 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 		return nil, errTag(err)
 	}
 	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
-		repo, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{})
+		repo, err := a.openRepo(ctx, spec, env, target.RepoOptions{})
 		if err != nil {
 			return nil, errFailed("no repository at "+spec.String(), err)
 		}

@@ -372,61 +372,89 @@ func (s *Store) Stat(ctx context.Context, name string) (chunkstore.Info, error) 
 	return info, err
 }
 
+// walk calls visit for every entry under the directory rel (relative to
+// the store's root) whose path could hold names with prefix, temporary
+// files included, descending into directories.
+func (s *Store) walk(ctx context.Context, rel, prefix string, visit func(name string, e *gonfs.EntryPlus) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t := s.target()
+	var entries []*gonfs.EntryPlus
+	err := s.do(ctx, "list "+prefix, func() error {
+		p := s.full(rel)
+		if p == "" {
+			p = "."
+		}
+		var err error
+		entries, err = t.ReadDirPlus(p)
+		return err
+	})
+	if errors.Is(err, chunkstore.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if n == "." || n == ".." {
+			continue
+		}
+		name := n
+		if rel != "" {
+			name = rel + "/" + n
+		}
+		if e.IsDir() {
+			if strings.HasPrefix(name+"/", prefix) || strings.HasPrefix(prefix, name+"/") {
+				if err := s.walk(ctx, name, prefix, visit); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err := visit(name, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // List walks the directories under prefix.
 func (s *Store) List(ctx context.Context, prefix string, fn func(chunkstore.Info) error) error {
 	dir := path.Dir(prefix + "x") // the directory holding names with this prefix
 	if dir == "." {
 		dir = ""
 	}
-	t := s.target()
-	var walk func(rel string) error
-	walk = func(rel string) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		var entries []*gonfs.EntryPlus
-		err := s.do(ctx, "list "+prefix, func() error {
-			p := s.full(rel)
-			if p == "" {
-				p = "."
-			}
-			var err error
-			entries, err = t.ReadDirPlus(p)
-			return err
-		})
-		if errors.Is(err, chunkstore.ErrNotFound) {
+	return s.walk(ctx, dir, prefix, func(name string, e *gonfs.EntryPlus) error {
+		if strings.HasPrefix(path.Base(name), tmpPrefix) || !strings.HasPrefix(name, prefix) {
 			return nil
 		}
-		if err != nil {
-			return err
+		return fn(chunkstore.Info{Name: name, Size: e.Size()})
+	})
+}
+
+// RemoveStale implements chunkstore.StaleRemover: it deletes the temporary
+// files of writers that died before their RENAME, once the server's mtime
+// says they are older than age (a grace period far longer than any clock
+// skew between this host and the server).
+func (s *Store) RemoveStale(ctx context.Context, age time.Duration) (int, error) {
+	cutoff := time.Now().Add(-age)
+	removed := 0
+	t := s.target()
+	err := s.walk(ctx, "", "", func(name string, e *gonfs.EntryPlus) error {
+		if !strings.HasPrefix(path.Base(name), tmpPrefix) || !e.Attr.IsSet || e.Attr.Attr.ModTime().After(cutoff) {
+			return nil
 		}
-		for _, e := range entries {
-			n := e.Name()
-			if n == "." || n == ".." || strings.HasPrefix(n, tmpPrefix) {
-				continue
-			}
-			name := n
-			if rel != "" {
-				name = rel + "/" + n
-			}
-			if e.IsDir() {
-				if strings.HasPrefix(name+"/", prefix) || strings.HasPrefix(prefix, name+"/") {
-					if err := walk(name); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			if strings.HasPrefix(name, prefix) {
-				if err := fn(chunkstore.Info{Name: name, Size: e.Size()}); err != nil {
-					return err
-				}
-			}
+		if err := s.do(ctx, "remove "+name, func() error { return t.Remove(s.full(name)) }); err == nil {
+			removed++
 		}
 		return nil
-	}
-	return walk(dir)
+	})
+	return removed, err
 }
+
+var _ chunkstore.StaleRemover = (*Store)(nil)
 
 // Delete removes an object.
 func (s *Store) Delete(ctx context.Context, name string) error {

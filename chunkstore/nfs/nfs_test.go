@@ -160,3 +160,40 @@ func BenchmarkStore(b *testing.B) {
 	defer s.Close()
 	storetest.Bench(b, s)
 }
+
+// TestRemoveStale: the temporary file of a writer that died before its
+// RENAME is removed once older than the grace period; a young one and
+// the objects stay.
+func TestRemoveStale(t *testing.T) {
+	g := storetest.StartGanesha(t)
+	s := open(t, g, "stale")
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.Put(ctx, "chunks/ab/kept", []byte("object")); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(g.Export, "stale", "chunks", "ab")
+	old, young := filepath.Join(dir, ".tmp-dead-1"), filepath.Join(dir, ".tmp-alive-2")
+	for _, p := range []string{old, young} {
+		if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(old, past, past); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.RemoveStale(ctx, time.Hour)
+	if err != nil || n != 1 {
+		t.Fatalf("RemoveStale removed %d (%v), want 1", n, err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Error("the dead writer's temporary is still there")
+	}
+	if _, err := os.Stat(young); err != nil {
+		t.Error("a young temporary was removed")
+	}
+	if _, err := s.Stat(ctx, "chunks/ab/kept"); err != nil {
+		t.Errorf("the object went: %v", err)
+	}
+}

@@ -51,6 +51,17 @@ func OpenRepository(ctx context.Context, spec Spec, env Env, opts RepoOptions) (
 	if err != nil {
 		return nil, err
 	}
+	repo, err := OpenRepositoryOn(ctx, st, opts)
+	if err != nil {
+		st.Close()
+		return nil, err // it names the store already
+	}
+	return repo, nil
+}
+
+// OpenRepositoryOn is OpenRepository on a store already open: the same
+// wrappers and the same create modes. Tests use it with in-memory stores.
+func OpenRepositoryOn(ctx context.Context, st chunkstore.Store, opts RepoOptions) (*chunkstore.Repository, error) {
 	var s chunkstore.Store = st
 	if !opts.NoRetry {
 		s = retry.New(s, opts.Retry)
@@ -59,6 +70,7 @@ func OpenRepository(ctx context.Context, spec Spec, env Env, opts RepoOptions) (
 		s = ratelimit.New(s, opts.WriteBytesPerSec, opts.ReadBytesPerSec)
 	}
 	var repo *chunkstore.Repository
+	var err error
 	switch opts.Create {
 	case OpenExisting:
 		repo, err = chunkstore.Open(ctx, s)
@@ -69,9 +81,5 @@ func OpenRepository(ctx context.Context, spec Spec, env Env, opts RepoOptions) (
 	default:
 		err = errors.New("target: unknown create mode")
 	}
-	if err != nil {
-		st.Close()
-		return nil, err // it names the store already
-	}
-	return repo, nil
+	return repo, err
 }
