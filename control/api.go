@@ -35,9 +35,9 @@ type API struct {
 	TargetEnv target.Env
 	// Open opens repositories; nil means target.OpenRepository. Handler
 	// tests put in-memory repositories behind it.
-	Open      Opener
-	mux       *http.ServeMux
-	exports   *backupExports
+	Open    Opener
+	mux     *http.ServeMux
+	exports *backupExports
 }
 
 // syncFunc handles a synchronous call: the reply (200) or an error.
