@@ -13,7 +13,8 @@ import (
 
 // Options tune the retries; zero values mean the defaults.
 type Options struct {
-	// Attempts is how many times a call is tried in all; default 5.
+	// Attempts is how many times a call is tried in all; default 3 (the
+	// drivers retry within a call too: the S3 SDK, NFS retrans).
 	Attempts int
 	// Base is the first backoff's ceiling, doubled each retry; default
 	// 200 ms.
@@ -33,7 +34,7 @@ type Store struct {
 // New wraps inner.
 func New(inner chunkstore.Store, opts Options) *Store {
 	if opts.Attempts <= 0 {
-		opts.Attempts = 5
+		opts.Attempts = 3
 	}
 	if opts.Base <= 0 {
 		opts.Base = 200 * time.Millisecond
