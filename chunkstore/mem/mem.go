@@ -23,12 +23,17 @@ func New() *Store { return &Store{objects: make(map[string][]byte)} }
 // Location implements chunkstore.Store.
 func (s *Store) Location() string { return "mem:" }
 
-// Put implements chunkstore.Store.
-func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+// check is every call's start: the context, then the name.
+func check(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := chunkstore.ValidName(name); err != nil {
+	return chunkstore.ValidName(name)
+}
+
+// Put implements chunkstore.Store.
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	if err := check(ctx, name); err != nil {
 		return err
 	}
 	b := append([]byte(nil), data...)
@@ -40,10 +45,7 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 
 // PutIfAbsent implements chunkstore.Creator.
 func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := chunkstore.ValidName(name); err != nil {
+	if err := check(ctx, name); err != nil {
 		return err
 	}
 	b := append([]byte(nil), data...)
@@ -58,10 +60,7 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 
 // Get implements chunkstore.Store.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := chunkstore.ValidName(name); err != nil {
+	if err := check(ctx, name); err != nil {
 		return nil, err
 	}
 	s.mu.RLock()
@@ -75,10 +74,7 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 
 // Stat implements chunkstore.Store.
 func (s *Store) Stat(ctx context.Context, name string) (chunkstore.Info, error) {
-	if err := ctx.Err(); err != nil {
-		return chunkstore.Info{}, err
-	}
-	if err := chunkstore.ValidName(name); err != nil {
+	if err := check(ctx, name); err != nil {
 		return chunkstore.Info{}, err
 	}
 	s.mu.RLock()

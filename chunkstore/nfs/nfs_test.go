@@ -17,7 +17,7 @@ import (
 	"github.com/volback/volback/chunkstore/storetest"
 )
 
-func open(t *testing.T, g *storetest.Ganesha, sub string) *nfs.Store {
+func open(t testing.TB, g *storetest.Ganesha, sub string) *nfs.Store {
 	t.Helper()
 	host, path, err := nfs.ParseURL(g.URL(sub))
 	if err != nil {
@@ -143,20 +143,7 @@ func TestParseOptions(t *testing.T) {
 }
 
 func BenchmarkStore(b *testing.B) {
-	g := storetest.StartGanesha(b)
-	host, path, err := nfs.ParseURL(g.URL("bench"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	o, err := nfs.ParseOptions(g.Options())
-	if err != nil {
-		b.Fatal(err)
-	}
-	o.Host, o.Path = host, path
-	s, err := nfs.Open(context.Background(), o)
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := open(b, storetest.StartGanesha(b), "bench")
 	defer s.Close()
 	storetest.Bench(b, s)
 }
