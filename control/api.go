@@ -36,7 +36,7 @@ type API struct {
 	// Open opens repositories; nil means target.OpenRepository. Handler
 	// tests put in-memory repositories behind it.
 	Open    Opener
-	mux     *http.ServeMux
+	handler http.Handler
 	exports *backupExports
 }
 
@@ -56,14 +56,19 @@ type endpoint struct {
 
 // Handler returns the API's routes.
 func (a *API) Handler() http.Handler {
-	if a.mux != nil {
-		return a.mux
+	if a.handler != nil {
+		return a.handler
 	}
 	r := &router{api: a, mux: http.NewServeMux(), actions: map[string]map[string]endpoint{}}
 	r.public("PUT /zstack/v1/accounts/login", a.logIn)
 	r.public("DELETE /zstack/v1/accounts/sessions/{uuid}", a.logOut)
 	r.public("GET /zstack/v1/accounts/sessions/{uuid}/valid", a.validateSession)
-	r.sync("GET /zstack/v1/api-jobs/{uuid}", a.pollJob)
+	// ZStack matches the job path before anything else: no credential
+	// check (a plain curl of the location works), and GET only.
+	r.public("GET /zstack/v1/api-jobs/{uuid}", a.pollJob)
+	r.mux.HandleFunc("/zstack/v1/api-jobs/{uuid}", func(w http.ResponseWriter, _ *http.Request) {
+		plainText(w, http.StatusMethodNotAllowed, "only GET method is allowed for querying job status")
+	})
 	if a.Metrics != nil {
 		r.mux.Handle("GET /metrics", a.Metrics.Handler())
 	}
@@ -87,8 +92,31 @@ func (a *API) Handler() http.Handler {
 		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "revertVolumeFromVolumeBackup", "RevertVolumeFromVolumeBackup", a.revertVolume)
 		r.async("POST /zstack/v1/volumes/data-volume/from/volume-template/{backupUuid}", "CreateDataVolumeFromVolumeBackup", a.createVolumeFromBackup)
 	}
-	a.mux = r.mux
-	return r.mux
+	a.handler = unmatched(r.mux)
+	return a.handler
+}
+
+// unmatched answers what no route takes as ZStack's REST server does: an
+// unknown path is 404 "no api mapping to <path>", a known path with a
+// method it does not take is 405 "The method[M] is not allowed for the
+// path[P]", both plain text.
+func unmatched(mux *http.ServeMux) http.Handler {
+	methods := []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		for _, m := range methods {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "" {
+				plainText(w, http.StatusMethodNotAllowed, fmt.Sprintf("The method[%s] is not allowed for the path[%s]", r.Method, r.URL.RequestURI()))
+				return
+			}
+		}
+		plainText(w, http.StatusNotFound, "no api mapping to "+r.URL.Path)
+	})
 }
 
 // Opener opens the repository on a target (target.OpenRepository's shape).
@@ -185,16 +213,19 @@ func (c *apiCall) pickAction(acts map[string]endpoint) (endpoint, error) {
 			return endpoint{}, badRequestf("bad JSON: %v", err)
 		}
 	}
-	var names []string
 	for name, ep := range acts {
 		if p, ok := body[name]; ok {
 			c.params = p
 			return ep, nil
 		}
-		names = append(names, fmt.Sprintf("{%q:{...}}", name))
+	}
+	// ZStack's text; the actions this path takes follow, for people.
+	var names []string
+	for name := range acts {
+		names = append(names, name)
 	}
 	sort.Strings(names)
-	return endpoint{}, errInvalid("unknown action: want %s", strings.Join(names, " or "))
+	return endpoint{}, badRequestf("the body doesn't contain action mapping to the URL[%s] (actions here: %s)", c.r.URL.Path, strings.Join(names, ", "))
 }
 
 // maxBody is the largest request body read.
@@ -229,6 +260,10 @@ func (a *API) serve(public bool, pick func(*apiCall) (endpoint, error)) http.Han
 				return
 			}
 			if raw, ok := reply.(rawReply); ok {
+				if raw.text {
+					plainText(w, raw.status, string(raw.body))
+					return
+				}
 				w.Header().Set("Content-Type", jsonContentType)
 				w.WriteHeader(raw.status)
 				_, _ = w.Write(raw.body)
@@ -296,15 +331,23 @@ func (c *apiCall) readBody(r *http.Request) error {
 	return nil
 }
 
-// authenticate checks "Authorization: OAuth <session>": a missing header
-// or another scheme is a malformed request (400); an unknown or expired
-// session is ID.1001.
+// authenticate checks "Authorization: OAuth <session>" as ZStack does: a
+// missing header and another scheme are two malformed requests (400, with
+// ZStack's texts); an empty, unknown or expired session is ID.1001.
 func (a *API) authenticate(r *http.Request) error {
-	scheme, id, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || scheme != "OAuth" || strings.TrimSpace(id) == "" {
-		return badRequestf("the Authorization header must be 'OAuth <session uuid>'")
+	vals, present := r.Header["Authorization"]
+	if !present || len(vals) == 0 {
+		return badRequestf("missing header 'Authorization'")
 	}
-	_, err := a.DB.ValidSession(r.Context(), strings.TrimSpace(id))
+	auth := strings.TrimSpace(vals[0])
+	if !strings.HasPrefix(auth, "OAuth") {
+		return badRequestf("Authorization type must be 'OAuth'")
+	}
+	id := strings.TrimSpace(strings.TrimPrefix(auth, "OAuth"))
+	if id == "" {
+		return &ErrorCode{Code: CodeInvalidSession, Description: "invalid session", Details: "the OAuth token is empty; log in and send 'OAuth <session uuid>'"}
+	}
+	_, err := a.DB.ValidSession(r.Context(), id)
 	if errors.Is(err, inventory.ErrNotFound) {
 		return &ErrorCode{Code: CodeInvalidSession, Description: "invalid session", Details: "the session is unknown or has expired; log in again"}
 	}
@@ -315,9 +358,24 @@ func (a *API) authenticate(r *http.Request) error {
 type rawReply struct {
 	status int
 	body   []byte
+	text   bool // plain text, not JSON
+}
+
+// textReply is a plain-text answer, as ZStack's REST server gives for
+// requests it refuses before any API runs.
+func textReply(status int, msg string) rawReply {
+	return rawReply{status: status, body: []byte(msg), text: true}
 }
 
 const jsonContentType = "application/json;charset=UTF-8"
+
+// plainText answers msg as it is, the way ZStack's REST server writes the
+// texts of requests it refuses (no trailing newline).
+func plainText(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain;charset=UTF-8")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg)
+}
 
 func writeZJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", jsonContentType)

@@ -66,11 +66,11 @@ func (b *backupExports) resolve(name string) *nbd.Export {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	bk, bs, err := b.api.readyBackup(ctx, name)
+	cp, err := b.api.readyBackup(ctx, name, "")
 	if err != nil {
 		return nil
 	}
-	repo, m, err := b.api.openBackup(ctx, bk, bs)
+	repo, m, err := b.api.openBackup(ctx, cp)
 	if err != nil {
 		b.log.Warn("cannot export backup", "backup", name, "err", err)
 		return nil

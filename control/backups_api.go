@@ -2,6 +2,8 @@ package control
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -123,12 +125,13 @@ func (p *backupParams) bandwidths() (map[string]int64, error) {
 	return bw, nil
 }
 
-// bandwidthParam reads a bandwidth in bytes per second: at least 1024
-// when given.
+// bandwidthParam reads a bandwidth in bytes per second: 0 or absent is no
+// limit (the official Go SDK sends 0 for every limit not set), else at
+// least 1024.
 func bandwidthParam(name string, n json.Number) (int64, error) {
 	v, err := intParam(n)
-	if err != nil || (n != "" && v < 1024) {
-		return 0, errInvalid("%s must be at least 1024 bytes per second", name)
+	if err != nil || v < 0 || (v > 0 && v < 1024) {
+		return 0, errInvalid("%s must be 0 (no limit) or at least 1024 bytes per second", name)
 	}
 	return v, nil
 }
@@ -290,43 +293,105 @@ func (a *API) backup(ctx context.Context, id string) (*inventory.VolumeBackup, e
 	return b, notFoundOr(err, "no volume backup %s", id)
 }
 
-// deleteVolumeBackup is DeleteVolumeBackup (DELETE /volume-backups/{uuid}):
-// the manifest goes; its chunks stay until a garbage collection finds
-// nothing using them.
+// deleteVolumeBackup is DeleteVolumeBackup (DELETE /volume-backups/{uuid},
+// with ZStack's query parameters backupStorageUuids, to delete only the
+// copies on those storages, and deleteMode): each copy's manifest goes,
+// its chunks stay until a garbage collection finds nothing using them; the
+// record goes with its last copy. In Permissive mode (the default) a copy
+// whose target cannot be reached fails the call and stays recorded; in
+// Enforcing mode it is dropped from the inventory all the same (its
+// manifest stays in the target, and a SyncVolumeBackup would find it
+// again).
 func (a *API) deleteVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
 	id := c.Path("uuid")
 	b, err := a.backup(ctx, id)
 	if err != nil {
 		return nil, err
 	}
+	q, err := queryValues(c.r.URL.RawQuery)
+	if err != nil {
+		return nil, err
+	}
+	enforcing := false
+	switch mode := firstValue(q, "deleteMode"); mode {
+	case "", "Permissive":
+	case "Enforcing":
+		enforcing = true
+	default:
+		return nil, errInvalid("deleteMode %q: want Permissive or Enforcing", mode)
+	}
+	var only []string
+	for _, v := range q["backupStorageUuids"] {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				only = append(only, s)
+			}
+		}
+	}
+	refs := b.Refs
+	if len(only) > 0 {
+		refs = nil
+		for _, s := range only {
+			found := false
+			for _, r := range b.Refs {
+				if r.BackupStorageUUID == s {
+					refs, found = append(refs, r), true
+				}
+			}
+			if !found {
+				return nil, errNotFound("volume backup %s has no copy on backup storage %s", id, s)
+			}
+		}
+	}
 	return func(ctx context.Context, _ *dataplane.Progress) (any, error) {
-		if a.exports != nil {
-			a.exports.drop(id)
+		var gone []string
+		for _, ref := range refs {
+			if err := a.deleteCopy(ctx, ref); err != nil {
+				if !enforcing {
+					if len(gone) > 0 {
+						_, _ = a.DB.DeleteVolumeBackupRefs(ctx, id, gone)
+					}
+					return nil, errFailed("cannot delete the copy of backup "+id+" on backup storage "+ref.BackupStorageUUID, err)
+				}
+				a.log().Warn("deleting a backup copy whose target cannot be reached (Enforcing): its manifest stays there",
+					"backup", id, "storage", ref.BackupStorageUUID, "err", err)
+			}
+			gone = append(gone, ref.BackupStorageUUID)
 		}
-		for _, ref := range b.Refs {
-			bs, err := a.DB.GetBackupStorage(ctx, ref.BackupStorageUUID)
-			if err != nil {
-				continue // storage gone: nothing to remove there
-			}
-			spec, err := refSpec(ref, bs)
-			if err != nil {
-				return nil, err
-			}
-			repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
-			if err != nil {
-				return nil, errFailed("cannot open the backup target "+spec.String(), err)
-			}
-			err = repo.DeleteManifest(ctx, id)
-			repo.Close()
-			if err != nil && !errors.Is(err, chunkstore.ErrNotFound) {
-				return nil, errFailed("cannot delete the backup", err)
-			}
-		}
-		if err := a.DB.DeleteVolumeBackup(ctx, id); err != nil && !isNotFound(err) {
+		remaining, err := a.DB.DeleteVolumeBackupRefs(ctx, id, gone)
+		if err != nil {
 			return nil, errFailed("cannot delete the backup record", err)
+		}
+		if remaining == 0 && a.exports != nil {
+			a.exports.drop(id)
 		}
 		return map[string]any{}, nil
 	}, nil
+}
+
+// deleteCopy removes a backup's manifest from the target of one of its
+// copies; a storage already gone has nothing to remove.
+func (a *API) deleteCopy(ctx context.Context, ref inventory.BackupStorageRef) error {
+	bs, err := a.DB.GetBackupStorage(ctx, ref.BackupStorageUUID)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	spec, err := refSpec(ref, bs)
+	if err != nil {
+		return err
+	}
+	repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", spec.String(), err)
+	}
+	defer repo.Close()
+	if err := repo.DeleteManifest(ctx, ref.VolumeBackupUUID); err != nil && !errors.Is(err, chunkstore.ErrNotFound) {
+		return err
+	}
+	return nil
 }
 
 func nonZero(m map[string]int64) map[string]int64 {

@@ -82,7 +82,7 @@ func errorCodeOf(err error) *ErrorCode {
 func (a *API) answerError(w http.ResponseWriter, err error) {
 	var br badRequest
 	if errors.As(err, &br) {
-		http.Error(w, string(br), http.StatusBadRequest)
+		plainText(w, http.StatusBadRequest, string(br))
 		return
 	}
 	e := errorCodeOf(err)

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"fmt"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -15,124 +14,145 @@ import (
 // fields. It is parsed here into an inventory.Query; package inventory
 // alone turns that into SQL.
 
-// operators in the order they must be tried: longer ones first, so "!?="
-// is not read as "!" + "?=".
-var queryOps = []string{"!?=", "!~=", ">=", "<=", "!=", "?=", "~=", "=", ">", "<"}
+// zstackOps are the operators in the order ZStack's REST server looks for
+// them: the first one the condition contains wins, and the condition is
+// split at its first occurrence. ("=" is found inside "!=", so "!=" comes
+// first; "name=a>=b" is read as the field "name=a", as ZStack reads it.)
+var zstackOps = []string{"!=", ">=", "<=", "!?=", "!~=", "~=", "?=", "=", ">", "<", "is null", "not null"}
 
+// fieldPattern is what a field name in a query may be.
 var fieldPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
 
-// QueryError reports a malformed query parameter.
+// QueryError reports a query the inventory cannot answer.
 type QueryError = inventory.QueryError
 
-// ParseCondition parses one q= value.
+// ParseCondition parses one q= value as ZStack's REST server does. A
+// condition it cannot read is a bad request (400, ZStack's text); a field
+// the resource has not is for the inventory to refuse.
 func ParseCondition(s string) (inventory.Condition, error) {
-	bad := func(reason string) (inventory.Condition, error) {
-		return inventory.Condition{}, &QueryError{Param: "q=" + s, Reason: reason}
-	}
-	for _, suffix := range []string{" is null", " not null"} {
-		if strings.HasSuffix(s, suffix) {
-			f := strings.TrimSpace(strings.TrimSuffix(s, suffix))
-			if !fieldPattern.MatchString(f) {
-				return bad("invalid field name")
-			}
-			return inventory.Condition{Field: f, Op: inventory.Op(strings.TrimSpace(suffix))}, nil
+	for _, op := range zstackOps {
+		i := strings.Index(s, op)
+		if i < 0 {
+			continue
 		}
-	}
-	i := strings.IndexAny(s, "!?~=<>")
-	if i <= 0 {
-		return bad("want FIELD OP VALUE with OP one of = != > < >= <= ?= !?= ~= !~=, or FIELD is null / not null")
-	}
-	field, rest := s[:i], s[i:]
-	if !fieldPattern.MatchString(field) {
-		return bad("invalid field name " + strconv.Quote(field))
-	}
-	for _, op := range queryOps {
-		if strings.HasPrefix(rest, op) {
-			v := rest[len(op):]
-			c := inventory.Condition{Field: field, Op: inventory.Op(op)}
-			if c.Op == inventory.OpIn || c.Op == inventory.OpNotIn {
-				for _, x := range strings.Split(v, ",") {
-					if x != "" {
-						c.Values = append(c.Values, x)
-					}
-				}
-				if len(c.Values) == 0 {
-					return bad("an in-list needs at least one value")
-				}
-			} else {
-				c.Values = []string{v}
-			}
+		name, value := strings.TrimSpace(s[:i]), s[i+len(op):]
+		c := inventory.Condition{Field: name, Op: inventory.Op(op)}
+		switch c.Op {
+		case inventory.OpIsNull, inventory.OpNotNull:
 			return c, nil
 		}
+		if name == "" || value == "" {
+			return inventory.Condition{}, badRequestf("Invalid query parameter. The '%s' in parameter[q] is not a key-value pair split by %s", s, op)
+		}
+		// The value is not trimmed: a space is valid in some conditions.
+		if c.Op == inventory.OpIn || c.Op == inventory.OpNotIn {
+			for _, x := range strings.Split(value, ",") {
+				if x != "" {
+					c.Values = append(c.Values, x)
+				}
+			}
+		} else {
+			c.Values = []string{value}
+		}
+		return c, nil
 	}
-	return bad("unknown operator")
+	return inventory.Condition{}, badRequestf("Invalid query parameter. The '%s' in the parameter[q] doesn't contain any query operator. Valid query operators are [[%s]]", s, strings.Join(zstackOps, ", "))
 }
 
-// ParseQuery parses the query parameters of a ZStack query request.
-func ParseQuery(v url.Values) (*inventory.Query, error) {
+// queryValues splits a raw query string as a servlet container does: on
+// '&' only (a ';' belongs to the value), each name and value
+// percent-decoded with '+' as a space.
+func queryValues(raw string) (map[string][]string, error) {
+	v := map[string][]string{}
+	for _, pair := range strings.Split(raw, "&") {
+		if pair == "" {
+			continue
+		}
+		k, val, _ := strings.Cut(pair, "=")
+		name, err := url.QueryUnescape(k)
+		if err != nil {
+			return nil, badRequestf("Invalid query parameter %q: %v", k, err)
+		}
+		value, err := url.QueryUnescape(val)
+		if err != nil {
+			return nil, badRequestf("Invalid query parameter %q: %v", pair, err)
+		}
+		v[name] = append(v[name], value)
+	}
+	return v, nil
+}
+
+// firstValue is a parameter's first value, trimmed; "" if absent.
+func firstValue(v map[string][]string, name string) string {
+	if vals := v[name]; len(vals) > 0 {
+		return strings.TrimSpace(vals[0])
+	}
+	return ""
+}
+
+// ParseQuery parses the query string of a ZStack query request (the raw,
+// still-encoded query) as ZStack's REST server does: limit and start must
+// be integers (400 otherwise), count and replyWithCount are true only when
+// they say "true", sort is +FIELD, -FIELD or FIELD (ascending), fields a
+// comma-separated list; other parameters are ignored.
+func ParseQuery(raw string) (*inventory.Query, error) {
+	v, err := queryValues(raw)
+	if err != nil {
+		return nil, err
+	}
 	q := &inventory.Query{Limit: inventory.DefaultQueryLimit}
+	first := func(name string) (string, bool) {
+		if vals := v[name]; len(vals) > 0 {
+			return strings.TrimSpace(vals[0]), true
+		}
+		return "", false
+	}
+	for _, name := range []string{"limit", "start"} {
+		if s, ok := first(name); ok {
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				return nil, badRequestf("Invalid query parameter. '%s' must be an integer", name)
+			}
+			if name == "limit" {
+				q.Limit = n
+			} else {
+				q.Start = n
+			}
+		}
+	}
+	if q.Limit < 0 {
+		q.Limit = inventory.DefaultQueryLimit
+	}
+	q.Start = max(q.Start, 0)
+	if s, ok := first("count"); ok {
+		q.Count = strings.EqualFold(s, "true")
+	}
+	if s, ok := first("replyWithCount"); ok {
+		q.ReplyWithCount = strings.EqualFold(s, "true")
+	}
+	if s, ok := first("sort"); ok && s != "" {
+		switch s[0] {
+		case '+':
+			q.SortField = strings.TrimLeft(s, "+")
+		case '-':
+			q.SortField, q.SortDesc = strings.TrimLeft(s, "-"), true
+		default:
+			q.SortField = s
+		}
+	}
+	if s, ok := first("fields"); ok {
+		for _, f := range strings.Split(s, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				q.Fields = append(q.Fields, f)
+			}
+		}
+	}
 	for _, s := range v["q"] {
 		c, err := ParseCondition(s)
 		if err != nil {
 			return nil, err
 		}
 		q.Conditions = append(q.Conditions, c)
-	}
-	intParam := func(name string, dst *int, min int) error {
-		if s := v.Get(name); s != "" {
-			n, err := strconv.Atoi(s)
-			if err != nil || n < min {
-				return &QueryError{Param: name + "=" + s, Reason: fmt.Sprintf("want an integer >= %d", min)}
-			}
-			*dst = n
-		}
-		return nil
-	}
-	if err := intParam("limit", &q.Limit, 0); err != nil {
-		return nil, err
-	}
-	if err := intParam("start", &q.Start, 0); err != nil {
-		return nil, err
-	}
-	boolParam := func(name string, dst *bool) error {
-		if s := v.Get(name); s != "" {
-			b, err := strconv.ParseBool(s)
-			if err != nil {
-				return &QueryError{Param: name + "=" + s, Reason: "want true or false"}
-			}
-			*dst = b
-		}
-		return nil
-	}
-	if err := boolParam("count", &q.Count); err != nil {
-		return nil, err
-	}
-	if err := boolParam("replyWithCount", &q.ReplyWithCount); err != nil {
-		return nil, err
-	}
-	if s := v.Get("sort"); s != "" {
-		// "+name" arrives as " name" when the client did not escape '+'.
-		switch s[0] {
-		case '+', ' ':
-			q.SortField = s[1:]
-		case '-':
-			q.SortField, q.SortDesc = s[1:], true
-		default:
-			return nil, &QueryError{Param: "sort=" + s, Reason: "want +FIELD or -FIELD"}
-		}
-		if !fieldPattern.MatchString(q.SortField) {
-			return nil, &QueryError{Param: "sort=" + s, Reason: "invalid field name"}
-		}
-	}
-	for _, f := range v["fields"] {
-		for _, x := range strings.Split(f, ",") {
-			if x = strings.TrimSpace(x); x != "" {
-				if !fieldPattern.MatchString(x) {
-					return nil, &QueryError{Param: "fields=" + f, Reason: "invalid field name " + strconv.Quote(x)}
-				}
-				q.Fields = append(q.Fields, x)
-			}
-		}
 	}
 	return q, nil
 }

@@ -13,9 +13,9 @@ import (
 // (GET /resources/{uuid}) is one more condition. load turns the page's
 // uuids into inventories, in order.
 func (a *API) query(ctx context.Context, c *apiCall, res inventory.Resource, load func(context.Context, []string) ([]any, error)) (any, error) {
-	q, err := ParseQuery(c.r.URL.Query())
+	q, err := ParseQuery(c.r.URL.RawQuery)
 	if err != nil {
-		return nil, errInvalid("invalid query: %v", err)
+		return nil, err
 	}
 	if id := c.Path("uuid"); id != "" {
 		q.Conditions = append(q.Conditions, inventory.Condition{Field: "uuid", Op: inventory.OpEq, Values: []string{id}})

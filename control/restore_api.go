@@ -1,6 +1,7 @@
 package control
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,36 +15,54 @@ import (
 	"github.com/volback/volback/dataplane"
 )
 
-// readyBackup loads a Ready backup and where it lives.
-func (a *API) readyBackup(ctx context.Context, id string) (*inventory.VolumeBackup, *inventory.BackupStorage, error) {
-	got, err := a.backup(ctx, id)
-	if err == nil && len(got.Refs) == 0 {
-		err = errNotFound("no volume backup %s", id)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	if got.Status != inventory.StatusReady {
-		return nil, nil, errRefused("backup not ready", "volume backup %s is %s", id, got.Status)
-	}
-	bs, err := a.DB.GetBackupStorage(ctx, got.Refs[0].BackupStorageUUID)
-	if err != nil {
-		return nil, nil, notFoundOr(err, "the backup storage of volume backup %s is gone", id)
-	}
-	return got, bs, nil
+// backupCopy is one copy of a Ready backup: the record, the storage the
+// copy is on, and the target holding it.
+type backupCopy struct {
+	b    *inventory.VolumeBackup
+	bs   *inventory.BackupStorage
+	spec target.Spec
 }
 
-// openBackup opens the repository holding a backup and its manifest.
-func (a *API) openBackup(ctx context.Context, b *inventory.VolumeBackup, bs *inventory.BackupStorage) (*chunkstore.Repository, *chunkstore.Manifest, error) {
-	spec, err := refSpec(b.Refs[0], bs)
+// readyBackup loads a Ready backup and its copy on storageUUID, or its
+// first copy on a storage that still exists when storageUUID is "".
+func (a *API) readyBackup(ctx context.Context, id, storageUUID string) (*backupCopy, error) {
+	got, err := a.backup(ctx, id)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{Create: createFor(spec)})
+	if got.Status != inventory.StatusReady {
+		return nil, errRefused("backup not ready", "volume backup %s is %s", id, got.Status)
+	}
+	for _, ref := range got.Refs {
+		if storageUUID != "" && ref.BackupStorageUUID != storageUUID {
+			continue
+		}
+		bs, err := a.DB.GetBackupStorage(ctx, ref.BackupStorageUUID)
+		if isNotFound(err) && storageUUID == "" {
+			continue
+		}
+		if err != nil {
+			return nil, notFoundOr(err, "backup storage %s of volume backup %s is gone", ref.BackupStorageUUID, id)
+		}
+		spec, err := refSpec(ref, bs)
+		if err != nil {
+			return nil, err
+		}
+		return &backupCopy{b: got, bs: bs, spec: spec}, nil
+	}
+	if storageUUID != "" {
+		return nil, errNotFound("volume backup %s has no copy on backup storage %s", id, storageUUID)
+	}
+	return nil, errNotFound("no copy of volume backup %s is on a backup storage", id)
+}
+
+// openBackup opens the repository holding a backup copy and its manifest.
+func (a *API) openBackup(ctx context.Context, cp *backupCopy) (*chunkstore.Repository, *chunkstore.Manifest, error) {
+	repo, err := a.openRepo(ctx, cp.spec, a.TargetEnv, target.RepoOptions{Create: createFor(cp.spec)})
 	if err != nil {
-		return nil, nil, fmt.Errorf("open %s: %w", spec.String(), err)
+		return nil, nil, fmt.Errorf("open %s: %w", cp.spec.String(), err)
 	}
-	m, err := repo.LoadManifest(ctx, b.UUID)
+	m, err := repo.LoadManifest(ctx, cp.b.UUID)
 	if err != nil {
 		repo.Close()
 		return nil, nil, err
@@ -59,14 +78,23 @@ func (a *API) openBackup(ctx context.Context, b *inventory.VolumeBackup, bs *inv
 func (a *API) revertVolume(ctx context.Context, c *apiCall) (JobFunc, error) {
 	var p struct {
 		Force bool `json:"force"`
+		// The manual spells it backupStrogeUuid; both are taken.
+		BackupStorageUUID    string      `json:"backupStorageUuid"`
+		BackupStrogeUUID     string      `json:"backupStrogeUuid"`
+		VolumeWriteBandwidth json.Number `json:"volumeWriteBandwidth"`
 	}
 	if err := c.Params(&p); err != nil {
 		return nil, err
 	}
-	b, bs, err := a.readyBackup(ctx, c.Path("uuid"))
+	writeBPS, err := bandwidthParam("volumeWriteBandwidth", p.VolumeWriteBandwidth)
 	if err != nil {
 		return nil, err
 	}
+	cp, err := a.readyBackup(ctx, c.Path("uuid"), cmp.Or(p.BackupStorageUUID, p.BackupStrogeUUID))
+	if err != nil {
+		return nil, err
+	}
+	b := cp.b
 	vol := a.Host.Volume(b.VolumeUUID)
 	if vol == nil {
 		return nil, errNotFound("volume %s of backup %s is not served here", b.VolumeUUID, b.UUID)
@@ -79,12 +107,12 @@ func (a *API) revertVolume(ctx context.Context, c *apiCall) (JobFunc, error) {
 		if err := a.Host.refuseAttached(b.VolumeUUID, doing, p.Force); err != nil {
 			return nil, err
 		}
-		repo, m, err := a.openBackup(ctx, b, bs)
+		repo, m, err := a.openBackup(ctx, cp)
 		if err != nil {
 			return nil, errFailed("cannot read backup "+b.UUID, err)
 		}
 		defer repo.Close()
-		st, err := vol.Revert(ctx, repo, m, dataplane.RevertOptions{Progress: prog})
+		st, err := vol.Revert(ctx, repo, m, dataplane.RevertOptions{Progress: prog, WriteBytesPerSec: writeBPS})
 		if err != nil {
 			return nil, errFailed("revert of volume "+b.VolumeUUID+" failed", err)
 		}
@@ -105,8 +133,10 @@ type restoreSource struct {
 	BackupUUID  string      `json:"backupUuid"`
 	StorageUUID string      `json:"backupStorageUuid"`
 	Target      target.Spec `json:"target"`
-	// ReadBPS is the background copy's limit (networkReadBandwidth).
+	// ReadBPS and WriteBPS are the background copy's limits
+	// (networkReadBandwidth, volumeWriteBandwidth).
 	ReadBPS     int64 `json:"networkReadBandwidth,omitempty"`
+	WriteBPS    int64 `json:"volumeWriteBandwidth,omitempty"`
 	Parallelism int   `json:"parallelismDegree,omitempty"`
 }
 
@@ -117,10 +147,12 @@ type restoreSource struct {
 // it is complete.
 func (a *API) createVolumeFromBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
 	var p struct {
-		Name         string      `json:"name"`
-		Description  string      `json:"description"`
-		ResourceUUID string      `json:"resourceUuid"`
-		ReadBPS      json.Number `json:"networkReadBandwidth"`
+		Name              string      `json:"name"`
+		Description       string      `json:"description"`
+		ResourceUUID      string      `json:"resourceUuid"`
+		BackupStorageUUID string      `json:"backupStorageUuid"`
+		ReadBPS           json.Number `json:"networkReadBandwidth"`
+		WriteBPS          json.Number `json:"volumeWriteBandwidth"`
 	}
 	if err := c.Params(&p); err != nil {
 		return nil, err
@@ -136,23 +168,24 @@ func (a *API) createVolumeFromBackup(ctx context.Context, c *apiCall) (JobFunc, 
 	if err != nil {
 		return nil, err
 	}
+	writeBPS, err := bandwidthParam("volumeWriteBandwidth", p.WriteBPS)
+	if err != nil {
+		return nil, err
+	}
 	id, err := resourceID(p.ResourceUUID)
 	if err != nil {
 		return nil, err
 	}
-	b, bs, err := a.readyBackup(ctx, c.Path("backupUuid"))
+	cp, err := a.readyBackup(ctx, c.Path("backupUuid"), p.BackupStorageUUID)
 	if err != nil {
 		return nil, err
 	}
+	b, bs, spec := cp.b, cp.bs, cp.spec
 	if _, err := a.DB.GetVolume(ctx, id); err == nil {
 		return nil, errInvalid("volume %s exists", id)
 	}
 	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
-		spec, err := refSpec(b.Refs[0], bs)
-		if err != nil {
-			return nil, err
-		}
-		repo, m, err := a.openBackup(ctx, b, bs)
+		repo, m, err := a.openBackup(ctx, cp)
 		if err != nil {
 			return nil, errFailed("cannot read backup "+b.UUID, err)
 		}
@@ -174,24 +207,24 @@ func (a *API) createVolumeFromBackup(ctx context.Context, c *apiCall) (JobFunc, 
 		if path, err = a.Host.createVolumeFile(id, m.Size); err != nil {
 			return fail("cannot create the volume", err)
 		}
-		typ := b.Type
-		if typ == "" {
-			typ = inventory.VolumeData
-		}
-		rec := &inventory.Volume{UUID: id, Name: p.Name, Path: path, Size: m.Size, Type: typ,
-			State: inventory.StateEnabled, Status: inventory.StatusRestoring}
-		if err := a.DB.AddVolume(ctx, rec); err != nil {
-			return fail("cannot record the volume", err)
-		}
-		src, _ := json.Marshal(restoreSource{BackupUUID: b.UUID, StorageUUID: bs.UUID, Target: spec, ReadBPS: readBPS, Parallelism: tags.Parallelism})
+		src, _ := json.Marshal(restoreSource{BackupUUID: b.UUID, StorageUUID: bs.UUID, Target: spec, ReadBPS: readBPS, WriteBPS: writeBPS, Parallelism: tags.Parallelism})
 		v, err := a.Host.OpenVolume(id, path, func(v *dataplane.Volume) error {
 			return v.StartRestore(repo, m, statePath, string(src))
 		})
 		if err != nil {
 			return fail("cannot export the volume", err)
 		}
+		// Recorded once exported: a volume a client finds is one it can
+		// attach.
+		// CreateDataVolumeFromVolumeBackup makes a data volume, whatever
+		// the backed-up volume was.
+		rec := &inventory.Volume{UUID: id, Name: p.Name, Path: path, Size: m.Size, Type: inventory.VolumeData,
+			State: inventory.StateEnabled, Status: inventory.StatusRestoring}
+		if err := a.DB.AddVolume(ctx, rec); err != nil {
+			return fail("cannot record the volume", err)
+		}
 		a.log().Info("volume exported, restoring from backup", "volume", id, "backup", b.UUID, "target", spec.String())
-		err = v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: tags.Parallelism, Progress: prog, BytesPerSec: readBPS})
+		err = v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: tags.Parallelism, Progress: prog, BytesPerSec: readBPS, WriteBytesPerSec: writeBPS})
 		if err != nil {
 			// The daemon is stopping: the state file lets the next start
 			// resume; the repository stays open until the volume closes.
@@ -238,7 +271,7 @@ func (a *API) resumeRestores(ctx context.Context, vols []*inventory.Volume) map[
 					} else {
 						a.log().Info("resuming restore", "volume", rec.UUID, "backup", src.BackupUUID)
 						v := a.Host.Volume(rec.UUID)
-						if err := v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: src.Parallelism, BytesPerSec: src.ReadBPS}); err != nil {
+						if err := v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: src.Parallelism, BytesPerSec: src.ReadBPS, WriteBytesPerSec: src.WriteBPS}); err != nil {
 							return // stopping; the state file stays
 						}
 						repo.Close()

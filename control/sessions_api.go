@@ -71,14 +71,16 @@ func (a *API) validateSession(ctx context.Context, c *apiCall) (any, error) {
 	return map[string]bool{"valid": err == nil}, nil
 }
 
-// pollJob answers an async job's location: 202 {} while it runs (with a
-// progress field ZStack clients ignore), 200 and its result when done, 503
-// and its error when failed, 404 when unknown or expired.
+// pollJob answers an async job's location, with no session needed: 202 {}
+// while it runs (with a progress field ZStack clients ignore), 200 and its
+// result when done, 503 and its error when failed, 404 "the job has been
+// expired" when unknown or older than JobRetention.
 func (a *API) pollJob(ctx context.Context, c *apiCall) (any, error) {
 	id := c.Path("uuid")
 	j, err := a.DB.GetJob(ctx, id)
 	if errors.Is(err, inventory.ErrNotFound) {
-		return jsonReply(http.StatusNotFound, map[string]*ErrorCode{"error": errNotFound("no job %s (jobs are kept 3 hours)", id)}), nil
+		// ZStack's answer for a job it does not know or no longer keeps.
+		return textReply(http.StatusNotFound, "the job has been expired"), nil
 	}
 	if err != nil {
 		return nil, err

@@ -15,8 +15,10 @@ import (
 // syncVolumeBackups is ZStack's SyncVolumeBackup (PUT
 // /volume-backups/imageStore/{storageUuid}/actions with
 // {"syncVolumeBackup":{}}): it reads the manifests of the storage's
-// repository (or of the fsInfo target its systemTags name) and records
-// every backup the inventory does not know. This is how a repository
+// repository (or of the fsInfo target its systemTags name), records every
+// backup the inventory does not know, and drops the records of copies the
+// target no longer holds; the result counts both, as ZStack's
+// {"result":{"newBackupCount","deletedBackupCount"}}. This is how a repository
 // written by another daemon, on another host or an earlier install, is
 // taken over: the repository describes itself.
 func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error) {
@@ -84,6 +86,34 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 			}
 			added = append(added, toBackupInventory(got))
 		}
-		return map[string]any{"inventories": added}, nil
+		// Copies the inventory records on this target whose manifest the
+		// target no longer has are gone: their records go (a backup
+		// still being made has no manifest yet, and stays).
+		inRepo := make(map[string]bool, len(ids))
+		for _, bid := range ids {
+			inRepo[bid] = true
+		}
+		recorded, err := a.DB.BackupsOnTarget(ctx, bs.UUID, tgt)
+		if err != nil {
+			return nil, err
+		}
+		deleted := 0
+		for _, bid := range recorded {
+			if inRepo[bid] {
+				continue
+			}
+			if b, err := a.DB.GetVolumeBackup(ctx, bid); err != nil || b.Status != inventory.StatusReady {
+				continue
+			}
+			if _, err := a.DB.DeleteVolumeBackupRefs(ctx, bid, []string{bs.UUID}); err != nil {
+				return nil, err
+			}
+			deleted++
+			a.log().Info("sync: a recorded backup is no longer in its target; its record goes", "backup", bid, "target", spec.String())
+		}
+		return map[string]any{
+			"result":      map[string]int{"newBackupCount": len(added), "deletedBackupCount": deleted},
+			"inventories": added,
+		}, nil
 	}, nil
 }

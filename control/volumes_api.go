@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/control/inventory"
@@ -81,14 +82,19 @@ func (a *API) createDataVolume(ctx context.Context, c *apiCall) (JobFunc, error)
 		if err != nil {
 			return nil, errFailed("cannot create the volume", err)
 		}
+		if _, err := a.Host.OpenVolume(id, path); err != nil {
+			os.Remove(path)
+			return nil, errFailed("cannot export the volume", err)
+		}
+		// Recorded once exported: a volume a client finds is one it can
+		// attach.
 		v := &inventory.Volume{UUID: id, Name: p.Name, Path: path, Size: size, Type: inventory.VolumeData,
 			State: inventory.StateEnabled, Status: inventory.StatusReady}
 		if err := a.DB.AddVolume(ctx, v); err != nil {
+			_ = a.Host.CloseVolume(id)
 			os.Remove(path)
+			os.Remove(filepath.Join(a.Host.StateDir, "cbt", id+".cbt"))
 			return nil, errFailed("cannot record the volume", err)
-		}
-		if _, err := a.Host.OpenVolume(id, path); err != nil {
-			return nil, errFailed("cannot export the volume", err)
 		}
 		return map[string]any{"inventory": toVolumeInventory(v)}, nil
 	}, nil

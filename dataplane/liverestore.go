@@ -219,9 +219,13 @@ type RestoreRunOptions struct {
 	Parallelism int
 	// Progress, if set, follows the bytes done.
 	Progress *Progress
-	// BytesPerSec, if positive, limits the background copy (client reads
-	// of chunks not yet copied are not held back).
+	// BytesPerSec, if positive, limits the background copy's reads from
+	// the repository (networkReadBandwidth); client reads of chunks not
+	// yet copied are not held back.
 	BytesPerSec int64
+	// WriteBytesPerSec, if positive, limits the background copy's writes
+	// to the volume (volumeWriteBandwidth).
+	WriteBytesPerSec int64
 }
 
 // RunRestore copies every chunk not yet done, with parallel workers,
@@ -236,7 +240,7 @@ func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
 		return nil
 	}
 	parallelism, progress := opts.Parallelism, opts.Progress
-	limit := ratelimit.NewLimiter(opts.BytesPerSec)
+	limit, writeLimit := ratelimit.NewLimiter(opts.BytesPerSec), ratelimit.NewLimiter(opts.WriteBytesPerSec)
 	progress.SetTotal(v.size)
 	d, _ := v.RestoreProgress()
 	progress.Add(d - progress.Done())
@@ -255,6 +259,9 @@ func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
 				return nil
 			}
 			if err := ratelimit.Wait(ctx, limit, r.m.ChunkLen(i)); err != nil {
+				return err
+			}
+			if err := ratelimit.Wait(ctx, writeLimit, r.m.ChunkLen(i)); err != nil {
 				return err
 			}
 			if err := r.copyChunk(ctx, v, i); err != nil {

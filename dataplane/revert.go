@@ -6,12 +6,16 @@ import (
 	"sync/atomic"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/ratelimit"
 )
 
 // RevertOptions configures Volume.Revert.
 type RevertOptions struct {
 	Parallelism int
 	Progress    *Progress
+	// WriteBytesPerSec limits the writes to the volume (ZStack's
+	// volumeWriteBandwidth); 0 is no limit. Zeroed ranges count too.
+	WriteBytesPerSec int64
 }
 
 // RevertStats says what a revert changed.
@@ -50,6 +54,7 @@ func (v *Volume) Revert(ctx context.Context, repo *chunkstore.Repository, m *chu
 	for i := range idx {
 		idx[i] = i
 	}
+	limit := ratelimit.NewLimiter(opts.WriteBytesPerSec)
 	err := forEachChunk(ctx, opts.Parallelism, 0, idx, repo.NewChunkBuffer, func(ctx context.Context, _, i int, buf []byte) error {
 		n := m.ChunkLen(i)
 		off := int64(i) * int64(m.ChunkSize)
@@ -63,6 +68,9 @@ func (v *Volume) Revert(ctx context.Context, repo *chunkstore.Repository, m *chu
 			if chunkstore.IsZero(cur) {
 				same.Add(1)
 				return nil
+			}
+			if err := ratelimit.Wait(ctx, limit, n); err != nil {
+				return err
 			}
 			if err := v.Zero(ctx, off, int64(n), ZeroOptions{}); err != nil {
 				return fmt.Errorf("volume %s offset %d: %w", v.ID, off, err)
@@ -78,6 +86,9 @@ func (v *Volume) Revert(ctx context.Context, repo *chunkstore.Repository, m *chu
 			}
 			if len(data) != n {
 				return fmt.Errorf("backup %s offset %d: chunk of %d bytes, want %d", m.ID, off, len(data), n)
+			}
+			if err := ratelimit.Wait(ctx, limit, n); err != nil {
+				return err
 			}
 			if err := v.WriteAt(ctx, data, off, false); err != nil {
 				return fmt.Errorf("volume %s offset %d: %w", v.ID, off, err)

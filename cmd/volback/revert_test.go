@@ -82,7 +82,7 @@ func TestRevert(t *testing.T) {
 	if r := d.do("PUT", "/volume-backups/"+strings.Repeat("c", 32)+"/actions", "OAuth "+d.session, revert, nil); r.status != 503 || zcode(t, r) != "SYS.1003" {
 		t.Errorf("unknown backup: %d %s", r.status, r.body)
 	}
-	if r := d.do("PUT", "/volume-backups/"+id+"/actions", "OAuth "+d.session, `{"frobnicate":{}}`, nil); r.status != 503 || zcode(t, r) != "SYS.1007" {
+	if r := d.do("PUT", "/volume-backups/"+id+"/actions", "OAuth "+d.session, `{"frobnicate":{}}`, nil); r.status != 400 || !strings.HasPrefix(string(r.body), "the body doesn't contain action mapping to the URL[") {
 		t.Errorf("unknown action: %d %s", r.status, r.body)
 	}
 	if r := d.job("PUT", "/volume-backups/"+id+"/actions", `{"revertVolumeFromVolumeBackup":{"force":true}}`, nil); r.status != 200 {

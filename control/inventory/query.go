@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -180,8 +181,19 @@ func (s schema) render(q *Query) (where string, args []any, order string, err er
 			if c.Op == OpNotIn {
 				not = "NOT "
 			}
-			terms = append(terms, fmt.Sprintf("%s %sIN (%s)", col, not, placeholders(len(vals))))
-			args = append(args, vals...)
+			if len(vals) <= maxInlineList {
+				terms = append(terms, fmt.Sprintf("%s %sIN (%s)", col, not, placeholders(len(vals))))
+				args = append(args, vals...)
+				break
+			}
+			// A list longer than a statement may bind goes as one JSON
+			// array, whatever its length.
+			list, err := json.Marshal(vals)
+			if err != nil {
+				return "", nil, "", err
+			}
+			terms = append(terms, fmt.Sprintf("%s %sIN (SELECT value FROM json_each(?))", col, not))
+			args = append(args, string(list))
 		case OpLike, OpNotLike, OpEq, OpNe, OpGt, OpLt, OpGe, OpLe:
 			if len(vals) != 1 {
 				return "", nil, "", &QueryError{Param: "q=" + c.Field + string(c.Op), Reason: "want exactly one value"}
@@ -215,6 +227,11 @@ func (s schema) render(q *Query) (where string, args []any, order string, err er
 	}
 	return where, args, order, nil
 }
+
+// maxInlineList is the longest in-list bound value by value; longer ones
+// are bound as one JSON array (SQLite binds at most 32766 values a
+// statement).
+const maxInlineList = 500
 
 // placeholders is "?,?,...,?" with n marks.
 func placeholders(n int) string {

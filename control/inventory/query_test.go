@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -63,7 +64,8 @@ func FuzzRender(f *testing.F) {
 			return
 		}
 		allowed := map[string]bool{"WHERE": true, "IN": true, "NOT": true, "LIKE": true, "IS": true, "NULL": true, "?": true,
-			"=": true, "!=": true, ">": true, "<": true, ">=": true, "<=": true}
+			"=": true, "!=": true, ">": true, "<": true, ">=": true, "<=": true,
+			"SELECT": true, "value": true, "FROM": true, "json_each": true}
 		for _, f := range s.fields {
 			allowed[f.column] = true
 		}
@@ -76,4 +78,36 @@ func FuzzRender(f *testing.F) {
 			t.Fatalf("%q binds %d arguments for %d placeholders", where, len(args), strings.Count(where, "?"))
 		}
 	})
+}
+
+// TestLongInList: an in-list longer than SQLite binds in one statement is
+// answered, as a JSON array.
+func TestLongInList(t *testing.T) {
+	ctx := context.Background()
+	d, _, _ := openTest(t)
+	if err := d.AddBackupStorage(ctx, &BackupStorage{UUID: "bs1", Name: "s", Type: StorageImageStore, URL: "/x"}); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range 40000 {
+		ids = append(ids, fmt.Sprintf("%032x", i))
+	}
+	ids = append(ids, "bs1")
+	for _, op := range []Op{OpIn, OpNotIn} {
+		got, total, err := d.Query(ctx, BackupStorages, &Query{Conditions: []Condition{{Field: "uuid", Op: op, Values: ids}}, Limit: 10})
+		want := 1
+		if op == OpNotIn {
+			want = 0
+		}
+		if err != nil || total != want || len(got) != want {
+			t.Errorf("%s with %d values: %v total %d err %v, want %d", op, len(ids), got, total, err, want)
+		}
+	}
+	sizes := []string{"1", "5"}
+	for range 1000 {
+		sizes = append(sizes, "7")
+	}
+	if _, _, err := d.Query(ctx, BackupStorages, &Query{Conditions: []Condition{{Field: "createDate", Op: OpIn, Values: sizes}}, Limit: 1}); err != nil {
+		t.Errorf("long integer in-list: %v", err)
+	}
 }

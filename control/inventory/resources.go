@@ -458,3 +458,54 @@ func (d *DB) StorageTargets(ctx context.Context, storageUUID string) ([]string, 
 	}
 	return out, rows.Err()
 }
+
+// DeleteVolumeBackupRefs removes a backup's copies on the given storages
+// (every copy when storageUUIDs is empty), and the backup itself once it
+// has no copy left, in one transaction. It returns how many copies remain.
+func (d *DB) DeleteVolumeBackupRefs(ctx context.Context, uuid string, storageUUIDs []string) (remaining int, err error) {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	if len(storageUUIDs) == 0 {
+		_, err = tx.ExecContext(ctx, `DELETE FROM volume_backup_refs WHERE volume_backup_uuid = ?`, uuid)
+	} else {
+		args := []any{uuid}
+		for _, s := range storageUUIDs {
+			args = append(args, s)
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM volume_backup_refs WHERE volume_backup_uuid = ? AND backup_storage_uuid IN (`+placeholders(len(storageUUIDs))+`)`, args...)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("volume backup %s: %w", uuid, err)
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM volume_backup_refs WHERE volume_backup_uuid = ?`, uuid).Scan(&remaining); err != nil {
+		return 0, fmt.Errorf("volume backup %s: %w", uuid, err)
+	}
+	if remaining == 0 {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM volume_backups WHERE uuid = ?`, uuid); err != nil {
+			return 0, fmt.Errorf("volume backup %s: %w", uuid, err)
+		}
+	}
+	return remaining, tx.Commit()
+}
+
+// BackupsOnTarget lists the backups with a copy on a storage at target
+// (the ref's target JSON; "" for the storage's own url).
+func (d *DB) BackupsOnTarget(ctx context.Context, storageUUID, target string) ([]string, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT volume_backup_uuid FROM volume_backup_refs WHERE backup_storage_uuid = ? AND COALESCE(target, '') = ? ORDER BY 1`, storageUUID, target)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
