@@ -2,11 +2,11 @@ package control
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/volback/volback/chunkstore"

@@ -155,4 +155,3 @@ func FuzzParseCondition(f *testing.F) {
 		}
 	})
 }
-
