@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"sort"
 	"strings"
 
 	"github.com/volback/volback/chunkstore"
@@ -219,13 +218,16 @@ func (c *apiCall) pickAction(acts map[string]endpoint) (endpoint, error) {
 			return ep, nil
 		}
 	}
-	// ZStack's text; the actions this path takes follow, for people.
-	var names []string
-	for name := range acts {
-		names = append(names, name)
+	// Some builds of the official Go SDK send an action's parameters
+	// under "params", as a POST's; where a path takes one action only,
+	// that is unambiguous.
+	if p, ok := body["params"]; ok && len(acts) == 1 {
+		for _, ep := range acts {
+			c.params = p
+			return ep, nil
+		}
 	}
-	sort.Strings(names)
-	return endpoint{}, badRequestf("the body doesn't contain action mapping to the URL[%s] (actions here: %s)", c.r.URL.Path, strings.Join(names, ", "))
+	return endpoint{}, badRequestf("the body doesn't contain action mapping to the URL[%s]", c.r.URL.Path)
 }
 
 // maxBody is the largest request body read.

@@ -51,7 +51,7 @@ func TestRESTServer(t *testing.T) {
 		{"q without an operator", "GET", "/volume-backups?q=name", auth, "", 400, "Invalid query parameter. The 'name' in the parameter[q] doesn't contain any query operator. Valid query operators are [[!=, >=, <=, !?=, !~=, ~=, ?=, =, >, <, is null, not null]]", ""},
 		{"q without a value", "GET", "/volume-backups?q=name=", auth, "", 400, "Invalid query parameter. The 'name=' in parameter[q] is not a key-value pair split by =", ""},
 		{"q on an unknown field", "GET", "/volume-backups?q=frob=1", auth, "", 503, "", "SYS.1007"},
-		{"unknown action", "PUT", "/volume-backups/" + vol + "/actions", auth, `{"frobnicate":{}}`, 400, "", ""},
+		{"unknown action", "PUT", "/volume-backups/" + vol + "/actions", auth, `{"frobnicate":{}}`, 400, "the body doesn't contain action mapping to the URL[/zstack/v1/volume-backups/" + vol + "/actions]", ""},
 	} {
 		r := d.do(c.method, c.path, c.auth, c.body, nil)
 		switch {

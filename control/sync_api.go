@@ -51,10 +51,20 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 			tgt = string(tj)
 		}
 		added := []any{}
+		copies := 0 // known backups found with a new copy here
 		for _, bid := range ids {
 			prog.Add(1)
-			if _, err := a.DB.GetVolumeBackup(ctx, bid); err == nil {
-				continue // known already
+			if known, err := a.DB.GetVolumeBackup(ctx, bid); err == nil {
+				// Known: this target holds one more copy of it, if the
+				// inventory did not know that copy.
+				if !hasCopyOn(known, bs.UUID) {
+					if err := a.DB.AddVolumeBackupRef(ctx, inventory.BackupStorageRef{VolumeBackupUUID: bid, BackupStorageUUID: bs.UUID,
+						InstallPath: installPath(spec, bid), Status: inventory.StatusReady, Target: tgt}); err != nil {
+						return nil, err
+					}
+					copies++
+				}
+				continue
 			} else if !isNotFound(err) {
 				return nil, err
 			}
@@ -112,8 +122,18 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 			a.log().Info("sync: a recorded backup is no longer in its target; its record goes", "backup", bid, "target", spec.String())
 		}
 		return map[string]any{
-			"result":      map[string]int{"newBackupCount": len(added), "deletedBackupCount": deleted},
+			"result":      map[string]int{"newBackupCount": len(added), "deletedBackupCount": deleted, "newCopyCount": copies},
 			"inventories": added,
 		}, nil
 	}, nil
+}
+
+// hasCopyOn says whether a backup has a recorded copy on a storage.
+func hasCopyOn(b *inventory.VolumeBackup, storageUUID string) bool {
+	for _, r := range b.Refs {
+		if r.BackupStorageUUID == storageUUID {
+			return true
+		}
+	}
+	return false
 }

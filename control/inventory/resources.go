@@ -509,3 +509,26 @@ func (d *DB) BackupsOnTarget(ctx context.Context, storageUUID, target string) ([
 	}
 	return out, rows.Err()
 }
+
+// AddVolumeBackupRef records one more copy of a known backup, Ready, on a
+// storage (at target, "" for the storage's url); a copy already recorded
+// there is left as it is.
+func (d *DB) AddVolumeBackupRef(ctx context.Context, ref BackupStorageRef) error {
+	now := ns(d.now())
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO volume_backup_refs(volume_backup_uuid, backup_storage_uuid, install_path, status, target, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?, ?)`, ref.VolumeBackupUUID, ref.BackupStorageUUID, ref.InstallPath, ref.Status, nullIfEmpty(ref.Target), now, now); err != nil {
+		return fmt.Errorf("volume backup %s: %w", ref.VolumeBackupUUID, err)
+	}
+	if ref.Target != "" {
+		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO storage_targets(storage_uuid, target, create_date) VALUES(?, ?, ?)`,
+			ref.BackupStorageUUID, ref.Target, now); err != nil {
+			return fmt.Errorf("volume backup %s: %w", ref.VolumeBackupUUID, err)
+		}
+	}
+	return tx.Commit()
+}
