@@ -338,3 +338,55 @@ func TestAPIQueries(t *testing.T) {
 		t.Errorf("storage by uuid: %s", r.body)
 	}
 }
+
+// TestAPIVolumeWriteBandwidth: volumeWriteBandwidth holds the writes a
+// revert and a live restore make to the volume to the limit (the token
+// bucket's floor, as in TestAPIBandwidthLimits).
+func TestAPIVolumeWriteBandwidth(t *testing.T) {
+	d := startTestDaemon(t)
+	const bs, vol = "1c4b0a3a24533c4faa9b156a0ef98fdf", "ec7196ba2d993236aceddd9b31f5d19b"
+	const size, rate = 8 << 20, 4 << 20
+	d.storageAndVolume(bs, vol, size)
+	v := d.api.Host.Volume(vol)
+	data := make([]byte, size)
+	for j := range data {
+		data[j] = byte(j*7 + j>>12)
+	}
+	if err := v.WriteAt(context.Background(), data, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	r := d.job("POST", "/volumes/"+vol+"/volume-backups", fmt.Sprintf(`{"params":{"backupStorageUuid":"%s","name":"b"}}`, bs), nil)
+	if r.status != 200 {
+		t.Fatalf("backup: %d %s", r.status, r.body)
+	}
+	id := r.json(t)["inventory"].(map[string]any)["uuid"].(string)
+	burst := int64(ratelimit.NewLimiter(rate).Burst())
+	floor := func(bytes int64) time.Duration {
+		return time.Duration(float64(bytes-burst) / rate * float64(time.Second))
+	}
+
+	// The whole volume differs from the backup: the revert writes it all.
+	if err := v.WriteAt(context.Background(), make([]byte, size), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r = d.job("PUT", "/volume-backups/"+id+"/actions", fmt.Sprintf(`{"revertVolumeFromVolumeBackup":{"volumeWriteBandwidth":%d}}`, rate), nil)
+	took := time.Since(start)
+	if r.status != 200 {
+		t.Fatalf("revert: %d %s", r.status, r.body)
+	}
+	written := int64(r.json(t)["revert"].(map[string]any)["bytesWritten"].(float64))
+	if written != size || took < floor(written) {
+		t.Errorf("revert wrote %d bytes in %s; want %d, no faster than %s", written, took, size, floor(written))
+	}
+
+	start = time.Now()
+	r = d.job("POST", "/volumes/data-volume/from/volume-template/"+id, fmt.Sprintf(`{"params":{"name":"slow","volumeWriteBandwidth":%d}}`, rate), nil)
+	took = time.Since(start)
+	if r.status != 200 {
+		t.Fatalf("live restore: %d %s", r.status, r.body)
+	}
+	if took < floor(size) {
+		t.Errorf("live restore of %d bytes in %s, faster than volumeWriteBandwidth allows (%s)", size, took, floor(size))
+	}
+}
