@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 
 	"github.com/volback/volback/control/inventory"
 )
@@ -41,11 +42,47 @@ func (a *API) query(ctx context.Context, c *apiCall, res inventory.Resource, loa
 	if len(q.Fields) > 0 {
 		invs = selectFields(invs, q.Fields)
 	}
-	body := map[string]any{"inventories": invs}
+	body := map[string]any{"inventories": invs, "schema": querySchema(res, invs)}
 	if q.ReplyWithCount {
 		body["total"] = total
 	}
 	return body, nil
+}
+
+// Java classes of ZStack's inventories, for the "schema" its query replies
+// carry: the path of every object in the reply and its concrete class, so
+// a client can tell a subclass (an ImageStore's backup storage) from its
+// parent.
+var inventoryClasses = map[inventory.Resource]string{
+	inventory.BackupStorages: "org.zstack.storage.backup.imagestore.ImageStoreBackupStorageInventory",
+	inventory.Volumes:        "org.zstack.header.volume.VolumeInventory",
+	inventory.VolumeBackups:  "org.zstack.header.storage.backup.VolumeBackupInventory",
+	inventory.UserTags:       "org.zstack.header.tag.UserTagInventory",
+}
+
+// querySchema builds the schema of a query reply as ZStack's
+// JsonSchemaBuilder does: nested objects first, then each inventory.
+func querySchema(res inventory.Resource, invs []any) map[string]string {
+	schema := map[string]string{}
+	for i, inv := range invs {
+		path := fmt.Sprintf("inventories[%d]", i)
+		if res == inventory.VolumeBackups {
+			var b struct {
+				Mode *string          `json:"mode"`
+				Refs []map[string]any `json:"backupStorageRefs"`
+			}
+			raw, _ := json.Marshal(inv)
+			_ = json.Unmarshal(raw, &b)
+			for j := range b.Refs {
+				schema[fmt.Sprintf("%s.backupStorageRefs[%d]", path, j)] = "org.zstack.header.storage.backup.VolumeBackupStorageRefInventory"
+			}
+			if b.Mode != nil {
+				schema[path+".mode"] = "org.zstack.header.storage.backup.BackupMode"
+			}
+		}
+		schema[path] = inventoryClasses[res]
+	}
+	return schema
 }
 
 // loadEach is a query's load function from a loader of one record.

@@ -70,8 +70,16 @@ func TestRESTServer(t *testing.T) {
 	if invs := r.json(t)["inventories"].([]any); r.status != 200 || len(invs) != 0 {
 		t.Errorf("q=name=b;x: %d %s, want no backup", r.status, r.body)
 	}
-	if r := d.do("GET", "/volume-backups?q=name=b&replyWithCount=true", auth, "", nil); r.json(t)["total"] != float64(1) {
+	r = d.do("GET", "/volume-backups?q=name=b&replyWithCount=true", auth, "", nil)
+	if r.json(t)["total"] != float64(1) {
 		t.Errorf("q=name=b: %s", r.body)
+	}
+	// Query replies carry ZStack's schema: each object's path and class.
+	schema, _ := r.json(t)["schema"].(map[string]any)
+	if schema["inventories[0]"] != "org.zstack.header.storage.backup.VolumeBackupInventory" ||
+		schema["inventories[0].backupStorageRefs[0]"] != "org.zstack.header.storage.backup.VolumeBackupStorageRefInventory" ||
+		schema["inventories[0].mode"] != "org.zstack.header.storage.backup.BackupMode" {
+		t.Errorf("query schema %v", schema)
 	}
 	// An in-list longer than a statement binds (SQLite: 32766) is
 	// answered.
