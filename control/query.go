@@ -2,7 +2,6 @@ package control
 
 import (
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -19,9 +18,6 @@ import (
 // split at its first occurrence. ("=" is found inside "!=", so "!=" comes
 // first; "name=a>=b" is read as the field "name=a", as ZStack reads it.)
 var zstackOps = []string{"!=", ">=", "<=", "!?=", "!~=", "~=", "?=", "=", ">", "<", "is null", "not null"}
-
-// fieldPattern is what a field name in a query may be.
-var fieldPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
 
 // QueryError reports a query the inventory cannot answer.
 type QueryError = inventory.QueryError
