@@ -18,8 +18,13 @@ import (
 // inside a lease.
 func saveBackup(t *testing.T, r *chunkstore.Repository, chunks ...[]byte) string {
 	t.Helper()
+	return saveBackupAs(t, r, chunkstore.NewID(), chunks...)
+}
+
+// saveBackupAs is saveBackup under a given id.
+func saveBackupAs(t *testing.T, r *chunkstore.Repository, id string, chunks ...[]byte) string {
+	t.Helper()
 	ctx := context.Background()
-	id := chunkstore.NewID()
 	l, err := r.BeginBackup(ctx, id)
 	if err != nil {
 		t.Fatal(err)
