@@ -89,6 +89,8 @@ func (a *API) Handler() http.Handler {
 		r.async("DELETE /zstack/v1/volume-backups/{uuid}", "DeleteVolumeBackup", a.deleteVolumeBackup)
 		r.action("PUT /zstack/v1/volume-backups/imageStore/{storageUuid}/actions", "syncVolumeBackup", "SyncVolumeBackup", a.syncVolumeBackups)
 		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "revertVolumeFromVolumeBackup", "RevertVolumeFromVolumeBackup", a.revertVolume)
+		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "syncBackupFromImageStoreBackupStorage", "SyncBackupFromImageStoreBackupStorage", a.syncBackupCopy)
+		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "recoverBackupFromImageStoreBackupStorage", "RecoverBackupFromImageStoreBackupStorage", a.recoverBackupCopy)
 		r.async("POST /zstack/v1/volumes/data-volume/from/volume-template/{backupUuid}", "CreateDataVolumeFromVolumeBackup", a.createVolumeFromBackup)
 	}
 	a.handler = unmatched(r.mux)
@@ -214,15 +216,6 @@ func (c *apiCall) pickAction(acts map[string]endpoint) (endpoint, error) {
 	}
 	for name, ep := range acts {
 		if p, ok := body[name]; ok {
-			c.params = p
-			return ep, nil
-		}
-	}
-	// Some builds of the official Go SDK send an action's parameters
-	// under "params", as a POST's; where a path takes one action only,
-	// that is unambiguous.
-	if p, ok := body["params"]; ok && len(acts) == 1 {
-		for _, ep := range acts {
 			c.params = p
 			return ep, nil
 		}

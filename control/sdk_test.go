@@ -393,10 +393,6 @@ func TestOfficialSDKShapes(t *testing.T) {
 	for _, body := range []any{
 		map[string]any{"revertVolumeFromVolumeBackup": map[string]string{"backupStrogeUuid": bs2}},
 		map[string]any{"revertVolumeFromVolumeBackup": sdkRevertVolumeFromVolumeBackup{UUID: backup.UUID, BackupStorageUUID: bs2}},
-		struct {
-			SDKBaseParam
-			Params sdkRevertVolumeFromVolumeBackup `json:"params"`
-		}{Params: sdkRevertVolumeFromVolumeBackup{UUID: backup.UUID, BackupStorageUUID: bs2}},
 	} {
 		r = c.Job("PUT", "/volume-backups/"+backup.UUID+"/actions", mustJSON(t, body), nil)
 		if r.Status != 200 {
