@@ -55,7 +55,21 @@ func backupBody(bs, name string, extra string, tags ...string) string {
 // repository URL the CLI takes.
 func installRepo(t *testing.T, inv map[string]any) string {
 	t.Helper()
-	p := inv["backupStorageRefs"].([]any)[0].(map[string]any)["installPath"].(string)
+	return installRepoOn(t, inv, "")
+}
+
+// installRepoOn is installRepo for the copy on one backup storage ("" for
+// the first copy).
+func installRepoOn(t *testing.T, inv map[string]any, storage string) string {
+	t.Helper()
+	p := ""
+	for _, ref := range inv["backupStorageRefs"].([]any) {
+		ref := ref.(map[string]any)
+		if storage == "" || ref["backupStorageUuid"] == storage {
+			p = ref["installPath"].(string)
+			break
+		}
+	}
 	base, q, _ := strings.Cut(p, "?")
 	i := strings.LastIndex(base, "/manifests/")
 	if i < 0 {
@@ -520,5 +534,71 @@ func waitProgress(t *testing.T, d *daemonProc, loc string) {
 			t.Fatal("the job made no progress within a minute")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestCopiesToTargets: a backup in the local ImageStore copied to storages
+// whose backups go to S3 and to NFS (their fsInfo tags) restores
+// bit-identical from each copy, and the copy of a later backup sends only
+// its new chunks.
+func TestCopiesToTargets(t *testing.T) {
+	requireTools(t, "qemu-io", "nbdcopy")
+	g, srv := targetEnv(t)
+	dir := t.TempDir()
+	d := startDaemon(t, filepath.Join(dir, "state"))
+	const bs, vol = "1c4b0a3a24533c4faa9b156a0ef98fdf", "ec7196ba2d993236aceddd9b31f5d19b"
+	uri := setupVolume(t, d, filepath.Join(dir, "store"), bs, vol, 32<<20)
+	src := filepath.Join(dir, "src.raw")
+	mustRun(t, "bench", "image", "--size", "32MiB", "--seed", "7", src)
+	tool(t, time.Minute, "nbdcopy", src, uri)
+	storages := map[string]string{
+		"s3":  "fsInfo::type::s3::url::" + srv.Endpoint + "/backups/offsite",
+		"nfs": "fsInfo::type::nfs::url::" + g.URL("offsite") + "::options::" + g.Options(),
+	}
+	ids := map[string]string{"s3": "2c4b0a3a24533c4faa9b156a0ef98fd0", "nfs": "3c4b0a3a24533c4faa9b156a0ef98fd0"}
+	for kind, tag := range storages {
+		if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"`+kind+`","url":"`+filepath.Join(dir, kind)+`","resourceUuid":"`+ids[kind]+`"},"systemTags":["`+tag+`"]}`, nil); r.status != 200 {
+			t.Fatalf("add the %s storage: %d %s", kind, r.status, r.body)
+		}
+	}
+	r := d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, "first", ""), nil)
+	if r.status != 200 {
+		t.Fatalf("backup: %d %s", r.status, r.body)
+	}
+	first := r.obj(t)["inventory"].(map[string]any)["uuid"].(string)
+	live := filepath.Join(dir, "live.raw")
+	tool(t, time.Minute, "nbdcopy", uri, live)
+	// Then one chunk changes and a second backup follows.
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x5c 9M 64k", uri)
+	r = d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, "second", ""), nil)
+	if r.status != 200 {
+		t.Fatalf("second backup: %d %s", r.status, r.body)
+	}
+	second := r.obj(t)["inventory"].(map[string]any)["uuid"].(string)
+	for kind, scheme := range map[string]string{"s3": "s3://", "nfs": "nfs://"} {
+		sync := func(id string) (map[string]any, map[string]any) {
+			t.Helper()
+			r := d.job("PUT", "/volume-backups/"+id+"/actions", `{"syncBackupFromImageStoreBackupStorage":{"srcBackupStorageUuid":"`+bs+`","dstBackupStorageUuid":"`+ids[kind]+`"}}`, nil)
+			if r.status != 200 {
+				t.Fatalf("%s: copy: %d %s", kind, r.status, r.body)
+			}
+			return r.obj(t)["inventory"].(map[string]any), r.obj(t)["copy"].(map[string]any)
+		}
+		inv, st := sync(first)
+		repo := installRepoOn(t, inv, ids[kind])
+		if !strings.HasPrefix(repo, scheme) || len(inv["backupStorageRefs"].([]any)) < 2 {
+			t.Fatalf("%s: the copy is recorded at %s: %v", kind, repo, inv["backupStorageRefs"])
+		}
+		out := filepath.Join(dir, kind+".raw")
+		mustRun(t, "restore", "--repo", repo, first, out)
+		if !sameFiles(t, out, live) {
+			t.Fatalf("%s: the copy restores to other data", kind)
+		}
+		_, st2 := sync(second)
+		if st2["chunksSent"] != float64(1) {
+			t.Errorf("%s: the second backup's copy sent %v chunks, want the 1 that changed (first copy: %v)", kind, st2["chunksSent"], st)
+		}
+		t.Logf("%s: first copy sent %v chunks (%v bytes); the second %v chunk (%v bytes)", kind, st["chunksSent"], st["bytesSent"], st2["chunksSent"], st2["bytesSent"])
+		mustRun(t, "verify", "--repo", repo)
 	}
 }
