@@ -40,6 +40,49 @@ var ErrBackupRunning = errors.New("a backup of this volume to this chain is alre
 // instant through copy-before-write. On failure or cancellation the frozen
 // map is merged back, so no change is lost to the next backup.
 func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts LiveBackupOptions) (*chunkstore.Manifest, error) {
+	p, err := v.prepareBackup(ctx, repo, opts)
+	if err != nil {
+		return nil, err
+	}
+	v.gate.Lock()
+	err = p.freezeLocked()
+	v.gate.Unlock()
+	if err != nil {
+		p.abort()
+		return nil, err
+	}
+	return p.run(ctx)
+}
+
+// pendingBackup is one volume's live backup between its phases: prepared
+// (the chain reserved, the parent chosen, a marker in the repository),
+// frozen (the map swapped, copy-before-write installed, under the write
+// gate), then run. Splitting them lets BackupGroup freeze several volumes
+// at one instant.
+type pendingBackup struct {
+	v          *Volume
+	repo       *chunkstore.Repository
+	opts       LiveBackupOptions
+	id         string
+	lease      *chunkstore.Lease
+	lastBackup string
+	invalid    string
+	parent     *chunkstore.Manifest
+	fullReason string
+	fresh      *DirtyMap
+
+	// Set by freezeLocked.
+	c       *chain
+	frozen  *DirtyMap
+	changed []Extent
+	plan    *Plan
+	snap    *snapshot
+}
+
+// prepareBackup does all a backup needs before its freeze, none of it
+// holding writers off: checks, the chain's reservation, the repository
+// marker, the parent's manifest.
+func (v *Volume) prepareBackup(ctx context.Context, repo *chunkstore.Repository, opts LiveBackupOptions) (*pendingBackup, error) {
 	if opts.Chain == "" {
 		return nil, fmt.Errorf("volume %s: backup needs a chain name", v.ID)
 	}
@@ -62,132 +105,158 @@ func (v *Volume) Backup(ctx context.Context, repo *chunkstore.Repository, opts L
 	}
 	v.busy[opts.Chain] = true
 	v.mu.Unlock()
-	defer func() {
-		v.mu.Lock()
-		delete(v.busy, opts.Chain)
-		v.mu.Unlock()
-	}()
-
-	id := opts.ID
-	if id == "" {
-		id = chunkstore.NewID()
+	p := &pendingBackup{v: v, repo: repo, opts: opts, id: opts.ID}
+	if p.id == "" {
+		p.id = chunkstore.NewID()
 	}
 	// Hold off garbage collection before choosing the parent: its chunks
 	// are reused unread.
-	lease, err := repo.BeginBackup(ctx, id)
-	if err != nil {
+	if p.lease, err = repo.BeginBackup(ctx, p.id); err != nil {
+		p.abort()
 		return nil, fmt.Errorf("volume %s: %w", v.ID, err)
 	}
-	defer lease.ReleaseAfter(ctx)
-
 	// Find the parent before freezing: loading a manifest is I/O, and
 	// writes must not wait for it.
 	v.gate.RLock()
 	c := v.chains[opts.Chain]
-	var lastBackup, invalid string
 	if c != nil {
-		lastBackup, invalid = c.lastBackup, c.invalid
+		p.lastBackup, p.invalid = c.lastBackup, c.invalid
 	}
 	v.gate.RUnlock()
-	var parent *chunkstore.Manifest
-	fullReason := ""
 	switch {
 	case opts.Mode == chunkstore.ModeFull:
-		fullReason = "full backup requested"
-	case c == nil || lastBackup == "":
-		fullReason = "first backup of this volume to this storage"
-	case invalid != "":
-		fullReason = invalid
+		p.fullReason = "full backup requested"
+	case c == nil || p.lastBackup == "":
+		p.fullReason = "first backup of this volume to this storage"
+	case p.invalid != "":
+		p.fullReason = p.invalid
 	default:
-		m, err := repo.LoadManifest(ctx, lastBackup)
+		m, err := repo.LoadManifest(ctx, p.lastBackup)
 		switch {
 		case err != nil:
-			fullReason = fmt.Sprintf("the chain's last backup %s cannot be read: %v", lastBackup, err)
+			p.fullReason = fmt.Sprintf("the chain's last backup %s cannot be read: %v", p.lastBackup, err)
 		case m.Size != v.size:
-			fullReason = fmt.Sprintf("the chain's last backup %s is of a %d-byte volume, this one has %d", lastBackup, m.Size, v.size)
+			p.fullReason = fmt.Sprintf("the chain's last backup %s is of a %d-byte volume, this one has %d", p.lastBackup, m.Size, v.size)
 		case m.ChunkSize != repo.ChunkSize():
-			fullReason = fmt.Sprintf("the chain's last backup %s uses another chunk size", lastBackup)
+			p.fullReason = fmt.Sprintf("the chain's last backup %s uses another chunk size", p.lastBackup)
 		default:
-			parent = m
+			p.parent = m
 		}
 	}
-
-	// Freeze: drain writes, swap the map, start copy-before-write.
-	fresh, err := NewDirtyMap(v.size, v.gran)
-	if err != nil {
+	if p.fresh, err = NewDirtyMap(v.size, v.gran); err != nil {
+		p.abort()
 		return nil, err
 	}
-	v.gate.Lock()
-	c = v.chains[opts.Chain]
-	var frozen *DirtyMap
+	return p, nil
+}
+
+// freezeLocked is the backup's instant; the caller holds v.gate for
+// writing, so no write is in flight: the chain's map is swapped for the
+// fresh one, the chunks to read are planned and copy-before-write is
+// installed over them.
+func (p *pendingBackup) freezeLocked() error {
+	v := p.v
+	c := v.chains[p.opts.Chain]
 	if c == nil {
 		c = &chain{}
-		v.chains[opts.Chain] = c
+		v.chains[p.opts.Chain] = c
 	} else {
-		frozen = c.bitmap
+		p.frozen = c.bitmap
 	}
-	if c.lastBackup != lastBackup || c.invalid != invalid {
+	if c.lastBackup != p.lastBackup || c.invalid != p.invalid {
 		// Changed while we looked (only a concurrent backup of this chain
 		// could, and busy prevents that); be safe.
-		parent, fullReason = nil, "the chain changed during the backup's start"
+		p.parent, p.fullReason = nil, "the chain changed during the backup's start"
 	}
-	c.bitmap = fresh
-	var changed []Extent
-	if parent != nil && frozen != nil {
-		changed = frozen.Extents()
+	c.bitmap = p.fresh
+	p.c = c
+	if p.parent != nil && p.frozen != nil {
+		p.changed = p.frozen.Extents()
 	} else {
-		parent = nil
+		p.parent = nil
 	}
-	plan, err := PlanBackup(v.size, repo.ChunkSize(), parent, changed)
+	plan, err := PlanBackup(v.size, p.repo.ChunkSize(), p.parent, p.changed)
 	if err != nil {
-		if frozen != nil {
-			c.bitmap.Or(frozen)
-		}
-		v.gate.Unlock()
-		return nil, fmt.Errorf("volume %s: %w", v.ID, err)
+		p.thawLocked()
+		return fmt.Errorf("volume %s: %w", v.ID, err)
 	}
-	snap := newSnapshot(v, repo.ChunkSize(), plan.ToRead, opts.SpillDir)
-	v.snaps = append(v.snaps, snap)
+	p.plan = plan
+	p.snap = newSnapshot(v, p.repo.ChunkSize(), plan.ToRead, p.opts.SpillDir)
+	v.snaps = append(v.snaps, p.snap)
 	if v.onFreeze != nil {
 		v.onFreeze()
 	}
-	v.gate.Unlock()
+	return nil
+}
 
+// thawLocked undoes a freeze that will not run: the frozen changes go back
+// into the chain's map and copy-before-write stops. The caller holds
+// v.gate for writing.
+func (p *pendingBackup) thawLocked() {
+	if p.c != nil && p.frozen != nil {
+		p.c.bitmap.Or(p.frozen)
+	}
+	p.removeSnapLocked()
+}
+
+func (p *pendingBackup) removeSnapLocked() {
+	if p.snap == nil {
+		return
+	}
+	v := p.v
+	for i, s := range v.snaps {
+		if s == p.snap {
+			v.snaps = append(v.snaps[:i], v.snaps[i+1:]...)
+			break
+		}
+	}
+	p.snap.close()
+	p.snap = nil
+}
+
+// abort gives back what prepareBackup took.
+func (p *pendingBackup) abort() {
+	if p.lease != nil {
+		p.lease.ReleaseAfter(context.Background())
+		p.lease = nil
+	}
+	p.v.mu.Lock()
+	delete(p.v.busy, p.opts.Chain)
+	p.v.mu.Unlock()
+}
+
+// run reads the frozen volume into the repository and settles the chain.
+func (p *pendingBackup) run(ctx context.Context) (*chunkstore.Manifest, error) {
+	v := p.v
+	defer p.abort()
 	defer func() {
 		v.gate.Lock()
-		for i, s := range v.snaps {
-			if s == snap {
-				v.snaps = append(v.snaps[:i], v.snaps[i+1:]...)
-				break
-			}
-		}
+		p.removeSnapLocked()
 		v.gate.Unlock()
-		snap.close()
 	}()
-
 	meta := map[string]string{}
-	for k, val := range opts.Meta {
+	for k, val := range p.opts.Meta {
 		meta[k] = val
 	}
-	if fullReason != "" {
-		meta["fullReason"] = fullReason
+	if p.fullReason != "" {
+		meta["fullReason"] = p.fullReason
 	}
-	m, err := Backup(ctx, repo, snap, v.size, BackupOptions{
-		ID: id, Lease: lease, VolumeID: v.ID, Parallelism: opts.Parallelism,
-		Parent: parent, Changed: changed, Plan: plan, Meta: meta, Progress: opts.Progress,
-		Nice: liveBackupNice, Pace: v.pace, ReadBytesPerSec: opts.ReadBytesPerSec,
+	m, err := Backup(ctx, p.repo, p.snap, v.size, BackupOptions{
+		ID: p.id, Lease: p.lease, VolumeID: v.ID, Parallelism: p.opts.Parallelism,
+		Parent: p.parent, Changed: p.changed, Plan: p.plan, Meta: meta, Progress: p.opts.Progress,
+		Nice: liveBackupNice, Pace: v.pace, ReadBytesPerSec: p.opts.ReadBytesPerSec,
 	})
 	v.gate.Lock()
 	if err != nil {
 		// Give the frozen changes back so the next backup reads them.
-		if frozen != nil {
-			c.bitmap.Or(frozen)
+		if p.frozen != nil {
+			p.c.bitmap.Or(p.frozen)
 		}
 		v.gate.Unlock()
 		return nil, err
 	}
-	c.lastBackup = m.ID
-	c.invalid = ""
+	p.c.lastBackup = m.ID
+	p.c.invalid = ""
 	v.gate.Unlock()
 	// Record the chain and its last backup now, still marked in use: after
 	// a crash the next start knows the chain and why it must read it all.
