@@ -92,6 +92,14 @@ func (a *API) Handler() http.Handler {
 		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "syncBackupFromImageStoreBackupStorage", "SyncBackupFromImageStoreBackupStorage", a.syncBackupCopy)
 		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "recoverBackupFromImageStoreBackupStorage", "RecoverBackupFromImageStoreBackupStorage", a.recoverBackupCopy)
 		r.async("POST /zstack/v1/volumes/data-volume/from/volume-template/{backupUuid}", "CreateDataVolumeFromVolumeBackup", a.createVolumeFromBackup)
+		r.async("POST /zstack/v1/volumes/{volumeUuid}/vm-instances/{vmInstanceUuid}", "AttachDataVolumeToVm", a.attachVolume)
+		r.async("DELETE /zstack/v1/volumes/{uuid}/vm-instances", "DetachDataVolumeFromVm", a.detachVolume)
+		r.async("POST /zstack/v1/volumes/{rootVolumeUuid}/vm-backups", "CreateVmBackup", a.createVmBackup)
+		r.async("DELETE /zstack/v1/vm-backups/{groupUuid}", "DeleteVmBackup", a.deleteVmBackup)
+		r.action("PUT /zstack/v1/vm-backups/{groupUuid}/actions", "revertVmFromVmBackup", "RevertVmFromVmBackup", a.revertVmFromVmBackup)
+		r.action("PUT /zstack/v1/vm-backups/{groupUuid}/actions", "syncVmBackupFromImageStoreBackupStorage", "SyncVmBackupFromImageStoreBackupStorage", a.groupCopy(false))
+		r.action("PUT /zstack/v1/vm-backups/{groupUuid}/actions", "recoverVmBackupFromImageStoreBackupStorage", "RecoverVmBackupFromImageStoreBackupStorage", a.groupCopy(true))
+		r.action("PUT /zstack/v1/vm-backups/imageStore/{storageUuid}/actions", "syncVmBackup", "SyncVmBackup", a.syncVolumeBackups)
 	}
 	a.handler = unmatched(r.mux)
 	return a.handler

@@ -35,6 +35,8 @@ type backupInventory struct {
 	Size              int64                `json:"size"`
 	Metadata          string               `json:"metadata,omitempty"`
 	Mode              string               `json:"mode"`
+	GroupUUID         string               `json:"groupUuid,omitempty"`
+	VMInstanceUUID    string               `json:"vmInstanceUuid,omitempty"`
 	CreateDate        string               `json:"createDate"`
 	LastOpDate        string               `json:"lastOpDate"`
 	BackupStorageRefs []backupRefInventory `json:"backupStorageRefs"`
@@ -43,6 +45,7 @@ type backupInventory struct {
 func toBackupInventory(b *inventory.VolumeBackup) backupInventory {
 	inv := backupInventory{UUID: b.UUID, VolumeUUID: b.VolumeUUID, Name: b.Name, Description: b.Description,
 		Type: string(b.Type), State: string(b.State), Status: string(b.Status), Size: b.Size, Metadata: b.Metadata, Mode: b.Mode,
+		GroupUUID: b.GroupUUID, VMInstanceUUID: b.VMInstanceUUID,
 		CreateDate: gson(b.Created), LastOpDate: gson(b.LastOp), BackupStorageRefs: []backupRefInventory{}}
 	for _, r := range b.Refs {
 		inv.BackupStorageRefs = append(inv.BackupStorageRefs, backupRefInventory{VolumeBackupUUID: r.VolumeBackupUUID,
@@ -136,45 +139,130 @@ func bandwidthParam(name string, n json.Number) (int64, error) {
 	return v, nil
 }
 
+// backupRequest is a checked CreateVolumeBackup or CreateVmBackup: where
+// the backups go and how.
+type backupRequest struct {
+	p        backupParams
+	mode     chunkstore.Mode
+	bw       map[string]int64
+	bs       *inventory.BackupStorage
+	tags     BackupTags
+	spec     target.Spec
+	env      target.Env
+	userTags string
+}
+
+// parseBackupRequest checks a backup call's parameters and tags.
+func (a *API) parseBackupRequest(ctx context.Context, c *apiCall) (*backupRequest, error) {
+	var req backupRequest
+	if err := c.Params(&req.p); err != nil {
+		return nil, err
+	}
+	if req.p.Name == "" {
+		return nil, errInvalid("name is required")
+	}
+	var err error
+	if req.mode, err = chunkstore.ParseMode(req.p.Mode); err != nil {
+		return nil, errInvalid("%v", err)
+	}
+	if req.bw, err = req.p.bandwidths(); err != nil {
+		return nil, err
+	}
+	if req.bs, err = a.storage(ctx, req.p.BackupStorageUUID); err != nil {
+		return nil, err
+	}
+	// The storage's tags are defaults; the backup's own win.
+	var storageTags []string
+	_ = json.Unmarshal([]byte(req.bs.SystemTags), &storageTags)
+	if req.tags, err = ParseBackupTags(mergeTags(storageTags, c.SystemTags())); err != nil {
+		return nil, errTag(err)
+	}
+	if req.spec, req.env, err = a.backupTarget(req.bs, req.tags); err != nil {
+		return nil, errTag(err)
+	}
+	ut, _ := json.Marshal(c.UserTags())
+	req.userTags = string(ut)
+	return &req, nil
+}
+
+// record records a backup of vrec as Creating.
+func (a *API) recordBackup(ctx context.Context, req *backupRequest, id string, vrec *inventory.Volume, group string) error {
+	rec := &inventory.VolumeBackup{UUID: id, VolumeUUID: vrec.UUID, Name: req.p.Name, Description: req.p.Description,
+		Type: vrec.Type, State: inventory.StateEnabled, Status: inventory.StatusCreating, Size: vrec.Size, Mode: string(req.mode),
+		UserTags: req.userTags, GroupUUID: group}
+	if group != "" {
+		rec.VMInstanceUUID = vrec.VMInstanceUUID
+	}
+	ref := inventory.BackupStorageRef{BackupStorageUUID: req.bs.UUID, InstallPath: installPath(req.spec, id), Status: inventory.StatusCreating}
+	if req.spec != storageSpec(req.bs) {
+		tj, _ := json.Marshal(req.spec)
+		ref.Target = string(tj)
+	}
+	if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
+		return errInvalid("cannot record the backup: %v", err)
+	}
+	return nil
+}
+
+// liveOptions are the dataplane options of one backup of a request.
+func (req *backupRequest) liveOptions(id string, vrec *inventory.Volume, group string, prog *dataplane.Progress) dataplane.LiveBackupOptions {
+	meta := map[string]string{"name": req.p.Name, "description": req.p.Description, "backupStorageUuid": req.bs.UUID,
+		"volumeType": string(vrec.Type), "parallelismDegree": strconv.Itoa(req.tags.Parallelism)}
+	if group != "" {
+		// A repository describes itself: a re-import finds the group.
+		meta["groupUuid"], meta["vmInstanceUuid"] = group, vrec.VMInstanceUUID
+	}
+	return dataplane.LiveBackupOptions{ReadBytesPerSec: req.bw["volumeReadBandwidth"], Chain: chainOf(req.bs, req.spec),
+		Mode: req.mode, ID: id, Parallelism: req.tags.Parallelism, Progress: prog, Meta: meta}
+}
+
+// openTarget opens a request's target, with its network limits.
+func (a *API) openTarget(ctx context.Context, req *backupRequest) (*chunkstore.Repository, error) {
+	return a.openRepo(ctx, req.spec, req.env, target.RepoOptions{Create: createFor(req.spec),
+		WriteBytesPerSec: req.bw["networkWriteBandwidth"], ReadBytesPerSec: req.bw["networkReadBandwidth"]})
+}
+
+// finishBackup records a finished backup Ready and returns its inventory.
+func (a *API) finishBackup(ctx context.Context, req *backupRequest, m *chunkstore.Manifest, seconds float64) (backupInventory, error) {
+	md, _ := json.Marshal(metadataOf(m, seconds, req.bw, targetOf(req.spec, req.bs), addrString(req.env)))
+	if err := a.DB.FinishVolumeBackup(ctx, m.ID, inventory.StatusReady, m.Size, string(md)); err != nil {
+		return backupInventory{}, err
+	}
+	a.Metrics.backupDone(string(m.Mode), m.Stats.BytesRead, m.Stats.BytesStored, seconds)
+	got, err := a.DB.GetVolumeBackup(ctx, m.ID)
+	if err != nil {
+		return backupInventory{}, err
+	}
+	return toBackupInventory(got), nil
+}
+
+// backupFailed drops the records of failed backups and says why.
+func (a *API) backupFailed(desc string, err error, ids ...string) error {
+	a.Metrics.backupFailed()
+	// No inventory is left in Creating: the records go.
+	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, id := range ids {
+		_ = a.DB.DeleteVolumeBackup(dctx, id)
+	}
+	e := errFailed(desc, err)
+	e.Cause = &ErrorCode{Code: CodeInternal, Description: "cause", Details: err.Error()}
+	return e
+}
+
 // createVolumeBackup is CreateVolumeBackup (POST
 // /volumes/{volumeUuid}/volume-backups).
 func (a *API) createVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
-	var p backupParams
-	if err := c.Params(&p); err != nil {
-		return nil, err
-	}
 	volID := c.Path("volumeUuid")
 	vrec, err := a.volume(ctx, volID)
 	if err != nil {
 		return nil, err
 	}
-	if p.Name == "" {
-		return nil, errInvalid("name is required")
-	}
-	mode, err := chunkstore.ParseMode(p.Mode)
-	if err != nil {
-		return nil, errInvalid("%v", err)
-	}
-	bw, err := p.bandwidths()
+	req, err := a.parseBackupRequest(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	bs, err := a.storage(ctx, p.BackupStorageUUID)
-	if err != nil {
-		return nil, err
-	}
-	// The storage's tags are defaults; the backup's own win.
-	var storageTags []string
-	_ = json.Unmarshal([]byte(bs.SystemTags), &storageTags)
-	tags, err := ParseBackupTags(mergeTags(storageTags, c.SystemTags()))
-	if err != nil {
-		return nil, errTag(err)
-	}
-	spec, env, err := a.backupTarget(bs, tags)
-	if err != nil {
-		return nil, errTag(err)
-	}
-	id, err := resourceID(p.ResourceUUID)
+	id, err := resourceID(req.p.ResourceUUID)
 	if err != nil {
 		return nil, err
 	}
@@ -182,59 +270,30 @@ func (a *API) createVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, erro
 	if vol == nil {
 		return nil, errRefused("volume not served", "volume %s is recorded but not open on this host", volID)
 	}
-	userTags, _ := json.Marshal(c.UserTags())
-	rec := &inventory.VolumeBackup{UUID: id, VolumeUUID: volID, Name: p.Name, Description: p.Description,
-		Type: vrec.Type, State: inventory.StateEnabled, Status: inventory.StatusCreating, Size: vrec.Size, Mode: string(mode), UserTags: string(userTags)}
-	ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, id), Status: inventory.StatusCreating}
-	if spec != storageSpec(bs) {
-		tj, _ := json.Marshal(spec)
-		ref.Target = string(tj)
-	}
-	if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
-		return nil, errInvalid("cannot record the backup: %v", err)
+	if err := a.recordBackup(ctx, req, id, vrec, ""); err != nil {
+		return nil, err
 	}
 	// The job could not be recorded: neither may the backup be.
 	c.undo = func() { _ = a.DB.DeleteVolumeBackup(context.WithoutCancel(ctx), id) }
 	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
-		fail := func(desc string, err error) (any, error) {
-			a.Metrics.backupFailed()
-			// No inventory is left in Creating: the record goes.
-			dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = a.DB.DeleteVolumeBackup(dctx, id)
-			e := errFailed(desc, err)
-			e.Cause = &ErrorCode{Code: CodeInternal, Description: "cause", Details: err.Error()}
-			return nil, e
-		}
 		// The target's bandwidth limits wrap the store; the volume's read
 		// limit is the backup's own. volumeWriteBandwidth limits writes to
 		// the volume, which a backup does not make.
-		repo, err := a.openRepo(ctx, spec, env, target.RepoOptions{Create: createFor(spec),
-			WriteBytesPerSec: bw["networkWriteBandwidth"], ReadBytesPerSec: bw["networkReadBandwidth"]})
+		repo, err := a.openTarget(ctx, req)
 		if err != nil {
-			return fail("cannot open the backup target "+spec.String(), err)
+			return nil, a.backupFailed("cannot open the backup target "+req.spec.String(), err, id)
 		}
 		defer repo.Close()
 		start := time.Now()
-		m, err := liveBackup(ctx, a.log(), vol, repo, spec, dataplane.LiveBackupOptions{
-			ReadBytesPerSec: bw["volumeReadBandwidth"],
-			Chain:           chainOf(bs, spec), Mode: mode, ID: id, Parallelism: tags.Parallelism, Progress: prog,
-			Meta: map[string]string{"name": p.Name, "description": p.Description, "backupStorageUuid": bs.UUID, "volumeType": string(vrec.Type),
-				"parallelismDegree": strconv.Itoa(tags.Parallelism)},
-		})
+		m, err := liveBackup(ctx, a.log(), vol, repo, req.spec, req.liveOptions(id, vrec, "", prog))
 		if err != nil {
-			return fail("volume backup to "+spec.String()+" failed", err)
+			return nil, a.backupFailed("volume backup to "+req.spec.String()+" failed", err, id)
 		}
-		md, _ := json.Marshal(metadataOf(m, time.Since(start).Seconds(), bw, targetOf(spec, bs), addrString(env)))
-		if err := a.DB.FinishVolumeBackup(ctx, id, inventory.StatusReady, m.Size, string(md)); err != nil {
-			return fail("cannot record the backup", err)
-		}
-		a.Metrics.backupDone(string(m.Mode), m.Stats.BytesRead, m.Stats.BytesStored, time.Since(start).Seconds())
-		got, err := a.DB.GetVolumeBackup(ctx, id)
+		inv, err := a.finishBackup(ctx, req, m, time.Since(start).Seconds())
 		if err != nil {
-			return fail("cannot read the backup back", err)
+			return nil, a.backupFailed("cannot record the backup", err, id)
 		}
-		return map[string]any{"inventory": toBackupInventory(got)}, nil
+		return map[string]any{"inventory": inv}, nil
 	}, nil
 }
 
@@ -303,11 +362,17 @@ func (a *API) backup(ctx context.Context, id string) (*inventory.VolumeBackup, e
 // manifest stays in the target, and a SyncVolumeBackup would find it
 // again).
 func (a *API) deleteVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
-	id := c.Path("uuid")
-	b, err := a.backup(ctx, id)
+	b, err := a.backup(ctx, c.Path("uuid"))
 	if err != nil {
 		return nil, err
 	}
+	return a.deleteJob(c, b)
+}
+
+// deleteJob checks the deletion of a backup's copies (the call's
+// backupStorageUuids and deleteMode) and returns the job that makes it.
+func (a *API) deleteJob(c *apiCall, b *inventory.VolumeBackup) (JobFunc, error) {
+	id := b.UUID
 	q, err := queryValues(c.r.URL.RawQuery)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,9 +35,9 @@ type DaemonConfig struct {
 	// backups for `volback backup --live`); default
 	// <StateDir>/control.sock.
 	AdminSocket string
-	// Volumes are existing images or devices to register and export:
-	// uuid -> path (see ParseVolumeFlags).
-	Volumes map[string]string
+	// Volumes are existing images or devices to register and export
+	// (see ParseVolumeFlags).
+	Volumes map[string]VolumeSpec
 	// Repo and Backups: backups of Repo to export read-only, each under
 	// its id, for as long as the daemon runs (volback serve --backup).
 	Repo    *chunkstore.Repository
@@ -261,10 +262,10 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	return serveErr
 }
 
-// registerVolumes records the volumes given on the command line. A volume
-// recorded with another path is refused: its changed-block maps describe
-// the other file.
-func registerVolumes(ctx context.Context, db *inventory.DB, vols map[string]string) error {
+// registerVolumes records the volumes given on the command line, with
+// their type and VM if given. A volume recorded with another path is
+// refused: its changed-block maps describe the other file.
+func registerVolumes(ctx context.Context, db *inventory.DB, vols map[string]VolumeSpec) error {
 	ids := make([]string, 0, len(vols))
 	for id := range vols {
 		ids = append(ids, id)
@@ -274,7 +275,8 @@ func registerVolumes(ctx context.Context, db *inventory.DB, vols map[string]stri
 		if err := ValidVolumeID(id); err != nil {
 			return fmt.Errorf("--volume %s: %w", id, err)
 		}
-		path, err := filepath.Abs(vols[id])
+		spec := vols[id]
+		path, err := filepath.Abs(spec.Path)
 		if err != nil {
 			return err
 		}
@@ -283,6 +285,11 @@ func registerVolumes(ctx context.Context, db *inventory.DB, vols map[string]stri
 		case err == nil && rec.Path != path:
 			return fmt.Errorf("--volume %s=%s: volume %s is recorded with path %s; delete it first to register another file", id, path, id, rec.Path)
 		case err == nil:
+			if (spec.Type != "" && spec.Type != rec.Type) || (spec.VM != "" && spec.VM != rec.VMInstanceUUID) {
+				if err := db.SetVolumeVM(ctx, id, cmp.Or(spec.VM, rec.VMInstanceUUID), cmp.Or(spec.Type, rec.Type)); err != nil {
+					return err
+				}
+			}
 			continue
 		case !errors.Is(err, inventory.ErrNotFound):
 			return err
@@ -293,7 +300,7 @@ func registerVolumes(ctx context.Context, db *inventory.DB, vols map[string]stri
 		}
 		f.Close()
 		if err := db.AddVolume(ctx, &inventory.Volume{UUID: id, Name: filepath.Base(path), Path: path, Size: size,
-			Type: inventory.VolumeRoot, State: inventory.StateEnabled, Status: inventory.StatusReady}); err != nil {
+			Type: cmp.Or(spec.Type, inventory.VolumeRoot), VMInstanceUUID: spec.VM, State: inventory.StateEnabled, Status: inventory.StatusReady}); err != nil {
 			return err
 		}
 	}

@@ -76,21 +76,29 @@ func (a *API) openBackup(ctx context.Context, cp *backupCopy) (*chunkstore.Repos
 // differ. Refused while NBD clients are attached (they would see their
 // disk change under them) unless "force" is set.
 func (a *API) revertVolume(ctx context.Context, c *apiCall) (JobFunc, error) {
-	var p struct {
-		Force bool `json:"force"`
-		// The manual spells it backupStrogeUuid; both are taken.
-		BackupStorageUUID    string      `json:"backupStorageUuid"`
-		BackupStrogeUUID     string      `json:"backupStrogeUuid"`
-		VolumeWriteBandwidth json.Number `json:"volumeWriteBandwidth"`
-	}
+	var p revertParams
 	if err := c.Params(&p); err != nil {
 		return nil, err
 	}
+	return a.revertJob(ctx, c.Path("uuid"), p)
+}
+
+// revertParams are RevertVolumeFromVolumeBackup's and RevertVmFromVmBackup's.
+type revertParams struct {
+	Force bool `json:"force"`
+	// The manual spells it backupStrogeUuid; both are taken.
+	BackupStorageUUID    string      `json:"backupStorageUuid"`
+	BackupStrogeUUID     string      `json:"backupStrogeUuid"`
+	VolumeWriteBandwidth json.Number `json:"volumeWriteBandwidth"`
+}
+
+// revertJob checks the revert of a backup's volume and returns its job.
+func (a *API) revertJob(ctx context.Context, id string, p revertParams) (JobFunc, error) {
 	writeBPS, err := bandwidthParam("volumeWriteBandwidth", p.VolumeWriteBandwidth)
 	if err != nil {
 		return nil, err
 	}
-	cp, err := a.readyBackup(ctx, c.Path("uuid"), cmp.Or(p.BackupStorageUUID, p.BackupStrogeUUID))
+	cp, err := a.readyBackup(ctx, id, cmp.Or(p.BackupStorageUUID, p.BackupStrogeUUID))
 	if err != nil {
 		return nil, err
 	}

@@ -85,6 +85,7 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 				name = "imported-" + bid[:8]
 			}
 			rec := &inventory.VolumeBackup{UUID: bid, VolumeUUID: m.VolumeID, Name: name, Description: m.Meta["description"],
+				GroupUUID: m.Meta["groupUuid"], VMInstanceUUID: m.Meta["vmInstanceUuid"],
 				Type: typ, State: inventory.StateEnabled, Status: inventory.StatusReady, Size: m.Size, Mode: string(m.Mode), Metadata: string(md), Created: m.Finished}
 			ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, bid), Status: inventory.StatusReady, Target: tgt}
 			if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/control/inventory"
 )
 
 // volumeIDPattern is what a volume id (its NBD export name) may be: a
@@ -19,31 +22,69 @@ func ValidVolumeID(id string) error {
 	return nil
 }
 
-// ParseVolumeFlag parses UUID=PATH.
-func ParseVolumeFlag(s string) (id, path string, err error) {
-	id, path, ok := strings.Cut(s, "=")
-	if !ok || path == "" {
-		return "", "", fmt.Errorf("--volume %q: want UUID=PATH", s)
-	}
-	if err := ValidVolumeID(id); err != nil {
-		return "", "", fmt.Errorf("--volume %q: %w", s, err)
-	}
-	return id, path, nil
+// VolumeSpec is a volume given on the command line: its file or device,
+// and optionally its ZStack type and the VM it belongs to.
+type VolumeSpec struct {
+	Path string
+	Type inventory.VolumeType // "" for the default, Root
+	VM   string               // the vmInstanceUuid; "" for none
 }
 
-// ParseVolumeFlags parses repeated UUID=PATH flags; a UUID given twice is
+// ParseVolumeFlag parses UUID=PATH[,type=Root|Data][,vm=VMUUID]. The
+// suffixes are read from the end, so a path may hold commas.
+func ParseVolumeFlag(s string) (id string, spec VolumeSpec, err error) {
+	id, rest, ok := strings.Cut(s, "=")
+	if !ok || rest == "" {
+		return "", spec, fmt.Errorf("--volume %q: want UUID=PATH[,type=Root|Data][,vm=VMUUID]", s)
+	}
+	if err := ValidVolumeID(id); err != nil {
+		return "", spec, fmt.Errorf("--volume %q: %w", s, err)
+	}
+	for {
+		i := strings.LastIndex(rest, ",")
+		if i < 0 {
+			break
+		}
+		k, v, ok := strings.Cut(rest[i+1:], "=")
+		if !ok || (k != "type" && k != "vm") {
+			break
+		}
+		switch k {
+		case "type":
+			switch t := inventory.VolumeType(v); t {
+			case inventory.VolumeRoot, inventory.VolumeData:
+				spec.Type = t
+			default:
+				return "", spec, fmt.Errorf("--volume %q: type %q: want Root or Data", s, v)
+			}
+		case "vm":
+			if err := chunkstore.ValidID(v); err != nil {
+				return "", spec, fmt.Errorf("--volume %q: vm: %w", s, err)
+			}
+			spec.VM = v
+		}
+		rest = rest[:i]
+	}
+	if rest == "" {
+		return "", spec, fmt.Errorf("--volume %q: no path", s)
+	}
+	spec.Path = rest
+	return id, spec, nil
+}
+
+// ParseVolumeFlags parses repeated --volume flags; a UUID given twice is
 // an error.
-func ParseVolumeFlags(flags []string) (map[string]string, error) {
-	vols := map[string]string{}
+func ParseVolumeFlags(flags []string) (map[string]VolumeSpec, error) {
+	vols := map[string]VolumeSpec{}
 	for _, f := range flags {
-		id, path, err := ParseVolumeFlag(f)
+		id, spec, err := ParseVolumeFlag(f)
 		if err != nil {
 			return nil, err
 		}
 		if _, dup := vols[id]; dup {
 			return nil, fmt.Errorf("--volume %s given twice", id)
 		}
-		vols[id] = path
+		vols[id] = spec
 	}
 	return vols, nil
 }

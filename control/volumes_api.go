@@ -22,13 +22,14 @@ type volumeInventory struct {
 	Status      string `json:"status"`
 	InstallPath string `json:"installPath"`
 	Format      string `json:"format"`
+	VMInstance  string `json:"vmInstanceUuid,omitempty"`
 	CreateDate  string `json:"createDate"`
 	LastOpDate  string `json:"lastOpDate"`
 }
 
 func toVolumeInventory(v *inventory.Volume) volumeInventory {
 	return volumeInventory{UUID: v.UUID, Name: v.Name, Type: string(v.Type), Size: v.Size, State: string(v.State),
-		Status: string(v.Status), InstallPath: v.Path, Format: "raw", CreateDate: gson(v.Created), LastOpDate: gson(v.LastOp)}
+		Status: string(v.Status), InstallPath: v.Path, Format: "raw", VMInstance: v.VMInstanceUUID, CreateDate: gson(v.Created), LastOpDate: gson(v.LastOp)}
 }
 
 // volume loads a volume record: SYS.1003 if there is none.

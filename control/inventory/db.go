@@ -129,6 +129,11 @@ var migrations = []string{
 	INSERT OR IGNORE INTO storage_targets(storage_uuid, target, create_date)
 		SELECT DISTINCT backup_storage_uuid, target, 0 FROM volume_backup_refs
 		WHERE target IS NOT NULL AND backup_storage_uuid IN (SELECT uuid FROM backup_storages);`,
+	// 4: volumes belong to VMs; a VM's volume backups share a group.
+	`ALTER TABLE volumes ADD COLUMN vm_instance_uuid TEXT;
+	ALTER TABLE volume_backups ADD COLUMN group_uuid TEXT;
+	ALTER TABLE volume_backups ADD COLUMN vm_instance_uuid TEXT;
+	CREATE INDEX volume_backups_group ON volume_backups(group_uuid);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.

@@ -97,12 +97,13 @@ var schemas = map[Resource]schema{
 	Volumes: {table: "volumes", fields: map[string]schemaField{
 		"uuid": {column: "uuid"}, "name": {column: "name"}, "type": {column: "type"}, "state": {column: "state"},
 		"status": {column: "status"}, "size": {column: "size", kind: kindInt}, "installPath": {column: "path"},
-		"createDate": {column: "create_date", kind: kindInt},
+		"vmInstanceUuid": {column: "vm_instance_uuid"}, "createDate": {column: "create_date", kind: kindInt},
 	}},
 	VolumeBackups: {table: "volume_backups", fields: map[string]schemaField{
 		"uuid": {column: "uuid"}, "volumeUuid": {column: "volume_uuid"}, "name": {column: "name"},
 		"description": {column: "description"}, "type": {column: "type"}, "state": {column: "state"},
 		"status": {column: "status"}, "size": {column: "size", kind: kindInt}, "mode": {column: "mode"},
+		"groupUuid": {column: "group_uuid"}, "vmInstanceUuid": {column: "vm_instance_uuid"},
 		"createDate": {column: "create_date", kind: kindInt}, "lastOpDate": {column: "last_op_date", kind: kindInt},
 	}},
 	UserTags: {table: "user_tags", fields: map[string]schemaField{

@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"context"
+	"sort"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ type Volume struct {
 	Type             VolumeType
 	State            State
 	Status           Status
+	VMInstanceUUID   string // the VM it is attached to; "" for none
 	Created, LastOp  time.Time
 }
 
@@ -41,6 +43,9 @@ type VolumeBackup struct {
 	Metadata                            string // JSON object
 	Mode                                string
 	UserTags                            string // JSON array
+	// GroupUUID and VMInstanceUUID tie the backups of one VM backup
+	// together; "" for a volume backup alone.
+	GroupUUID, VMInstanceUUID string
 	Created, LastOp                     time.Time
 	Refs                                []BackupStorageRef
 }
@@ -132,20 +137,20 @@ func (d *DB) deleteRow(ctx context.Context, table, uuid string) error {
 func (d *DB) AddVolume(ctx context.Context, v *Volume) error {
 	now := d.now().UTC()
 	v.Created, v.LastOp = now, now
-	_, err := d.db.ExecContext(ctx, `INSERT INTO volumes(uuid, name, path, size, type, state, status, create_date, last_op_date)
-		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)`, v.UUID, v.Name, v.Path, v.Size, v.Type, v.State, v.Status, ns(now), ns(now))
+	_, err := d.db.ExecContext(ctx, `INSERT INTO volumes(uuid, name, path, size, type, state, status, vm_instance_uuid, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, v.UUID, v.Name, v.Path, v.Size, v.Type, v.State, v.Status, nullIfEmpty(v.VMInstanceUUID), ns(now), ns(now))
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", v.UUID, err)
 	}
 	return nil
 }
 
-const volumeCols = `uuid, name, path, size, type, state, status, create_date, last_op_date`
+const volumeCols = `uuid, name, path, size, type, state, status, COALESCE(vm_instance_uuid, ''), create_date, last_op_date`
 
 func scanVolume(row interface{ Scan(...any) error }) (*Volume, error) {
 	var v Volume
 	var c, l int64
-	if err := row.Scan(&v.UUID, &v.Name, &v.Path, &v.Size, &v.Type, &v.State, &v.Status, &c, &l); err != nil {
+	if err := row.Scan(&v.UUID, &v.Name, &v.Path, &v.Size, &v.Type, &v.State, &v.Status, &v.VMInstanceUUID, &c, &l); err != nil {
 		return nil, err
 	}
 	v.Created, v.LastOp = tm(c), tm(l)
@@ -194,9 +199,9 @@ func (d *DB) CreateVolumeBackup(ctx context.Context, b *VolumeBackup, ref Backup
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO volume_backups(uuid, volume_uuid, name, description, type, state, status, size, metadata, mode, user_tags, create_date, last_op_date)
-		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, b.UUID, b.VolumeUUID, b.Name, nullIfEmpty(b.Description), b.Type, b.State, b.Status, b.Size,
-		nullIfEmpty(b.Metadata), b.Mode, b.UserTags, ns(now), ns(now)); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO volume_backups(uuid, volume_uuid, name, description, type, state, status, size, metadata, mode, user_tags, group_uuid, vm_instance_uuid, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, b.UUID, b.VolumeUUID, b.Name, nullIfEmpty(b.Description), b.Type, b.State, b.Status, b.Size,
+		nullIfEmpty(b.Metadata), b.Mode, b.UserTags, nullIfEmpty(b.GroupUUID), nullIfEmpty(b.VMInstanceUUID), ns(now), ns(now)); err != nil {
 		return fmt.Errorf("volume backup %s: %w", b.UUID, err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO user_tags(uuid, resource_uuid, resource_type, tag, create_date, last_op_date)
@@ -272,7 +277,8 @@ func (d *DB) AbandonCreatingBackups(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-const backupCols = `uuid, volume_uuid, name, COALESCE(description, ''), type, state, status, size, COALESCE(metadata, ''), mode, user_tags, create_date, last_op_date`
+const backupCols = `uuid, volume_uuid, name, COALESCE(description, ''), type, state, status, size, COALESCE(metadata, ''), mode, user_tags,
+	COALESCE(group_uuid, ''), COALESCE(vm_instance_uuid, ''), create_date, last_op_date`
 
 // loadBackups loads the backups a WHERE clause of this package selects,
 // with their refs, in create_date order.
@@ -287,7 +293,8 @@ func (d *DB) loadBackups(ctx context.Context, where string, args ...any) ([]*Vol
 	for rows.Next() {
 		var b VolumeBackup
 		var c, l int64
-		if err := rows.Scan(&b.UUID, &b.VolumeUUID, &b.Name, &b.Description, &b.Type, &b.State, &b.Status, &b.Size, &b.Metadata, &b.Mode, &b.UserTags, &c, &l); err != nil {
+		if err := rows.Scan(&b.UUID, &b.VolumeUUID, &b.Name, &b.Description, &b.Type, &b.State, &b.Status, &b.Size, &b.Metadata, &b.Mode, &b.UserTags,
+			&b.GroupUUID, &b.VMInstanceUUID, &c, &l); err != nil {
 			return nil, err
 		}
 		b.Created, b.LastOp = tm(c), tm(l)
@@ -531,4 +538,44 @@ func (d *DB) AddVolumeBackupRef(ctx context.Context, ref BackupStorageRef) error
 		}
 	}
 	return tx.Commit()
+}
+
+// SetVolumeVM attaches a volume to a VM ("" detaches it) and sets its type.
+func (d *DB) SetVolumeVM(ctx context.Context, uuid, vm string, typ VolumeType) error {
+	r, err := d.db.ExecContext(ctx, `UPDATE volumes SET vm_instance_uuid = ?, type = ?, last_op_date = ? WHERE uuid = ?`, nullIfEmpty(vm), typ, ns(d.now()), uuid)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", uuid, err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// VMVolumes lists the volumes attached to a VM, the root volume first.
+func (d *DB) VMVolumes(ctx context.Context, vm string) ([]*Volume, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+volumeCols+` FROM volumes WHERE vm_instance_uuid = ? ORDER BY type = 'Root' DESC, create_date, uuid`, vm)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Volume
+	for rows.Next() {
+		v, err := scanVolume(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// GroupBackups lists the backups of one VM backup, the root volume's first.
+func (d *DB) GroupBackups(ctx context.Context, group string) ([]*VolumeBackup, error) {
+	got, err := d.loadBackups(ctx, " WHERE group_uuid = ?", group)
+	if err != nil {
+		return nil, err
+	}
+	sort.SliceStable(got, func(i, j int) bool { return got[i].Type == VolumeRoot && got[j].Type != VolumeRoot })
+	return got, nil
 }
