@@ -2,10 +2,10 @@ package inventory
 
 import (
 	"context"
-	"sort"
 	"database/sql"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 )
 
@@ -46,8 +46,8 @@ type VolumeBackup struct {
 	// GroupUUID and VMInstanceUUID tie the backups of one VM backup
 	// together; "" for a volume backup alone.
 	GroupUUID, VMInstanceUUID string
-	Created, LastOp                     time.Time
-	Refs                                []BackupStorageRef
+	Created, LastOp           time.Time
+	Refs                      []BackupStorageRef
 }
 
 // BackupStorageRef says where a backup is stored.
