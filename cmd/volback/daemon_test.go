@@ -522,3 +522,44 @@ func countChunkFiles(t *testing.T, repo string) int {
 	}
 	return n
 }
+
+// TestDaemonVmBackup: volumes registered as a VM's (--volume
+// UUID=PATH,type=...,vm=...) are backed up together by CreateVmBackup,
+// through the binary and NBD; each restores to its volume as it was.
+func TestDaemonVmBackup(t *testing.T) {
+	requireTools(t, "qemu-io", "nbdcopy")
+	dir := t.TempDir()
+	const root, data, vm = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa2", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+	paths := map[string]string{root: filepath.Join(dir, "root.raw"), data: filepath.Join(dir, "data.raw")}
+	for _, p := range paths {
+		if err := os.WriteFile(p, make([]byte, 8<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := startDaemon(t, filepath.Join(dir, "state"),
+		"--volume", root+"="+paths[root]+",type=Root,vm="+vm, "--volume", data+"="+paths[data]+",type=Data,vm="+vm)
+	const bs = "1c4b0a3a24533c4faa9b156a0ef98fdf"
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+filepath.Join(dir, "store")+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	uri := func(id string) string {
+		return fmt.Sprintf("nbd+unix:///%s?socket=%s", id, filepath.Join(d.state, "nbd.sock"))
+	}
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 3M", uri(root))
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x22 1M 5M", uri(data))
+	r := d.job("POST", "/volumes/"+root+"/vm-backups", `{"params":{"backupStorageUuid":"`+bs+`","name":"vm"}}`, nil)
+	if r.status != 200 {
+		t.Fatalf("CreateVmBackup: %d %s", r.status, r.body)
+	}
+	invs := r.obj(t)["inventories"].([]any)
+	if len(invs) != 2 {
+		t.Fatalf("%d backups in the VM backup, want 2: %s", len(invs), r.body)
+	}
+	for _, inv := range invs {
+		inv := inv.(map[string]any)
+		if inv["groupUuid"] != invs[0].(map[string]any)["groupUuid"] || inv["vmInstanceUuid"] != vm {
+			t.Errorf("member %v", inv)
+		}
+		restoreMatches(t, installRepo(t, inv), inv["uuid"].(string), uri(inv["volumeUuid"].(string)))
+	}
+}

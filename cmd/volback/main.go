@@ -57,6 +57,9 @@ func newApp() *cli.App {
 		},
 		// Errors are printed once by main, with their exit code.
 		ExitErrHandler: func(*cli.Context, error) {},
+		// Repeated flags are repeated, not comma-separated: a --volume
+		// value holds commas (UUID=PATH,type=Root,vm=VM).
+		DisableSliceFlagSeparator: true,
 		Commands:       commands(),
 	}
 }
