@@ -11,6 +11,10 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
+// copySyncEvery is how many chunks a copy sends between durability
+// barriers.
+const copySyncEvery = 16
+
 // CopyOptions configures CopyBackup.
 type CopyOptions struct {
 	// Parallelism is how many chunks are in flight; 0 means one per CPU.
@@ -123,8 +127,15 @@ func CopyBackup(ctx context.Context, src, dst *Repository, id string, opts CopyO
 					if err != nil {
 						return err
 					}
-					sent.Add(1)
 					written.Add(int64(w))
+					// Make progress durable now and then, so a copy
+					// killed midway resumes from there (the local
+					// driver renames its chunks into place at Sync).
+					if sent.Add(1)%copySyncEvery == 0 {
+						if err := dst.Sync(gctx); err != nil {
+							return err
+						}
+					}
 				}
 				if cap(data) > cap(buf) {
 					buf = data[:0]

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"sync"
 	"testing"
 	"time"
@@ -601,4 +602,62 @@ func TestCopiesToTargets(t *testing.T) {
 		t.Logf("%s: first copy sent %v chunks (%v bytes); the second %v chunk (%v bytes)", kind, st["chunksSent"], st["bytesSent"], st2["chunksSent"], st2["bytesSent"])
 		mustRun(t, "verify", "--repo", repo)
 	}
+}
+
+// TestCopyKilledAndResumed: a throttled copy to S3 is cut by kill -9 of
+// the daemon; after a restart the same copy completes, sending only the
+// chunks the first attempt had not stored, and the copy restores.
+func TestCopyKilledAndResumed(t *testing.T) {
+	requireTools(t, "nbdcopy")
+	_, srv := targetEnv(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	d := startDaemon(t, state)
+	const bs, s3bs, vol = "1c4b0a3a24533c4faa9b156a0ef98fdf", "2c4b0a3a24533c4faa9b156a0ef98fd0", "ec7196ba2d993236aceddd9b31f5d19b"
+	uri := setupVolume(t, d, filepath.Join(dir, "store"), bs, vol, 32<<20)
+	src := filepath.Join(dir, "src.raw")
+	mustRun(t, "bench", "image", "--size", "32MiB", "--seed", "11", "--pattern", "r", src)
+	tool(t, time.Minute, "nbdcopy", src, uri)
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s3","url":"`+filepath.Join(dir, "s3")+`","resourceUuid":"`+s3bs+`"},"systemTags":["fsInfo::type::s3::url::`+srv.Endpoint+`/backups/resume"]}`, nil); r.status != 200 {
+		t.Fatalf("add the S3 storage: %d %s", r.status, r.body)
+	}
+	r := d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, "b", ""), nil)
+	if r.status != 200 {
+		t.Fatalf("backup: %d %s", r.status, r.body)
+	}
+	id := r.obj(t)["inventory"].(map[string]any)["uuid"].(string)
+	body := `{"syncBackupFromImageStoreBackupStorage":{"srcBackupStorageUuid":"` + bs + `","dstBackupStorageUuid":"` + s3bs + `","networkWriteBandwidth":4194304}}`
+	acc := d.do("PUT", "/volume-backups/"+id+"/actions", "OAuth "+d.session, body, nil)
+	if acc.status != 202 {
+		t.Fatalf("copy: %d %s", acc.status, acc.body)
+	}
+	// Kill once a few chunks have gone (32 MiB at 4 MiB/s takes ~8 s).
+	for deadline := time.Now().Add(time.Minute); ; {
+		p := d.getAbs(acc.obj(t)["location"].(string))
+		if p.status != 202 {
+			t.Fatalf("the throttled copy ended before the kill: %d %s", p.status, p.body)
+		}
+		if prog, _ := p.obj(t)["progress"].(map[string]any); prog != nil && prog["done"].(float64) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the copy made no progress")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	d.cmd.Wait()
+	d2 := startDaemon(t, state)
+	r = d2.job("PUT", "/volume-backups/"+id+"/actions", `{"syncBackupFromImageStoreBackupStorage":{"srcBackupStorageUuid":"`+bs+`","dstBackupStorageUuid":"`+s3bs+`"}}`, nil)
+	if r.status != 200 {
+		t.Fatalf("copy after the restart: %d %s", r.status, r.body)
+	}
+	st := r.obj(t)["copy"].(map[string]any)
+	sent, present, chunks := st["chunksSent"].(float64), st["chunksPresent"].(float64), st["chunks"].(float64)
+	if present < 2 || sent+present != chunks {
+		t.Errorf("resumed copy sent %v and found %v of %v chunks: want the ones stored before the kill found, the rest sent", sent, present, chunks)
+	}
+	t.Logf("resumed copy: %v chunks found, %v sent, of %v", present, sent, chunks)
+	inv := r.obj(t)["inventory"].(map[string]any)
+	restoreMatches(t, installRepoOn(t, inv, s3bs), id, uri)
 }
