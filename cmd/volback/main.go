@@ -60,7 +60,7 @@ func newApp() *cli.App {
 		// Repeated flags are repeated, not comma-separated: a --volume
 		// value holds commas (UUID=PATH,type=Root,vm=VM).
 		DisableSliceFlagSeparator: true,
-		Commands:       commands(),
+		Commands:                  commands(),
 	}
 }
 
