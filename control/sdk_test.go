@@ -154,6 +154,7 @@ type sdkVolumeView struct {
 	Size        int64  `json:"size"`
 	State       string `json:"state"`
 	Status      string `json:"status"`
+	VMInstance  string `json:"vmInstanceUuid"`
 }
 
 type sdkBackupRefView struct {
@@ -175,6 +176,7 @@ type sdkVolumeBackupView struct {
 	Metadata          string             `json:"metadata"`
 	GroupUUID         string             `json:"groupUuid"`
 	Mode              string             `json:"mode"`
+	VMInstanceUUID    string             `json:"vmInstanceUuid"`
 	BackupStorageRefs []sdkBackupRefView `json:"backupStorageRefs"`
 }
 
@@ -481,4 +483,82 @@ func openTestRepo(t *testing.T, d *testDaemon, dir string) *chunkstore.Repositor
 		t.Fatal(err)
 	}
 	return repo
+}
+
+type sdkCreateVmBackup struct {
+	SDKBaseParam
+	Params struct {
+		RootVolumeUUID        string   `json:"rootVolumeUuid"`
+		BackupStorageUUID     string   `json:"backupStorageUuid"`
+		Name                  string   `json:"name"`
+		Description           string   `json:"description"`
+		Mode                  string   `json:"mode"`
+		VolumeReadBandwidth   int64    `json:"volumeReadBandwidth"`
+		VolumeWriteBandwidth  int64    `json:"volumeWriteBandwidth"`
+		NetworkReadBandwidth  int64    `json:"networkReadBandwidth"`
+		NetworkWriteBandwidth int64    `json:"networkWriteBandwidth"`
+		ResourceUUID          string   `json:"resourceUuid"`
+		TagUUIDs              []string `json:"tagUuids"`
+	} `json:"params"`
+}
+
+type sdkCopy struct {
+	UUID                 string `json:"uuid"`
+	SrcBackupStorageUUID string `json:"srcBackupStorageUuid"`
+	DstBackupStorageUUID string `json:"dstBackupStorageUuid"`
+}
+
+// TestOfficialSDKShapesVm: the SDK's VM-backup and copy calls, their
+// answers decoded into its views.
+func TestOfficialSDKShapesVm(t *testing.T) {
+	d := startTestDaemon(t)
+	ctx := context.Background()
+	c := d.client()
+	const bs1, bs2 = "1c4b0a3a24533c4faa9b156a0ef98fdf", "2c4b0a3a24533c4faa9b156a0ef98fd0"
+	const root, data, vm = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa2", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+	d.storageAndVolume(bs1, root, 1<<20)
+	if r := d.job("POST", "/backup-storage/image-store", fmt.Sprintf(`{"params":{"name":"offsite","url":"%s/offsite","resourceUuid":"%s"}}`, d.dir, bs2), nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	if r := d.job("POST", "/volumes/data", `{"params":{"name":"data","diskSize":1048576,"resourceUuid":"`+data+`"}}`, nil); r.status != 200 {
+		t.Fatalf("create volume: %d %s", r.status, r.body)
+	}
+	if err := d.api.DB.SetVolumeVM(ctx, root, vm, "Root"); err != nil {
+		t.Fatal(err)
+	}
+	r := c.Job("POST", "/volumes/"+data+"/vm-instances/"+vm, mustJSON(t, map[string]any{"params": map[string]string{"volumeUuid": data, "vmInstanceUuid": vm}}), nil)
+	var vol sdkVolumeView
+	decodeView(t, r.Body, "inventory", &vol)
+	if r.Status != 200 || vol.VMInstance != vm {
+		t.Fatalf("AttachDataVolumeToVm: %d %s", r.Status, r.Body)
+	}
+	var p sdkCreateVmBackup
+	p.Params.RootVolumeUUID, p.Params.BackupStorageUUID, p.Params.Name = root, bs1, "vm"
+	r = c.Job("POST", "/volumes/"+root+"/vm-backups", mustJSON(t, p), nil)
+	var group []sdkVolumeBackupView
+	decodeView(t, r.Body, "inventories", &group)
+	if r.Status != 200 || len(group) != 2 || group[0].GroupUUID == "" || group[0].GroupUUID != group[1].GroupUUID || group[0].VMInstanceUUID != vm {
+		t.Fatalf("CreateVmBackup: %d %s", r.Status, r.Body)
+	}
+	gid := group[0].GroupUUID
+	r = c.Job("PUT", "/vm-backups/"+gid+"/actions", mustJSON(t, map[string]any{"syncVmBackupFromImageStoreBackupStorage": sdkCopy{UUID: gid, SrcBackupStorageUUID: bs1, DstBackupStorageUUID: bs2}}), nil)
+	decodeView(t, r.Body, "inventories", &group)
+	if r.Status != 200 || len(group) != 2 || len(group[0].BackupStorageRefs) != 2 {
+		t.Fatalf("SyncVmBackupFromImageStoreBackupStorage: %d %s", r.Status, r.Body)
+	}
+	var one sdkVolumeBackupView
+	r = c.Job("PUT", "/volume-backups/"+group[1].UUID+"/actions", mustJSON(t, map[string]any{"recoverBackupFromImageStoreBackupStorage": sdkCopy{UUID: group[1].UUID, SrcBackupStorageUUID: bs1, DstBackupStorageUUID: bs2}}), nil)
+	decodeView(t, r.Body, "inventory", &one)
+	if r.Status != 200 || one.UUID != group[1].UUID {
+		t.Fatalf("RecoverBackupFromImageStoreBackupStorage: %d %s", r.Status, r.Body)
+	}
+	if r := c.Job("PUT", "/vm-backups/"+gid+"/actions", mustJSON(t, map[string]any{"revertVmFromVmBackup": map[string]string{"backupStorageUuid": bs2}}), nil); r.Status != 200 {
+		t.Fatalf("RevertVmFromVmBackup: %d %s", r.Status, r.Body)
+	}
+	if r := c.Job("DELETE", "/vm-backups/"+gid+"?deleteMode=Permissive", "", nil); r.Status != 200 {
+		t.Fatalf("DeleteVmBackup: %d %s", r.Status, r.Body)
+	}
+	if r := c.Job("DELETE", "/volumes/"+data+"/vm-instances?vmUuid="+vm, "", nil); r.Status != 200 {
+		t.Fatalf("DetachDataVolumeFromVm: %d %s", r.Status, r.Body)
+	}
 }
