@@ -175,14 +175,7 @@ func (a *API) deleteVmBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
 		}
 		jobs = append(jobs, job)
 	}
-	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
-		for _, job := range jobs {
-			if _, err := job(ctx, prog); err != nil {
-				return nil, err
-			}
-		}
-		return map[string]any{}, nil
-	}, nil
+	return inTurn(jobs), nil
 }
 
 // revertVmFromVmBackup is RevertVmFromVmBackup (PUT /vm-backups/{groupUuid}/actions,
@@ -205,14 +198,7 @@ func (a *API) revertVmFromVmBackup(ctx context.Context, c *apiCall) (JobFunc, er
 		}
 		jobs = append(jobs, job)
 	}
-	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
-		for _, job := range jobs {
-			if _, err := job(ctx, prog); err != nil {
-				return nil, err
-			}
-		}
-		return map[string]any{}, nil
-	}, nil
+	return inTurn(jobs), nil
 }
 
 // groupCopy is SyncVmBackupFromImageStoreBackupStorage and, with from and
@@ -251,5 +237,18 @@ func (a *API) groupCopy(recover bool) asyncFunc {
 			}
 			return map[string]any{"inventories": invs}, nil
 		}, nil
+	}
+}
+
+// inTurn runs the jobs of a group's members one after the other; the first
+// failure ends it.
+func inTurn(jobs []JobFunc) JobFunc {
+	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
+		for _, job := range jobs {
+			if _, err := job(ctx, prog); err != nil {
+				return nil, err
+			}
+		}
+		return map[string]any{}, nil
 	}
 }

@@ -382,7 +382,12 @@ func (d *DB) CountBackupStorages(ctx context.Context) (int, error) {
 
 // ListVolumes returns every volume.
 func (d *DB) ListVolumes(ctx context.Context) ([]*Volume, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+volumeCols+` FROM volumes ORDER BY create_date`)
+	return d.volumes(ctx, ` ORDER BY create_date`)
+}
+
+// volumes loads the volumes a WHERE/ORDER clause of this package selects.
+func (d *DB) volumes(ctx context.Context, clause string, args ...any) ([]*Volume, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+volumeCols+` FROM volumes`+clause, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -554,20 +559,7 @@ func (d *DB) SetVolumeVM(ctx context.Context, uuid, vm string, typ VolumeType) e
 
 // VMVolumes lists the volumes attached to a VM, the root volume first.
 func (d *DB) VMVolumes(ctx context.Context, vm string) ([]*Volume, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+volumeCols+` FROM volumes WHERE vm_instance_uuid = ? ORDER BY type = 'Root' DESC, create_date, uuid`, vm)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*Volume
-	for rows.Next() {
-		v, err := scanVolume(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, rows.Err()
+	return d.volumes(ctx, ` WHERE vm_instance_uuid = ? ORDER BY type = 'Root' DESC, create_date, uuid`, vm)
 }
 
 // GroupBackups lists the backups of one VM backup, the root volume's first.
