@@ -90,6 +90,11 @@ func (a *API) createVmBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
 	if err != nil {
 		return nil, err
 	}
+	if taken, err := a.DB.GroupBackups(ctx, group); err != nil {
+		return nil, err
+	} else if len(taken) > 0 {
+		return nil, errInvalid("resourceUuid %s names a VM backup that exists", group)
+	}
 	vols, err := a.DB.VMVolumes(ctx, root.VMInstanceUUID)
 	if err != nil {
 		return nil, err

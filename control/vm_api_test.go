@@ -121,7 +121,9 @@ func TestAPIVmBackups(t *testing.T) {
 	}
 
 	// Errors.
+	taken := r.json(t)["inventories"].([]any)[0].(map[string]any)["groupUuid"].(string)
 	for _, c := range []struct{ method, path, body string }{
+		{"POST", "/volumes/" + root + "/vm-backups", `{"params":{"backupStorageUuid":"` + bs1 + `","name":"x","resourceUuid":"` + taken + `"}}`},
 		{"POST", "/volumes/" + data + "/vm-backups", `{"params":{"backupStorageUuid":"` + bs1 + `","name":"x"}}`},
 		{"POST", "/volumes/" + root + "/vm-instances/" + vm, ""},
 		{"DELETE", "/vm-backups/ffffffffffffffffffffffffffffffff", ""},
