@@ -243,6 +243,15 @@ func TestManifestSaveLoad(t *testing.T) {
 	if err != nil || len(ids) != 1 || ids[0] != m.ID {
 		t.Fatalf("ListBackups: %v %v", ids, err)
 	}
+	// A second backup under the same id never replaces the first.
+	twin := *m
+	twin.VolumeID = "vol2"
+	if err := r.SaveManifest(ctx, &twin); !errors.Is(err, chunkstore.ErrBackupExists) {
+		t.Fatalf("SaveManifest over a taken id: %v, want ErrBackupExists", err)
+	}
+	if got, _ := r.LoadManifest(ctx, m.ID); got == nil || got.VolumeID != "vol1" {
+		t.Fatalf("the first backup was replaced: %+v", got)
+	}
 	// A manifest with the wrong number of chunks is refused.
 	bad := *m
 	bad.ID = chunkstore.NewID()

@@ -23,6 +23,10 @@ const (
 // ErrNoRepository is returned by Open when the store holds no config.
 var ErrNoRepository = errors.New("no repository here (run repo init first)")
 
+// ErrBackupExists is returned when a backup's id is taken in the
+// repository: no backup replaces another.
+var ErrBackupExists = errors.New("a backup with this id exists in the repository")
+
 // ErrRepositoryExists is returned by Init when the store already holds one.
 var ErrRepositoryExists = errors.New("a repository already exists here")
 
@@ -275,7 +279,19 @@ func (r *Repository) SaveManifest(ctx context.Context, m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	if err := r.store.Put(ctx, manifestPrefix+m.ID, b); err != nil {
+	// Created exclusively: a manifest never replaces another backup's,
+	// whoever wrote that one (another daemon sharing the storage).
+	err = errors.ErrUnsupported
+	if c, ok := r.store.(Creator); ok {
+		err = c.PutIfAbsent(ctx, manifestPrefix+m.ID, b)
+	}
+	if errors.Is(err, errors.ErrUnsupported) { // a store with no conditional create
+		err = r.store.Put(ctx, manifestPrefix+m.ID, b)
+	}
+	if errors.Is(err, ErrExists) {
+		return fmt.Errorf("manifest %s: %w", m.ID, ErrBackupExists)
+	}
+	if err != nil {
 		return fmt.Errorf("manifest %s: %w", m.ID, err)
 	}
 	if err := r.Sync(ctx); err != nil {

@@ -113,6 +113,13 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	} else if err := chunkstore.ValidID(id); err != nil {
 		return nil, fmt.Errorf("backup of volume %s: %w", opts.VolumeID, err)
 	}
+	// A taken id is refused before any data moves (the manifest is
+	// created exclusively in the end, too).
+	if taken, err := repo.HasManifest(ctx, id); err != nil {
+		return nil, fmt.Errorf("backup %s of volume %s: %w", id, opts.VolumeID, err)
+	} else if taken {
+		return nil, fmt.Errorf("backup %s of volume %s: %w", id, opts.VolumeID, chunkstore.ErrBackupExists)
+	}
 	// Announce the backup to garbage collections (here or on other hosts)
 	// before trusting any stored chunk: from now on none is deleted.
 	lease := opts.Lease

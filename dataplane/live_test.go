@@ -3,9 +3,11 @@ package dataplane
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/mem"
 )
 
 const liveChunk = 64 << 10
@@ -353,5 +356,54 @@ func TestPaceYieldsToWritersButProgresses(t *testing.T) {
 	v.pace(4 << 20)
 	if waits != paceWaitsPer4MiB {
 		t.Fatalf("pace under constant writes waited %d times, want %d", waits, paceWaitsPer4MiB)
+	}
+}
+
+// TestTakenIDAndForeignParent: a backup id taken in the repository is
+// refused before any data moves; a chain whose last backup is of another
+// volume makes the next backup full, saying why.
+func TestTakenIDAndForeignParent(t *testing.T) {
+	ctx := context.Background()
+	v, _ := newLive(t, 1<<20, "")
+	defer v.Close()
+	inner := mem.New()
+	repo, err := chunkstore.Init(ctx, inner, chunkstore.InitOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := v.Backup(ctx, repo, LiveBackupOptions{Chain: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects := func() int {
+		n := 0
+		_ = inner.List(ctx, "chunks/", func(chunkstore.Info) error { n++; return nil })
+		return n
+	}
+	before := objects()
+	_ = v.WriteAt(ctx, bytes.Repeat([]byte{9}, 4096), 0, false)
+	if _, err := v.Backup(ctx, repo, LiveBackupOptions{Chain: "c", ID: m.ID}); !errors.Is(err, chunkstore.ErrBackupExists) {
+		t.Fatalf("backup under a taken id: %v, want ErrBackupExists", err)
+	}
+	if objects() != before {
+		t.Error("a refused backup stored chunks")
+	}
+	if got, _ := repo.LoadManifest(ctx, m.ID); got.Stats != m.Stats {
+		t.Error("the backup under the taken id changed")
+	}
+	// The chain's last backup is replaced by another volume's (as a
+	// backup written by another daemon under that id would be).
+	other := *m
+	other.VolumeID = "someone-else"
+	_ = repo.DeleteManifest(ctx, m.ID)
+	if err := repo.SaveManifest(ctx, &other); err != nil {
+		t.Fatal(err)
+	}
+	next, err := v.Backup(ctx, repo, LiveBackupOptions{Chain: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Mode != chunkstore.ModeFull || !strings.Contains(next.Meta["fullReason"], "someone-else") {
+		t.Errorf("backup after a foreign parent: %s, %q", next.Mode, next.Meta["fullReason"])
 	}
 }

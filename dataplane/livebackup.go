@@ -109,6 +109,14 @@ func (v *Volume) prepareBackup(ctx context.Context, repo *chunkstore.Repository,
 	if p.id == "" {
 		p.id = chunkstore.NewID()
 	}
+	// A taken id is refused before the freeze, before any data moves.
+	if taken, err := repo.HasManifest(ctx, p.id); err != nil || taken {
+		p.abort()
+		if err == nil {
+			err = chunkstore.ErrBackupExists
+		}
+		return nil, fmt.Errorf("volume %s: backup %s: %w", v.ID, p.id, err)
+	}
 	// Hold off garbage collection before choosing the parent: its chunks
 	// are reused unread.
 	if p.lease, err = repo.BeginBackup(ctx, p.id); err != nil {
@@ -135,6 +143,8 @@ func (v *Volume) prepareBackup(ctx context.Context, repo *chunkstore.Repository,
 		switch {
 		case err != nil:
 			p.fullReason = fmt.Sprintf("the chain's last backup %s cannot be read: %v", p.lastBackup, err)
+		case m.VolumeID != v.ID:
+			p.fullReason = fmt.Sprintf("the chain's last backup %s is of volume %s, not of this one", p.lastBackup, m.VolumeID)
 		case m.Size != v.size:
 			p.fullReason = fmt.Sprintf("the chain's last backup %s is of a %d-byte volume, this one has %d", p.lastBackup, m.Size, v.size)
 		case m.ChunkSize != repo.ChunkSize():

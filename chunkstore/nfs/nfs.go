@@ -225,6 +225,20 @@ func randSuffix() string {
 // and once Put returns the object is durable (the data by the COMMIT,
 // the name because NFSv3 servers commit a RENAME before answering it).
 func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	return s.put(ctx, name, data, false)
+}
+
+// PutIfAbsent implements chunkstore.Creator: the object is written to a
+// committed temporary file like Put's, then hard-linked to its name with
+// NFSv3 LINK, which fails if the name is taken (a RENAME would replace
+// it); the temporary goes either way.
+func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
+	return s.put(ctx, name, data, true)
+}
+
+var _ chunkstore.Creator = (*Store)(nil)
+
+func (s *Store) put(ctx context.Context, name string, data []byte, exclusive bool) error {
 	if err := chunkstore.ValidName(name); err != nil {
 		return err
 	}
@@ -248,6 +262,17 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 		if err != nil {
 			_ = t.Remove(tmp)
 			return fmt.Errorf("write %s: %w", tmp, err)
+		}
+		if exclusive {
+			err := t.Link(tmp, final)
+			_ = t.Remove(tmp)
+			if errors.Is(err, os.ErrExist) {
+				return fmt.Errorf("create %s: %w", final, chunkstore.ErrExists)
+			}
+			if err != nil {
+				return fmt.Errorf("link %s: %w", final, err)
+			}
+			return nil
 		}
 		if err := t.Rename(tmp, final); err != nil {
 			_ = t.Remove(tmp)

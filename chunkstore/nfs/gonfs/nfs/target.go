@@ -1031,6 +1031,44 @@ func (v *Target) rename(fhSrc []byte, src string, fhDst []byte, dst string) erro
 	return nil
 }
 
+// Link makes a hard link to the file at from under the name to, failing
+// with os.ErrExist if the name is taken (NFSv3 LINK, unlike RENAME, never
+// replaces): the exclusive create of a file written elsewhere first.
+func (v *Target) Link(from, to string) error {
+	_, fhSrc, err := v.Lookup(from)
+	if err != nil {
+		return err
+	}
+	parentDst, dst := filepath.Split(to)
+	_, fhDst, err := v.Lookup(parentDst)
+	if err != nil {
+		return err
+	}
+	type LinkArgs struct {
+		rpc.Header
+		File []byte
+		Link Diropargs3
+	}
+	_, err = v.call(&LinkArgs{
+		Header: rpc.Header{
+			Rpcvers: 2,
+			Prog:    Nfs3Prog,
+			Vers:    Nfs3Vers,
+			Proc:    NFSProc3Link,
+			Cred:    v.auth,
+			Verf:    rpc.AuthNull,
+		},
+		File: fhSrc,
+		Link: Diropargs3{FH: fhDst, Filename: dst},
+	})
+	if err != nil {
+		util.Debugf("link(%s -> %s): %s", from, to, err.Error())
+		return err
+	}
+	v.invalidateEntryCache(fhDst, dst)
+	return nil
+}
+
 // Symlink creates a symbolic link refer to src
 func (v *Target) Symlink(src, dst string) error {
 	parentDst, dst := filepath.Split(dst)

@@ -201,8 +201,11 @@ func (c *Client) disconnect() {
 		c.tcpTransport.Close()
 		c.tcpTransport = nil
 	}
-	for _, r := range c.replies {
+	// Each waiting call wakes with nothing and retries; its channel leaves
+	// the map with it, so a second disconnect cannot close it again.
+	for xid, r := range c.replies {
 		close(r)
+		delete(c.replies, xid)
 	}
 }
 
@@ -283,17 +286,17 @@ retry:
 		// padding
 		_, err = xdr.ReadUint32(res)
 		if err != nil {
-			panic(err.Error())
+			return nil, fmt.Errorf("truncated RPC reply: %w", err)
 		}
 
 		opaque_len, err := xdr.ReadUint32(res)
 		if err != nil {
-			panic(err.Error())
+			return nil, fmt.Errorf("truncated RPC reply: %w", err)
 		}
 
 		_, err = res.Seek(int64(opaque_len), io.SeekCurrent)
 		if err != nil {
-			panic(err.Error())
+			return nil, fmt.Errorf("truncated RPC reply: %w", err)
 		}
 
 		acceptStatus, _ := xdr.ReadUint32(res)
@@ -326,7 +329,7 @@ retry:
 		rejectStatus, _ := xdr.ReadUint32(res)
 		switch rejectStatus {
 		case RpcMismatch:
-
+			return nil, fmt.Errorf("rpc: RPC_MISMATCH - the server does not speak RPC version 2")
 		default:
 			return nil, fmt.Errorf("rejectedStatus was not valid: %d", rejectStatus)
 		}
@@ -334,6 +337,4 @@ retry:
 	default:
 		return nil, fmt.Errorf("rejectedStatus was not valid: %d", status)
 	}
-
-	panic("unreachable")
 }
