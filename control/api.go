@@ -189,6 +189,8 @@ type apiCall struct {
 	// undo, if set by an async handler, runs when its job cannot be
 	// launched after all (it recorded something the job would finish).
 	undo func()
+	// jobUUID is the id the call's job will have (async calls only).
+	jobUUID string
 }
 
 // Path returns a path parameter.
@@ -280,6 +282,7 @@ func (a *API) serve(public bool, pick func(*apiCall) (endpoint, error)) http.Han
 			a.answerError(w, err)
 			return
 		}
+		c.jobUUID = ticket.id
 		run, err := ep.async(ctx, c)
 		if err != nil {
 			a.answerError(w, err)

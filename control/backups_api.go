@@ -150,6 +150,7 @@ type backupRequest struct {
 	spec     target.Spec
 	env      target.Env
 	userTags string
+	job      string // the job making the backups
 }
 
 // parseBackupRequest checks a backup call's parameters and tags.
@@ -182,6 +183,7 @@ func (a *API) parseBackupRequest(ctx context.Context, c *apiCall) (*backupReques
 	}
 	ut, _ := json.Marshal(c.UserTags())
 	req.userTags = string(ut)
+	req.job = c.jobUUID
 	return &req, nil
 }
 
@@ -189,7 +191,7 @@ func (a *API) parseBackupRequest(ctx context.Context, c *apiCall) (*backupReques
 func (a *API) recordBackup(ctx context.Context, req *backupRequest, id string, vrec *inventory.Volume, group string) error {
 	rec := &inventory.VolumeBackup{UUID: id, VolumeUUID: vrec.UUID, Name: req.p.Name, Description: req.p.Description,
 		Type: vrec.Type, State: inventory.StateEnabled, Status: inventory.StatusCreating, Size: vrec.Size, Mode: string(req.mode),
-		UserTags: req.userTags, GroupUUID: group}
+		UserTags: req.userTags, GroupUUID: group, JobUUID: req.job}
 	if group != "" {
 		rec.VMInstanceUUID = vrec.VMInstanceUUID
 	}

@@ -103,18 +103,19 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	if err := db.EnsureAccount(ctx, adminAccountUUID, "admin", inventory.HashPassword(cfg.AdminPassword)); err != nil {
 		return err
 	}
+	env := target.Env{S3AccessKeyID: cfg.S3AccessKeyID, S3SecretAccessKey: cfg.S3SecretAccessKey}
+	// Backups first: a job whose backups finished before the stop
+	// succeeds; the others are recorded failed.
+	if ready, dropped, err := (&API{DB: db, Log: log, TargetEnv: env}).RecoverBackups(ctx); err != nil {
+		return err
+	} else if ready+dropped > 0 {
+		log.Warn("backups left unfinished by the last stop are settled", "ready", ready, "dropped", dropped)
+	}
 	failed, _ := json.Marshal(map[string]*ErrorCode{"error": errRefused("operation failed", "the daemon stopped while this job was running")})
 	if n, err := db.FailRunningJobs(ctx, failed); err != nil {
 		return err
 	} else if n > 0 {
 		log.Warn("jobs interrupted by the last stop are recorded failed", "jobs", n)
-	}
-	env := target.Env{S3AccessKeyID: cfg.S3AccessKeyID, S3SecretAccessKey: cfg.S3SecretAccessKey}
-	if ids, err := db.AbandonCreatingBackups(ctx); err != nil {
-		return err
-	} else if len(ids) > 0 {
-		log.Warn("backups left unfinished by the last stop are dropped from the inventory", "backups", strings.Join(ids, ","))
-		go (&API{DB: db, Log: log, TargetEnv: env}).dropMarkers(ctx, ids)
 	}
 	if !cfg.NoAPI {
 		if err := ensureDefaultStore(ctx, db, cfg.StateDir, log); err != nil {

@@ -98,27 +98,3 @@ func (a *API) collectEvery(ctx context.Context, interval time.Duration) {
 		}
 	})
 }
-
-// dropMarkers removes the repository markers of backups a crash left
-// behind, so collections need not wait for them to go stale.
-func (a *API) dropMarkers(ctx context.Context, ids []string) {
-	log := a.log()
-	storages, err := a.DB.ListBackupStorages(ctx)
-	if err != nil {
-		return
-	}
-	for _, bs := range storages {
-		for _, spec := range storageTargets(ctx, a.DB, bs) {
-			repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{})
-			if err != nil {
-				continue
-			}
-			for _, id := range ids {
-				if err := repo.RemoveBackupMarker(ctx, id); err != nil {
-					log.Warn("cannot remove an abandoned backup's marker", "target", spec.String(), "backup", id, "err", err)
-				}
-			}
-			repo.Close()
-		}
-	}
-}

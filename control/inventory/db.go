@@ -134,6 +134,9 @@ var migrations = []string{
 	ALTER TABLE volume_backups ADD COLUMN group_uuid TEXT;
 	ALTER TABLE volume_backups ADD COLUMN vm_instance_uuid TEXT;
 	CREATE INDEX volume_backups_group ON volume_backups(group_uuid);`,
+	// 5: a backup names the job that makes it, so a restart can finish
+	// the job of a backup whose manifest became durable.
+	`ALTER TABLE volume_backups ADD COLUMN job_uuid TEXT;`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.

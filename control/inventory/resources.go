@@ -46,8 +46,10 @@ type VolumeBackup struct {
 	// GroupUUID and VMInstanceUUID tie the backups of one VM backup
 	// together; "" for a volume backup alone.
 	GroupUUID, VMInstanceUUID string
-	Created, LastOp           time.Time
-	Refs                      []BackupStorageRef
+	// JobUUID is the job making the backup while it is Creating.
+	JobUUID         string
+	Created, LastOp time.Time
+	Refs            []BackupStorageRef
 }
 
 // BackupStorageRef says where a backup is stored.
@@ -199,9 +201,9 @@ func (d *DB) CreateVolumeBackup(ctx context.Context, b *VolumeBackup, ref Backup
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO volume_backups(uuid, volume_uuid, name, description, type, state, status, size, metadata, mode, user_tags, group_uuid, vm_instance_uuid, create_date, last_op_date)
-		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, b.UUID, b.VolumeUUID, b.Name, nullIfEmpty(b.Description), b.Type, b.State, b.Status, b.Size,
-		nullIfEmpty(b.Metadata), b.Mode, b.UserTags, nullIfEmpty(b.GroupUUID), nullIfEmpty(b.VMInstanceUUID), ns(now), ns(now)); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO volume_backups(uuid, volume_uuid, name, description, type, state, status, size, metadata, mode, user_tags, group_uuid, vm_instance_uuid, job_uuid, create_date, last_op_date)
+		VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, b.UUID, b.VolumeUUID, b.Name, nullIfEmpty(b.Description), b.Type, b.State, b.Status, b.Size,
+		nullIfEmpty(b.Metadata), b.Mode, b.UserTags, nullIfEmpty(b.GroupUUID), nullIfEmpty(b.VMInstanceUUID), nullIfEmpty(b.JobUUID), ns(now), ns(now)); err != nil {
 		return fmt.Errorf("volume backup %s: %w", b.UUID, err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO user_tags(uuid, resource_uuid, resource_type, tag, create_date, last_op_date)
@@ -233,7 +235,7 @@ func (d *DB) FinishVolumeBackup(ctx context.Context, uuid string, status Status,
 		return err
 	}
 	defer tx.Rollback()
-	r, err := tx.ExecContext(ctx, `UPDATE volume_backups SET status = ?, size = ?, metadata = ?, last_op_date = ? WHERE uuid = ?`, status, size, nullIfEmpty(metadata), now, uuid)
+	r, err := tx.ExecContext(ctx, `UPDATE volume_backups SET status = ?, size = ?, metadata = ?, job_uuid = NULL, last_op_date = ? WHERE uuid = ?`, status, size, nullIfEmpty(metadata), now, uuid)
 	if err != nil {
 		return fmt.Errorf("volume backup %s: %w", uuid, err)
 	}
@@ -251,34 +253,14 @@ func (d *DB) DeleteVolumeBackup(ctx context.Context, uuid string) error {
 	return d.deleteRow(ctx, "volume_backups", uuid)
 }
 
-// AbandonCreatingBackups removes backups a previous run left in Creating:
-// a backup is recorded Ready only after its manifest is durable, so one
-// still Creating never finished and must not be shown.
-func (d *DB) AbandonCreatingBackups(ctx context.Context) ([]string, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT uuid FROM volume_backups WHERE status = ?`, StatusCreating)
-	if err != nil {
-		return nil, err
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	for _, id := range ids {
-		if err := d.DeleteVolumeBackup(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
-			return ids, err
-		}
-	}
-	return ids, nil
+// CreatingBackups lists the backups left in Creating, with their refs:
+// at start, those a previous run did not settle.
+func (d *DB) CreatingBackups(ctx context.Context) ([]*VolumeBackup, error) {
+	return d.loadBackups(ctx, ` WHERE status = ?`, StatusCreating)
 }
 
 const backupCols = `uuid, volume_uuid, name, COALESCE(description, ''), type, state, status, size, COALESCE(metadata, ''), mode, user_tags,
-	COALESCE(group_uuid, ''), COALESCE(vm_instance_uuid, ''), create_date, last_op_date`
+	COALESCE(group_uuid, ''), COALESCE(vm_instance_uuid, ''), COALESCE(job_uuid, ''), create_date, last_op_date`
 
 // loadBackups loads the backups a WHERE clause of this package selects,
 // with their refs, in create_date order.
@@ -294,7 +276,7 @@ func (d *DB) loadBackups(ctx context.Context, where string, args ...any) ([]*Vol
 		var b VolumeBackup
 		var c, l int64
 		if err := rows.Scan(&b.UUID, &b.VolumeUUID, &b.Name, &b.Description, &b.Type, &b.State, &b.Status, &b.Size, &b.Metadata, &b.Mode, &b.UserTags,
-			&b.GroupUUID, &b.VMInstanceUUID, &c, &l); err != nil {
+			&b.GroupUUID, &b.VMInstanceUUID, &b.JobUUID, &c, &l); err != nil {
 			return nil, err
 		}
 		b.Created, b.LastOp = tm(c), tm(l)

@@ -21,7 +21,7 @@ func TestVolumeBackupRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, name := range []string{"backup-1", "backup-2", "other"} {
-		b := &VolumeBackup{UUID: "b" + string(rune('1'+i)), VolumeUUID: "v1", Name: name, Type: "Data", State: "Enabled", Status: "Creating", Mode: "full"}
+		b := &VolumeBackup{UUID: "b" + string(rune('1'+i)), VolumeUUID: "v1", Name: name, Type: "Data", State: "Enabled", Status: "Creating", Mode: "full", JobUUID: "job" + string(rune('1'+i))}
 		if err := d.CreateVolumeBackup(ctx, b, BackupStorageRef{BackupStorageUUID: "bs1", InstallPath: "/srv/backup/manifests/" + b.UUID, Status: "Creating"}); err != nil {
 			t.Fatal(err)
 		}
@@ -45,16 +45,20 @@ func TestVolumeBackupRecords(t *testing.T) {
 	if total != 3 || len(page) != 1 {
 		t.Fatalf("paging: %d of %d", len(page), total)
 	}
-	// A restart abandons the backup still Creating, with its refs.
+	// A restart finds the backup still Creating, with its refs and job;
+	// deleting it takes its refs.
 	d.Close()
 	d2, err := Open(ctx, path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d2.Close()
-	ids, err = d2.AbandonCreatingBackups(ctx)
-	if err != nil || len(ids) != 1 || ids[0] != "b3" {
-		t.Fatalf("abandon: %v %v", ids, err)
+	left, err := d2.CreatingBackups(ctx)
+	if err != nil || len(left) != 1 || left[0].UUID != "b3" || len(left[0].Refs) != 1 || left[0].JobUUID != "job3" {
+		t.Fatalf("creating backups: %+v %v", left, err)
+	}
+	if err := d2.DeleteVolumeBackup(ctx, "b3"); err != nil {
+		t.Fatal(err)
 	}
 	if _, total, _ := d2.Query(ctx, VolumeBackups, &Query{Limit: 10}); total != 2 {
 		t.Fatalf("%d backups after abandoning, want 2", total)
