@@ -15,14 +15,16 @@ import (
 // reclaimSpace is ZStack's ReclaimSpaceFromImageStore (PUT
 // /backup-storage/image-store/{uuid}/actions with
 // {"reclaimSpaceFromImageStore":{}}): a garbage collection of the
-// storage's repository. The result's size is the bytes freed.
+// storage's repository and of every target its backups went to. The
+// result's size is the bytes freed; a target that could not be collected
+// is named in skippedTargets.
 func (a *API) reclaimSpace(ctx context.Context, c *apiCall) (JobFunc, error) {
 	bs, err := a.storage(ctx, c.Path("uuid"))
 	if err != nil {
 		return nil, err
 	}
 	return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
-		rep, err := a.collectStorage(ctx, bs, prog)
+		rep, skipped, err := a.collectStorage(ctx, bs, prog)
 		if errors.Is(err, chunkstore.ErrBackupsInProgress) {
 			return nil, errFailed("backups are running in this backup storage; reclaim space when they are done", err)
 		}
@@ -30,18 +32,38 @@ func (a *API) reclaimSpace(ctx context.Context, c *apiCall) (JobFunc, error) {
 			return nil, errFailed("garbage collection of backup storage "+bs.UUID+" failed", err)
 		}
 		a.Metrics.gcDone(rep)
-		return map[string]any{"size": rep.BytesDeleted, "gc": rep}, nil
+		return map[string]any{"size": rep.BytesDeleted, "gc": rep, "skippedTargets": skipped}, nil
 	}, nil
 }
 
+// skippedTarget is a target a collection could not collect, and why.
+type skippedTarget struct {
+	Target string `json:"target"`
+	Error  string `json:"error"`
+}
+
 // collectStorage collects every target of a storage (its url and the
-// fsInfo targets its backups went to) and sums the reports.
-func (a *API) collectStorage(ctx context.Context, bs *inventory.BackupStorage, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
+// fsInfo targets its backups went to) and sums the reports. The storage's
+// own repository failing fails the collection; another target that
+// cannot be collected (unreachable, or with backups running) is skipped
+// and reported, so it never blocks the others: it is tried again next
+// time.
+func (a *API) collectStorage(ctx context.Context, bs *inventory.BackupStorage, prog *dataplane.Progress) (*chunkstore.GCReport, []skippedTarget, error) {
 	sum := &chunkstore.GCReport{}
+	skipped := []skippedTarget{}
+	own := storageSpec(bs)
 	for _, spec := range storageTargets(ctx, a.DB, bs) {
 		rep, err := a.collect(ctx, spec, prog)
+		if err != nil && spec == own {
+			return sum, skipped, fmt.Errorf("%s: %w", spec.String(), err)
+		}
 		if err != nil {
-			return sum, fmt.Errorf("%s: %w", spec.String(), err)
+			if ctx.Err() != nil {
+				return sum, skipped, ctx.Err()
+			}
+			a.log().Warn("garbage collection skips a target", "storage", bs.UUID, "target", spec.String(), "err", err)
+			skipped = append(skipped, skippedTarget{Target: spec.String(), Error: err.Error()})
+			continue
 		}
 		sum.Manifests += rep.Manifests
 		sum.ChunksTotal += rep.ChunksTotal
@@ -53,7 +75,7 @@ func (a *API) collectStorage(ctx context.Context, bs *inventory.BackupStorage, p
 		sum.MissingChunks += rep.MissingChunks
 		sum.Duration += rep.Duration
 	}
-	return sum, nil
+	return sum, skipped, nil
 }
 
 func (a *API) collect(ctx context.Context, spec target.Spec, prog *dataplane.Progress) (*chunkstore.GCReport, error) {
@@ -82,7 +104,7 @@ func (a *API) collectEvery(ctx context.Context, interval time.Duration) {
 			return
 		}
 		for _, bs := range storages {
-			rep, err := a.collectStorage(ctx, bs, nil)
+			rep, _, err := a.collectStorage(ctx, bs, nil)
 			switch {
 			case ctx.Err() != nil:
 				return

@@ -153,6 +153,12 @@ func TestDaemonTargets(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(g.Export, "backups/vol/config")); err != nil {
 		t.Errorf("no repository on the NFS export: %v", err)
 	}
+	// A backup to an export that does not exist fails; it must not stop
+	// the storage's collections.
+	const noExport = "fsInfo::type::nfs::url::127.0.0.1:/no/such/export"
+	if r := d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, "unreachable", "", noExport), nil); r.status == 200 {
+		t.Fatalf("backup to a missing export: %d %s", r.status, r.body)
+	}
 	// Delete every backup; the storage's reclaim reaches every target its
 	// backups ever went to, and leaves no chunk anywhere.
 	r := d.do("GET", "/volume-backups?fields=uuid", "OAuth "+d.session, "", nil)
@@ -164,6 +170,9 @@ func TestDaemonTargets(t *testing.T) {
 	r = d.job("PUT", "/backup-storage/image-store/"+bs+"/actions", `{"reclaimSpaceFromImageStore":{}}`, nil)
 	if r.status != 200 || r.obj(t)["size"].(float64) <= 0 {
 		t.Fatalf("reclaim: %d %s", r.status, r.body)
+	}
+	if sk, _ := r.obj(t)["skippedTargets"].([]any); len(sk) != 1 || !strings.Contains(fmt.Sprint(sk[0]), "/no/such/export") {
+		t.Errorf("reclaim: skipped targets %v, want the missing export alone", sk)
 	}
 	if n := countChunkFiles(t, filepath.Join(g.Export, "backups/vol")); n != 0 {
 		t.Errorf("%d chunks left on the NFS export", n)
