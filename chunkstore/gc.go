@@ -239,6 +239,41 @@ type GCReport struct {
 	Duration       time.Duration `json:"durationNanos"`
 	DryRun         bool          `json:"dryRun"`
 	BackupsRunning []string      `json:"backupsRunning,omitempty"`
+	// ReserveUsed says the repository was full: the collection took the
+	// room the reserve kept. ReserveError says why the reserve could not
+	// be put back (the next collection of a full repository would fail).
+	ReserveUsed  bool   `json:"reserveUsed,omitempty"`
+	ReserveError string `json:"reserveError,omitempty"`
+}
+
+// reserveName is an object that keeps room for garbage collection, which
+// only frees space but writes its marker first: on a full repository the
+// collection deletes it to make that room, and puts it back when done.
+const reserveName = "reserve"
+
+// ReserveSize is the reserve's size: room for the collection's marker and
+// its heartbeats, on any file system's block size.
+const ReserveSize = 1 << 20
+
+func putReserve(ctx context.Context, store Store) error {
+	if err := store.Put(ctx, reserveName, make([]byte, ReserveSize)); err != nil {
+		return fmt.Errorf("%s: keep room for garbage collection: %w", store.Location(), err)
+	}
+	if err := store.Sync(ctx); err != nil {
+		return fmt.Errorf("%s: keep room for garbage collection: %w", store.Location(), err)
+	}
+	return nil
+}
+
+// keepReserve puts the reserve back if it is missing (used, or a
+// repository made before it existed).
+func (r *Repository) keepReserve(ctx context.Context) error {
+	if info, err := r.store.Stat(ctx, reserveName); err == nil && info.Size == ReserveSize {
+		return nil
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return putReserve(ctx, r.store)
 }
 
 // GC deletes every chunk no manifest names. It refuses, with
@@ -248,11 +283,27 @@ type GCReport struct {
 func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
 	started := time.Now()
 	rep := &GCReport{DryRun: opts.DryRun}
-	l, err := r.acquire(ctx, "gc", NewID())
+	id := NewID()
+	l, err := r.acquire(ctx, "gc", id)
 	if err != nil {
-		return nil, err
+		// A full repository has no room for the marker: the reserve
+		// holds it, and is put back once the collection freed space.
+		if derr := r.store.Delete(ctx, reserveName); derr != nil {
+			return nil, err
+		}
+		rep.ReserveUsed = true
+		if l, err = r.acquire(ctx, "gc", id); err != nil {
+			return nil, err
+		}
 	}
-	defer l.ReleaseAfter(ctx)
+	defer func() {
+		l.ReleaseAfter(ctx)
+		if !opts.DryRun {
+			if err := r.keepReserve(ctx); err != nil {
+				rep.ReserveError = err.Error()
+			}
+		}
+	}()
 	live, stale, err := r.liveMarkers(ctx, backupLockPrefix)
 	if err != nil {
 		return nil, err

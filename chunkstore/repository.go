@@ -65,6 +65,11 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 	if err != nil {
 		return nil, err
 	}
+	// The room garbage collection needs on a full repository, first: a
+	// store too small for it is too small for backups.
+	if err := putReserve(ctx, store); err != nil {
+		return nil, err
+	}
 	b, err := jsonIndent(cfg)
 	if err != nil {
 		return nil, err

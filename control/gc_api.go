@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
@@ -74,6 +75,10 @@ func (a *API) collectStorage(ctx context.Context, bs *inventory.BackupStorage, p
 		sum.TempsRemoved += rep.TempsRemoved
 		sum.MissingChunks += rep.MissingChunks
 		sum.Duration += rep.Duration
+		sum.ReserveUsed = sum.ReserveUsed || rep.ReserveUsed
+		if rep.ReserveError != "" {
+			sum.ReserveError = strings.TrimPrefix(sum.ReserveError+"; "+rep.ReserveError, "; ")
+		}
 	}
 	return sum, skipped, nil
 }
