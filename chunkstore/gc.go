@@ -239,6 +239,7 @@ type GCReport struct {
 	Duration       time.Duration `json:"durationNanos"`
 	DryRun         bool          `json:"dryRun"`
 	BackupsRunning []string      `json:"backupsRunning,omitempty"`
+	BadManifests   []BadManifest `json:"badManifests,omitempty"`
 	// ReserveUsed says the repository was full: the collection took the
 	// room the reserve kept. ReserveError says why the reserve could not
 	// be put back (the next collection of a full repository would fail).
@@ -333,13 +334,18 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		return nil, err
 	}
 	inUse := make(map[Key]struct{})
+	// Manifests one at a time (a repository's manifests may not fit in
+	// memory together); every unreadable one is named.
+	var bad []BadManifest
 	for _, id := range ids {
 		m, err := r.LoadManifest(ctx, id)
-		if errors.Is(err, ErrNotFound) {
+		switch {
+		case errors.Is(err, ErrNotFound):
 			continue // deleted since the listing: its chunks may go
-		}
-		if err != nil {
-			// Deleting with a manifest unread could delete its chunks.
+		case errors.Is(err, ErrBadManifest):
+			bad = append(bad, BadManifest{ID: id, Error: err.Error()})
+			continue
+		case err != nil:
 			return nil, fmt.Errorf("gc mark: %w", err)
 		}
 		rep.Manifests++
@@ -348,6 +354,11 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				inUse[k] = struct{}{}
 			}
 		}
+	}
+	if len(bad) > 0 {
+		// Deleting with a manifest unread could delete its chunks.
+		rep.BadManifests = bad
+		return rep, fmt.Errorf("%s: gc mark: nothing deleted: %w", r.store.Location(), BadManifestsError(bad))
 	}
 
 	// Sweep.

@@ -27,6 +27,17 @@ var ErrNoRepository = errors.New("no repository here (run repo init first)")
 // repository: no backup replaces another.
 var ErrBackupExists = errors.New("a backup with this id exists in the repository")
 
+// ErrBadManifest is wrapped by LoadManifest when a manifest is stored but
+// cannot be decoded (corrupt, truncated, of an unknown format): the
+// manifest is at fault, not the store, so a listing names it and goes on.
+var ErrBadManifest = errors.New("manifest unreadable")
+
+// BadManifest names an unreadable manifest and says why.
+type BadManifest struct {
+	ID    string `json:"id"`
+	Error string `json:"error"`
+}
+
 // ErrRepositoryExists is returned by Init when the store already holds one.
 var ErrRepositoryExists = errors.New("a repository already exists here")
 
@@ -319,9 +330,38 @@ func (r *Repository) LoadManifest(ctx context.Context, id string) (*Manifest, er
 	}
 	m, err := decodeManifest(r.mdec, id, b)
 	if err != nil {
-		return nil, fmt.Errorf("backup %s: %w", id, err)
+		return nil, fmt.Errorf("backup %s: %w: %w", id, ErrBadManifest, err)
 	}
 	return m, nil
+}
+
+// LoadManifests loads the manifests of ids, as a listing does: one deleted
+// since the listing is left out, an unreadable one is named in bad and the
+// others still load; a store failure stops it.
+func (r *Repository) LoadManifests(ctx context.Context, ids []string) (ms []*Manifest, bad []BadManifest, err error) {
+	for _, id := range ids {
+		m, err := r.LoadManifest(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case errors.Is(err, ErrBadManifest):
+			bad = append(bad, BadManifest{ID: id, Error: err.Error()})
+		case err != nil:
+			return ms, bad, err
+		default:
+			ms = append(ms, m)
+		}
+	}
+	return ms, bad, nil
+}
+
+// BadManifestsError is the error of an operation that must read every
+// manifest and found some unreadable.
+func BadManifestsError(bad []BadManifest) error {
+	names := make([]string, len(bad))
+	for i, b := range bad {
+		names[i] = b.ID
+	}
+	return fmt.Errorf("%d %w: %s", len(bad), ErrBadManifest, strings.Join(names, ", "))
 }
 
 // HasManifest reports whether backup id's manifest is stored.

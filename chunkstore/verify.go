@@ -39,22 +39,27 @@ type VerifyReport struct {
 	Bytes      int64      `json:"bytes"`
 	Bad        []BadChunk `json:"bad"`
 	BadBackups []string   `json:"badBackups"`
+	// BadManifests are the backups whose manifest cannot be read: their
+	// chunks are not checked.
+	BadManifests []BadManifest `json:"badManifests,omitempty"`
 }
 
 // OK reports whether every chunk checked out.
-func (r *VerifyReport) OK() bool { return len(r.Bad) == 0 }
+func (r *VerifyReport) OK() bool { return len(r.Bad) == 0 && len(r.BadManifests) == 0 }
 
 // Verify reads every chunk named by the given backups (all backups if ids
 // is empty), decodes it and checks it against its key. Bad chunks are
 // collected in the report, not returned as errors; an error means the
 // check itself could not run (a manifest unreadable, the context done).
 func (r *Repository) Verify(ctx context.Context, ids []string, opts VerifyOptions) (*VerifyReport, error) {
-	if len(ids) == 0 {
+	listed := len(ids) == 0
+	if listed {
 		var err error
 		if ids, err = r.ListBackups(ctx); err != nil {
 			return nil, err
 		}
 	}
+	var badManifests []BadManifest
 	type use struct {
 		backups []string
 		size    int
@@ -62,11 +67,20 @@ func (r *Repository) Verify(ctx context.Context, ids []string, opts VerifyOption
 	uses := make(map[Key]*use)
 	var order []Key
 	var total int64
+	checked := 0
 	for _, id := range ids {
 		m, err := r.LoadManifest(ctx, id)
-		if err != nil {
+		switch {
+		case listed && errors.Is(err, ErrNotFound):
+			continue // deleted since the listing
+		case errors.Is(err, ErrBadManifest):
+			// Named, and the others still verified.
+			badManifests = append(badManifests, BadManifest{ID: id, Error: err.Error()})
+			continue
+		case err != nil:
 			return nil, err
 		}
+		checked++
 		for i, k := range m.Chunks {
 			if k.IsZero() {
 				continue
@@ -86,7 +100,7 @@ func (r *Repository) Verify(ctx context.Context, ids []string, opts VerifyOption
 	if opts.OnTotal != nil {
 		opts.OnTotal(total)
 	}
-	rep := &VerifyReport{Backups: len(ids), Chunks: len(order), Bytes: total}
+	rep := &VerifyReport{Backups: checked, Chunks: len(order), Bytes: total, BadManifests: badManifests}
 	n := opts.Parallelism
 	if n <= 0 {
 		n = runtime.NumCPU()

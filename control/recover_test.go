@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/volback/volback/chunkstore"
@@ -137,5 +139,55 @@ func TestRecoverBackups(t *testing.T) {
 	// The recovered backup restores: it is a real one.
 	if rep, err := repo.Verify(ctx, []string{done}, chunkstore.VerifyOptions{}); err != nil || !rep.OK() || rep.Bytes == 0 {
 		t.Errorf("verify %s: %+v %v", done, rep, err)
+	}
+}
+
+// TestSyncSkipsBadManifest: SyncVolumeBackup over a repository with one
+// truncated manifest imports the good backups and names the bad one.
+func TestSyncSkipsBadManifest(t *testing.T) {
+	ctx := context.Background()
+	d := startTestDaemon(t)
+	bs, vol := chunkstore.NewID(), chunkstore.NewID()
+	d.storageAndVolume(bs, vol, 1<<20)
+	var ids []string
+	for i := range 3 {
+		if err := d.api.Host.Volume(vol).WriteAt(ctx, bytes.Repeat([]byte{byte(i + 1)}, 4096), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		r := d.job("POST", "/volumes/"+vol+"/volume-backups", `{"params":{"backupStorageUuid":"`+bs+`","name":"b"}}`, nil)
+		var got struct {
+			Inventory backupInventory `json:"inventory"`
+		}
+		if r.status != 200 || json.Unmarshal([]byte(r.body), &got) != nil {
+			t.Fatalf("backup: %d %s", r.status, r.body)
+		}
+		ids = append(ids, got.Inventory.UUID)
+		// Forgotten by the inventory, as a repository another daemon wrote.
+		if err := d.api.DB.DeleteVolumeBackup(ctx, got.Inventory.UUID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	victim := filepath.Join(d.dir, "store-"+bs, "manifests", ids[1])
+	data, err := os.ReadFile(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(victim, data[:len(data)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := d.job("PUT", "/volume-backups/imageStore/"+bs+"/actions", `{"syncVolumeBackup":{}}`, nil)
+	var got struct {
+		Result struct {
+			New int `json:"newBackupCount"`
+		} `json:"result"`
+		Bad []chunkstore.BadManifest `json:"badManifests"`
+	}
+	if r.status != 200 || json.Unmarshal([]byte(r.body), &got) != nil || got.Result.New != 2 || len(got.Bad) != 1 || got.Bad[0].ID != ids[1] {
+		t.Fatalf("sync with a bad manifest: %d %s", r.status, r.body)
+	}
+	for _, id := range []string{ids[0], ids[2]} {
+		if b, err := d.api.DB.GetVolumeBackup(ctx, id); err != nil || b.Status != inventory.StatusReady {
+			t.Errorf("backup %s after the sync: %v %v", id, b, err)
+		}
 	}
 }

@@ -51,6 +51,7 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 			tgt = string(tj)
 		}
 		added := []any{}
+		bad := []chunkstore.BadManifest{}
 		copies := 0 // known backups found with a new copy here
 		for _, bid := range ids {
 			prog.Add(1)
@@ -71,6 +72,12 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 			m, err := repo.LoadManifest(ctx, bid)
 			if errors.Is(err, chunkstore.ErrNotFound) {
 				continue // deleted since the listing
+			}
+			if errors.Is(err, chunkstore.ErrBadManifest) {
+				// Named in the answer; the good ones are still imported.
+				a.log().Warn("sync: a manifest cannot be read; its backup is not imported", "backup", bid, "target", spec.String(), "err", err)
+				bad = append(bad, chunkstore.BadManifest{ID: bid, Error: err.Error()})
+				continue
 			}
 			if err != nil {
 				return nil, errFailed("cannot read backup "+bid+" in "+spec.String(), err)
@@ -123,8 +130,9 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 			a.log().Info("sync: a recorded backup is no longer in its target; its record goes", "backup", bid, "target", spec.String())
 		}
 		return map[string]any{
-			"result":      map[string]int{"newBackupCount": len(added), "deletedBackupCount": deleted, "newCopyCount": copies},
-			"inventories": added,
+			"result":       map[string]int{"newBackupCount": len(added), "deletedBackupCount": deleted, "newCopyCount": copies},
+			"inventories":  added,
+			"badManifests": bad,
 		}, nil
 	}, nil
 }

@@ -353,3 +353,60 @@ func TestQuietPrintsOnlyTheID(t *testing.T) {
 		t.Fatalf("ls does not list %s:\n%s", id, ls.stdout)
 	}
 }
+
+// TestCorruptManifest: one manifest of three truncated. ls lists the other
+// two and verify checks them, each naming the bad one and exiting 3; gc
+// refuses, naming it, and deletes nothing.
+func TestCorruptManifest(t *testing.T) {
+	_, repo, img, first := smallRepo(t, "16MiB")
+	// The second backup has chunks of its own, which a gc that skipped
+	// its manifest would delete.
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := make([]byte, 4<<20)
+	if _, err := rand.Read(own); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(own, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	second := backupJSONRun(t, repo, img)
+	third := backupJSONRun(t, repo, img)
+	victim := filepath.Join(repo, "manifests", second.ID)
+	data, err := os.ReadFile(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(victim, data[:len(data)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	chunks := len(chunkFiles(t, repo))
+
+	r := run(t, "ls", "--repo", repo)
+	if r.code != 3 || !strings.Contains(r.stdout, first.ID) || !strings.Contains(r.stdout, third.ID) || strings.Contains(r.stdout, second.ID) ||
+		!strings.Contains(r.stderr, second.ID) {
+		t.Fatalf("ls with a bad manifest: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	r = run(t, "--json", "verify", "--repo", repo)
+	var rep struct {
+		Backups      int   `json:"backups"`
+		Bytes        int64 `json:"bytes"`
+		BadManifests []struct {
+			ID string `json:"id"`
+		} `json:"badManifests"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 3 || rep.Backups != 2 || rep.Bytes == 0 ||
+		len(rep.BadManifests) != 1 || rep.BadManifests[0].ID != second.ID {
+		t.Fatalf("verify with a bad manifest: exit %d, %s (%v)", r.code, r.stdout, err)
+	}
+	r = run(t, "gc", "--repo", repo)
+	if r.code == 0 || !strings.Contains(r.stderr, second.ID) || !strings.Contains(r.stderr, "nothing deleted") {
+		t.Fatalf("gc with a bad manifest: exit %d, %s", r.code, r.stderr)
+	}
+	if n := len(chunkFiles(t, repo)); n != chunks {
+		t.Errorf("gc with a bad manifest: %d chunks left of %d", n, chunks)
+	}
+}

@@ -30,30 +30,41 @@ func lsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			ms := make([]*chunkstore.Manifest, 0, len(ids))
-			for _, id := range ids {
-				m, err := r.LoadManifest(c.Context, id)
-				if err != nil {
-					return err
-				}
-				ms = append(ms, m)
+			ms, bad, err := r.LoadManifests(c.Context, ids)
+			if err != nil {
+				return err
 			}
-			sort.Slice(ms, func(i, j int) bool { return ms[i].Finished.Before(ms[j].Finished) })
-			if o.json {
-				out := make([]backupJSON, 0, len(ms))
-				for _, m := range ms {
-					out = append(out, backupSummary(m, time.Duration(m.Stats.DurationNanos)))
-				}
-				return o.printJSON(out)
+			// Each unreadable manifest is named; the others are listed.
+			for _, b := range bad {
+				fmt.Fprintf(os.Stderr, "unreadable manifest of backup %s: %s\n", b.ID, b.Error)
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tVOLUME\tSIZE\tMODE\tFINISHED\tNEW\tSTORED\tNAME")
-			for _, m := range ms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", m.ID, m.VolumeID, humanize.IBytes(uint64(m.Size)), m.Mode,
-					m.Finished.Local().Format(time.DateTime), m.Stats.ChunksNew, m.Stats.ChunksTotal,
-					humanize.IBytes(uint64(m.Stats.BytesStored)), m.Meta["name"])
+			if err := listBackups(o, ms); err != nil {
+				return err
 			}
-			return tw.Flush()
+			if len(bad) > 0 {
+				return cli.Exit(chunkstore.BadManifestsError(bad).Error(), exitVerifyFailed)
+			}
+			return nil
 		},
 	}
+}
+
+// listBackups prints manifests, oldest first.
+func listBackups(o output, ms []*chunkstore.Manifest) error {
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Finished.Before(ms[j].Finished) })
+	if o.json {
+		out := make([]backupJSON, 0, len(ms))
+		for _, m := range ms {
+			out = append(out, backupSummary(m, time.Duration(m.Stats.DurationNanos)))
+		}
+		return o.printJSON(out)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tVOLUME\tSIZE\tMODE\tFINISHED\tNEW\tSTORED\tNAME")
+	for _, m := range ms {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", m.ID, m.VolumeID, humanize.IBytes(uint64(m.Size)), m.Mode,
+			m.Finished.Local().Format(time.DateTime), m.Stats.ChunksNew, m.Stats.ChunksTotal,
+			humanize.IBytes(uint64(m.Stats.BytesStored)), m.Meta["name"])
+	}
+	return tw.Flush()
 }

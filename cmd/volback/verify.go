@@ -45,11 +45,21 @@ func verifyCommand() *cli.Command {
 					return err
 				}
 			} else {
+				for _, b := range rep.BadManifests {
+					fmt.Fprintf(os.Stderr, "unreadable manifest of backup %s: %s\n", b.ID, b.Error)
+				}
 				for _, b := range rep.Bad {
 					fmt.Fprintf(os.Stderr, "bad chunk %s (used by backups %s): %s\n", b.Key, strings.Join(b.Backups, ", "), b.Error)
 				}
 				o.infof("checked %d chunks (%s) of %d backups in %s, %s: %d bad",
 					rep.Chunks, humanize.IBytes(uint64(rep.Bytes)), rep.Backups, elapsed.Round(time.Millisecond), rate(rep.Bytes, elapsed), len(rep.Bad))
+			}
+			if len(rep.BadManifests) > 0 {
+				msg := fmt.Sprintf("verify failed: %v", chunkstore.BadManifestsError(rep.BadManifests))
+				if len(rep.Bad) > 0 {
+					msg += fmt.Sprintf("; %d bad chunks in backups %s", len(rep.Bad), strings.Join(rep.BadBackups, ", "))
+				}
+				return cli.Exit(msg, exitVerifyFailed)
 			}
 			if !rep.OK() {
 				return cli.Exit(fmt.Sprintf("verify failed: %d bad chunks in backups %s", len(rep.Bad), strings.Join(rep.BadBackups, ", ")), exitVerifyFailed)
