@@ -267,6 +267,22 @@ retry:
 		goto retry
 	}
 
+	out, err := parseReply(res)
+	if errors.Is(err, errGarbageArgs) && !garbage {
+		// emulate Linux behaviour for GARBAGE_ARGS
+		util.Debugf("Retrying on GARBAGE_ARGS per linux semantics")
+		garbage = true
+		goto retry
+	}
+	return out, err
+}
+
+var errGarbageArgs = errors.New("rpc: GARBAGE_ARGS - rpc arguments cannot be XDR decoded")
+
+// parseReply reads an RPC reply's header (after the xid) and returns the
+// reader at the procedure's results, or the error the reply carries.
+// Whatever the server sent, it returns: it never panics.
+func parseReply(res io.ReadSeeker) (io.ReadSeeker, error) {
 	mtype, err := xdr.ReadUint32(res)
 	if err != nil {
 		return nil, err
@@ -294,12 +310,18 @@ retry:
 			return nil, fmt.Errorf("truncated RPC reply: %w", err)
 		}
 
+		if l, ok := res.(interface{ Len() int }); ok && int64(opaque_len) > int64(l.Len()) {
+			return nil, fmt.Errorf("truncated RPC reply: a verifier of %d bytes", opaque_len)
+		}
 		_, err = res.Seek(int64(opaque_len), io.SeekCurrent)
 		if err != nil {
 			return nil, fmt.Errorf("truncated RPC reply: %w", err)
 		}
 
-		acceptStatus, _ := xdr.ReadUint32(res)
+		acceptStatus, err := xdr.ReadUint32(res)
+		if err != nil {
+			return nil, fmt.Errorf("truncated RPC reply: %w", err)
+		}
 
 		switch acceptStatus {
 		case Success:
@@ -311,14 +333,7 @@ retry:
 		case ProcUnavail:
 			return nil, fmt.Errorf("rpc: PROC_UNAVAIL - unrecognized procedure number")
 		case GarbageArgs:
-			// emulate Linux behaviour for GARBAGE_ARGS
-			if !garbage {
-				util.Debugf("Retrying on GARBAGE_ARGS per linux semantics")
-				garbage = true
-				goto retry
-			}
-
-			return nil, fmt.Errorf("rpc: GARBAGE_ARGS - rpc arguments cannot be XDR decoded")
+			return nil, errGarbageArgs
 		case SystemErr:
 			return nil, fmt.Errorf("rpc: SYSTEM_ERR - unknown error on server")
 		default:
@@ -326,7 +341,10 @@ retry:
 		}
 
 	case MsgDenied:
-		rejectStatus, _ := xdr.ReadUint32(res)
+		rejectStatus, err := xdr.ReadUint32(res)
+		if err != nil {
+			return nil, fmt.Errorf("truncated RPC reply: %w", err)
+		}
 		switch rejectStatus {
 		case RpcMismatch:
 			return nil, fmt.Errorf("rpc: RPC_MISMATCH - the server does not speak RPC version 2")

@@ -5,6 +5,7 @@ package rpc
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -18,18 +19,39 @@ type tcpTransport struct {
 
 // Get the response from the conn, buffer the contents, and return a reader to
 // it.
+//
+// A record may come in several fragments (RFC 5531, record marking): they
+// are joined until the one marked last. A record longer than maxRecord is
+// an error, so a broken or hostile server cannot make the client allocate
+// what it likes.
 func (t *tcpTransport) recv() (io.ReadSeeker, error) {
-	var hdr uint32
-	if err := binary.Read(t.r, binary.BigEndian, &hdr); err != nil {
-		return nil, err
-	}
+	return readRecord(t.r)
+}
 
-	buf := make([]byte, hdr&0x7fffffff)
-	if _, err := io.ReadFull(t.r, buf); err != nil {
-		return nil, err
-	}
+// maxRecord bounds one reply: the largest READ (1 MiB rsize) with room to
+// spare for a READDIRPLUS of many entries.
+const maxRecord = 64 << 20
 
-	return bytes.NewReader(buf), nil
+func readRecord(r io.Reader) (*bytes.Reader, error) {
+	var buf []byte
+	for {
+		var hdr uint32
+		if err := binary.Read(r, binary.BigEndian, &hdr); err != nil {
+			return nil, err
+		}
+		n := int(hdr & 0x7fffffff)
+		if len(buf)+n > maxRecord {
+			return nil, fmt.Errorf("rpc: a reply of more than %d bytes", maxRecord)
+		}
+		at := len(buf)
+		buf = append(buf, make([]byte, n)...)
+		if _, err := io.ReadFull(r, buf[at:]); err != nil {
+			return nil, err
+		}
+		if hdr&0x80000000 != 0 {
+			return bytes.NewReader(buf), nil
+		}
+	}
 }
 
 func (t *tcpTransport) Write(buf []byte) (int, error) {
