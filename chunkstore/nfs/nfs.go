@@ -104,6 +104,10 @@ func (s *Store) mount() error {
 		if err == nil {
 			break
 		}
+		if !errors.Is(err, gonfs.ErrMountRefused) {
+			// No answer: a shorter prefix would wait as long again.
+			return fmt.Errorf("mount %s: the server does not answer (%d sends, %s each): %w", s.o.Path, s.o.Retrans, s.o.Timeout, err)
+		}
 		if export == "/" {
 			return fmt.Errorf("mount %s: no prefix of it is exported to us: %w", s.o.Path, err)
 		}

@@ -56,9 +56,37 @@ type Options struct {
 	MaxAttempts int
 	// MaxBackoff between attempts (default 5 s).
 	MaxBackoff time.Duration
-	// HTTPClient replaces the default client (tests); LocalAddr is then
-	// the caller's business.
+	// Timeout bounds how long a connection may make no progress (dialling,
+	// waiting for an answer, sending or receiving a body) before the
+	// request fails, so a server that accepts connections and then stalls
+	// fails the backup instead of hanging it (default 60 s).
+	Timeout time.Duration
+	// HTTPClient replaces the default client (tests); LocalAddr and
+	// Timeout are then the caller's business.
 	HTTPClient aws.HTTPClient
+}
+
+// DefaultTimeout is Options.Timeout's default.
+const DefaultTimeout = 60 * time.Second
+
+// idleConn fails a read or write that makes no progress for timeout.
+type idleConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *idleConn) Read(b []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *idleConn) Write(b []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
 }
 
 // Store is a chunkstore.Store on an S3 bucket.
@@ -83,19 +111,29 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.MaxBackoff == 0 {
 		o.MaxBackoff = 5 * time.Second
 	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
 	s := &Store{o: o, loc: location(o)}
 	var httpClient aws.HTTPClient
 	if o.HTTPClient == nil {
-		hc := awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+		d := &net.Dialer{Timeout: o.Timeout, KeepAlive: 30 * time.Second}
+		if o.LocalAddr.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: o.LocalAddr.AsSlice()}
+		}
+		httpClient = awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
 			// Many workers share one client: keep their connections.
 			t.MaxIdleConns = 256
 			t.MaxIdleConnsPerHost = 64
+			t.ResponseHeaderTimeout = o.Timeout
+			t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := d.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return &idleConn{Conn: c, timeout: o.Timeout}, nil
+			}
 		})
-		if o.LocalAddr.IsValid() {
-			la := &net.TCPAddr{IP: o.LocalAddr.AsSlice()}
-			hc = hc.WithDialerOptions(func(d *net.Dialer) { d.LocalAddr = la })
-		}
-		httpClient = hc
 	}
 	loadOpts := []func(*config.LoadOptions) error{
 		config.WithRetryer(func() aws.Retryer {

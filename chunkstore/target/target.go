@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
@@ -133,6 +134,12 @@ func (s Spec) s3Options() (s3store.Options, error) {
 			o.StorageClass = v
 		case k == "profile" && hasVal && v != "":
 			o.Profile = v
+		case k == "timeout" && hasVal:
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return o, fmt.Errorf("s3 option %s: want a positive duration such as 30s", opt)
+			}
+			o.Timeout = d
 		case k == "access-key" || k == "secret-key" || k == "accessKey" || k == "secretKey":
 			return o, fmt.Errorf("s3 option %s: credentials do not belong in a tag (tags are logged and stored); use the AWS environment, a profile or the daemon's configuration", k)
 		default:

@@ -21,6 +21,9 @@ import (
 var volbackBin string
 
 func TestMain(m *testing.M) {
+	// No test, and no daemon a test starts, may ask a metadata service
+	// for credentials: traffic stays on this machine.
+	os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	dir, err := os.MkdirTemp("", "volback-cli-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

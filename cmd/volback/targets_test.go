@@ -670,3 +670,57 @@ func TestCopyKilledAndResumed(t *testing.T) {
 	inv := r.obj(t)["inventory"].(map[string]any)
 	restoreMatches(t, installRepoOn(t, inv, s3bs), id, uri)
 }
+
+// TestStalledTargets: a target that accepts connections and then never
+// answers (a TCP listener that reads nothing) fails the backup within the
+// time its options allow (S3 timeout=, NFS timeo and retrans), with an
+// error naming the target; the job ends and leaves no backup record.
+func TestStalledTargets(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never read
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	port := ln.Addr().(*net.TCPAddr).Port
+	dir := t.TempDir()
+	// Credentials, so the requests reach the stalled server.
+	t.Setenv("AWS_ACCESS_KEY_ID", "stalled")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "stalled-secret")
+	d := startDaemon(t, filepath.Join(dir, "state"))
+	const bs, vol = "6b1d2f55e49c4c3fa02b8d4e3c7a9f01", "6b1d2f55e49c4c3fa02b8d4e3c7a9f02"
+	setupVolume(t, d, filepath.Join(dir, "store"), bs, vol, 4<<20)
+	for _, tc := range []struct{ name, tag, names string }{
+		{"s3", fmt.Sprintf("fsInfo::type::s3::url::http://127.0.0.1:%d/stalled/x::options::timeout=1s", port), fmt.Sprintf("127.0.0.1:%d", port)},
+		{"nfs", fmt.Sprintf("fsInfo::type::nfs::url::127.0.0.1:/stalled::options::port=%d,mountport=%d,timeo=10,retrans=1", port, port), "127.0.0.1"},
+	} {
+		start := time.Now()
+		r := d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, "stalled-"+tc.name, "", tc.tag), nil)
+		if r.status != 503 || !strings.Contains(string(r.body), tc.names) {
+			t.Errorf("%s: backup to a stalled target: %d %s, want a failure naming it", tc.name, r.status, r.body)
+		}
+		t.Logf("%s: the backup failed after %s: %s", tc.name, time.Since(start).Round(time.Millisecond), r.body)
+	}
+	if r := d.do("GET", "/volume-backups", "OAuth "+d.session, "", nil); r.status != 200 || len(r.obj(t)["inventories"].([]any)) != 0 {
+		t.Errorf("inventory after the stalled backups: %d %s", r.status, r.body)
+	}
+}

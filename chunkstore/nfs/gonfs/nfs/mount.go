@@ -97,22 +97,18 @@ func (m *Mount) MountHandle(dirpath string, auth rpc.Auth) ([]byte, error) {
 	return fh, nil
 }
 
+// ErrMountRefused is wrapped by the errors of a MNT the server answered
+// with a status other than MNT3_OK, so a caller can tell an answer from a
+// server that does not answer.
+var ErrMountRefused = errors.New("mount refused")
+
 func mountError(stat uint32) error {
-	switch stat {
-	case MNT3ErrPerm:
-		return errors.New("MNT3ERR_PERM")
-	case MNT3ErrNoEnt:
-		return errors.New("MNT3ERR_NOENT")
-	case MNT3ErrIO:
-		return errors.New("MNT3ERR_IO")
-	case MNT3ErrAcces:
-		return errors.New("MNT3ERR_ACCES")
-	case MNT3ErrNotDir:
-		return errors.New("MNT3ERR_NOTDIR")
-	case MNT3ErrNameTooLong:
-		return errors.New("MNT3ERR_NAMETOOLONG")
+	names := map[uint32]string{MNT3ErrPerm: "MNT3ERR_PERM", MNT3ErrNoEnt: "MNT3ERR_NOENT", MNT3ErrIO: "MNT3ERR_IO",
+		MNT3ErrAcces: "MNT3ERR_ACCES", MNT3ErrNotDir: "MNT3ERR_NOTDIR", MNT3ErrNameTooLong: "MNT3ERR_NAMETOOLONG"}
+	if n, ok := names[stat]; ok {
+		return fmt.Errorf("%w: %s", ErrMountRefused, n)
 	}
-	return fmt.Errorf("unknown mount stat: %d", stat)
+	return fmt.Errorf("%w: unknown mount stat: %d", ErrMountRefused, stat)
 }
 
 func (m *Mount) Mount(dirpath string, auth rpc.Auth) (*Target, error) {
