@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -723,4 +724,61 @@ func TestStalledTargets(t *testing.T) {
 	if r := d.do("GET", "/volume-backups", "OAuth "+d.session, "", nil); r.status != 200 || len(r.obj(t)["inventories"].([]any)) != 0 {
 		t.Errorf("inventory after the stalled backups: %d %s", r.status, r.body)
 	}
+}
+
+// TestTakenBackupID: two daemons share one ImageStore directory; the
+// second backs up its own volume with resourceUuid = the first daemon's
+// latest backup. It is refused before any data moves, the first daemon's
+// backup is untouched, and its next incremental (built on that backup)
+// restores bit-identical.
+func TestTakenBackupID(t *testing.T) {
+	requireTools(t, "nbdcopy", "qemu-io")
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	const bs = "7c2e3a66f5ad4d40b13c9e5f4d8b0a01"
+	const vol1, vol2 = "7c2e3a66f5ad4d40b13c9e5f4d8b0a02", "7c2e3a66f5ad4d40b13c9e5f4d8b0a03"
+	d1 := startDaemon(t, filepath.Join(dir, "state1"))
+	uri1 := setupVolume(t, d1, store, bs, vol1, 16<<20)
+	d2 := startDaemon(t, filepath.Join(dir, "state2"))
+	uri2 := setupVolume(t, d2, store, bs, vol2, 16<<20)
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x31 0 16M", uri1)
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x32 0 16M", uri2)
+
+	r := d1.job("POST", "/volumes/"+vol1+"/volume-backups", backupBody(bs, "first", ""), nil)
+	if r.status != 200 {
+		t.Fatalf("first backup: %d %s", r.status, r.body)
+	}
+	first := r.obj(t)["inventory"].(map[string]any)["uuid"].(string)
+	manifest := filepath.Join(store, "manifests", first)
+	before, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks := countChunkFiles(t, store)
+
+	r = d2.job("POST", "/volumes/"+vol2+"/volume-backups", backupBody(bs, "taken", `,"resourceUuid":"`+first+`"`), nil)
+	if r.status == 200 || !strings.Contains(string(r.body), first) || !strings.Contains(string(r.body), "exists") {
+		t.Fatalf("backup under a taken id: %d %s, want a refusal naming it", r.status, r.body)
+	}
+	if after, _ := os.ReadFile(manifest); !bytes.Equal(after, before) {
+		t.Fatal("the first daemon's manifest changed")
+	}
+	if n := countChunkFiles(t, store); n != chunks {
+		t.Errorf("%d chunk files after the refused backup, %d before: data moved", n, chunks)
+	}
+	if r := d2.do("GET", "/volume-backups", "OAuth "+d2.session, "", nil); len(r.obj(t)["inventories"].([]any)) != 0 {
+		t.Errorf("the refused backup left a record: %s", r.body)
+	}
+
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x41 4M 1M", uri1)
+	r = d1.job("POST", "/volumes/"+vol1+"/volume-backups", backupBody(bs, "next", ""), nil)
+	if r.status != 200 {
+		t.Fatalf("next backup: %d %s", r.status, r.body)
+	}
+	next := r.obj(t)["inventory"].(map[string]any)
+	if md := metadata(t, next); md["mode"] != "incremental" || md["parent"] != first {
+		t.Errorf("next backup: %v, want an incremental on %s", md, first)
+	}
+	restoreMatches(t, store, next["uuid"].(string), uri1)
+	mustRun(t, "verify", "--repo", store)
 }
