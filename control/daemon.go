@@ -53,6 +53,15 @@ type DaemonConfig struct {
 	// GCInterval is how often every backup storage is garbage collected;
 	// 0 means never (ReclaimSpaceFromImageStore still runs one).
 	GCInterval time.Duration
+	// RebuildInventory rebuilds the inventory before starting (see
+	// RebuildInventory); without it, a state directory with volumes,
+	// changed-block state or a repository but an empty inventory is
+	// refused.
+	RebuildInventory bool
+	// InventoryCopyInterval is how often a consistent copy of the
+	// inventory is written to <StateDir>/inventory-copies (also at start
+	// and at a clean stop); default one hour.
+	InventoryCopyInterval time.Duration
 	// Ready, if set, is called with the API's address ("" without the
 	// API) once everything listens.
 	Ready func(apiAddr string)
@@ -95,15 +104,25 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	if cfg.AdminSocket == "" {
 		cfg.AdminSocket = filepath.Join(cfg.StateDir, "control.sock")
 	}
-	db, err := inventory.Open(ctx, filepath.Join(cfg.StateDir, "inventory.db"), nil)
-	if err != nil {
+	env := target.Env{S3AccessKeyID: cfg.S3AccessKeyID, S3SecretAccessKey: cfg.S3SecretAccessKey}
+	if cfg.RebuildInventory {
+		if _, err := RebuildInventory(ctx, cfg.StateDir, env, log); err != nil {
+			return fmt.Errorf("rebuild inventory: %w", err)
+		}
+	} else if err := checkInventory(cfg.StateDir); err != nil {
 		return err
 	}
+	db, err := inventory.Open(ctx, filepath.Join(cfg.StateDir, inventoryName), nil)
+	if err != nil {
+		return fmt.Errorf("%w (if the file is damaged, start with --rebuild-inventory)", err)
+	}
 	defer db.Close()
+	if cfg.InventoryCopyInterval <= 0 {
+		cfg.InventoryCopyInterval = time.Hour
+	}
 	if err := db.EnsureAccount(ctx, adminAccountUUID, "admin", inventory.HashPassword(cfg.AdminPassword)); err != nil {
 		return err
 	}
-	env := target.Env{S3AccessKeyID: cfg.S3AccessKeyID, S3SecretAccessKey: cfg.S3SecretAccessKey}
 	// Backups first: a job whose backups finished before the stop
 	// succeeds; the others are recorded failed.
 	if ready, dropped, err := (&API{DB: db, Log: log, TargetEnv: env}).RecoverBackups(ctx); err != nil {
@@ -228,6 +247,17 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	} else {
 		log.Info("serving", "nbd", cfg.NBDListen, "admin", "unix://"+cfg.AdminSocket, "state", cfg.StateDir)
 	}
+	// A consistent copy of the inventory now, on a schedule and at a
+	// clean stop: what --rebuild-inventory starts from.
+	saveInventory := func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if err := copyInventory(cctx, db, cfg.StateDir); err != nil {
+			log.Error("cannot copy the inventory", "err", err)
+		}
+	}
+	saveInventory()
+	go every(ctx, cfg.InventoryCopyInterval, saveInventory)
 	if cfg.Ready != nil {
 		cfg.Ready(apiAddr)
 	}
@@ -256,6 +286,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 			serveErr = e
 		}
 	}
+	saveInventory()
 	os.Remove(cfg.AdminSocket)
 	if strings.HasPrefix(cfg.NBDListen, "unix://") {
 		os.Remove(strings.TrimPrefix(cfg.NBDListen, "unix://"))

@@ -40,69 +40,14 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 			return nil, errFailed("no repository at "+spec.String(), err)
 		}
 		defer repo.Close()
-		ids, err := repo.ListBackups(ctx)
+		ids, added, copies, bad, err := a.importBackups(ctx, bs, spec, repo, prog)
 		if err != nil {
-			return nil, errFailed("cannot list the backups of "+spec.String(), err)
+			return nil, err
 		}
-		prog.SetTotal(int64(len(ids)))
 		var tgt string // the ref's target, when not the storage's url
 		if spec != storageSpec(bs) {
 			tj, _ := json.Marshal(spec)
 			tgt = string(tj)
-		}
-		added := []any{}
-		bad := []chunkstore.BadManifest{}
-		copies := 0 // known backups found with a new copy here
-		for _, bid := range ids {
-			prog.Add(1)
-			if known, err := a.DB.GetVolumeBackup(ctx, bid); err == nil {
-				// Known: this target holds one more copy of it, if the
-				// inventory did not know that copy.
-				if !hasCopyOn(known, bs.UUID) {
-					if err := a.DB.AddVolumeBackupRef(ctx, inventory.BackupStorageRef{VolumeBackupUUID: bid, BackupStorageUUID: bs.UUID,
-						InstallPath: installPath(spec, bid), Status: inventory.StatusReady, Target: tgt}); err != nil {
-						return nil, err
-					}
-					copies++
-				}
-				continue
-			} else if !isNotFound(err) {
-				return nil, err
-			}
-			m, err := repo.LoadManifest(ctx, bid)
-			if errors.Is(err, chunkstore.ErrNotFound) {
-				continue // deleted since the listing
-			}
-			if errors.Is(err, chunkstore.ErrBadManifest) {
-				// Named in the answer; the good ones are still imported.
-				a.log().Warn("sync: a manifest cannot be read; its backup is not imported", "backup", bid, "target", spec.String(), "err", err)
-				bad = append(bad, chunkstore.BadManifest{ID: bid, Error: err.Error()})
-				continue
-			}
-			if err != nil {
-				return nil, errFailed("cannot read backup "+bid+" in "+spec.String(), err)
-			}
-			md, _ := json.Marshal(metadataOf(m, float64(m.Stats.DurationNanos)/1e9, nil, targetOf(spec, bs), ""))
-			typ := inventory.VolumeType(m.Meta["volumeType"])
-			if typ == "" {
-				typ = inventory.VolumeData
-			}
-			name := m.Meta["name"]
-			if name == "" {
-				name = "imported-" + bid[:8]
-			}
-			rec := &inventory.VolumeBackup{UUID: bid, VolumeUUID: m.VolumeID, Name: name, Description: m.Meta["description"],
-				GroupUUID: m.Meta["groupUuid"], VMInstanceUUID: m.Meta["vmInstanceUuid"],
-				Type: typ, State: inventory.StateEnabled, Status: inventory.StatusReady, Size: m.Size, Mode: string(m.Mode), Metadata: string(md), Created: m.Finished}
-			ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, bid), Status: inventory.StatusReady, Target: tgt}
-			if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
-				return nil, errFailed("cannot record backup "+bid, err)
-			}
-			got, err := a.DB.GetVolumeBackup(ctx, bid)
-			if err != nil {
-				return nil, fmt.Errorf("cannot read back backup %s: %w", bid, err)
-			}
-			added = append(added, toBackupInventory(got))
 		}
 		// Copies the inventory records on this target whose manifest the
 		// target no longer has are gone: their records go (a backup
@@ -145,4 +90,75 @@ func hasCopyOn(b *inventory.VolumeBackup, storageUUID string) bool {
 		}
 	}
 	return false
+}
+
+// importBackups records every backup in repo (the storage bs's target
+// spec) the inventory does not know, and each known backup's copy there
+// the inventory lacks. An unreadable manifest is named in bad and the
+// others still import. It returns the backup ids the repository lists.
+func (a *API) importBackups(ctx context.Context, bs *inventory.BackupStorage, spec target.Spec, repo *chunkstore.Repository, prog *dataplane.Progress) (ids []string, added []any, copies int, bad []chunkstore.BadManifest, err error) {
+	ids, err = repo.ListBackups(ctx)
+	if err != nil {
+		return nil, nil, 0, nil, errFailed("cannot list the backups of "+spec.String(), err)
+	}
+	prog.SetTotal(int64(len(ids)))
+	var tgt string // the ref's target, when not the storage's url
+	if spec != storageSpec(bs) {
+		tj, _ := json.Marshal(spec)
+		tgt = string(tj)
+	}
+	added = []any{}
+	bad = []chunkstore.BadManifest{}
+	for _, bid := range ids {
+		prog.Add(1)
+		if known, err := a.DB.GetVolumeBackup(ctx, bid); err == nil {
+			// Known: this target holds one more copy of it, if the
+			// inventory did not know that copy.
+			if !hasCopyOn(known, bs.UUID) {
+				if err := a.DB.AddVolumeBackupRef(ctx, inventory.BackupStorageRef{VolumeBackupUUID: bid, BackupStorageUUID: bs.UUID,
+					InstallPath: installPath(spec, bid), Status: inventory.StatusReady, Target: tgt}); err != nil {
+					return nil, nil, 0, nil, err
+				}
+				copies++
+			}
+			continue
+		} else if !isNotFound(err) {
+			return nil, nil, 0, nil, err
+		}
+		m, err := repo.LoadManifest(ctx, bid)
+		if errors.Is(err, chunkstore.ErrNotFound) {
+			continue // deleted since the listing
+		}
+		if errors.Is(err, chunkstore.ErrBadManifest) {
+			// Named in the answer; the good ones are still imported.
+			a.log().Warn("sync: a manifest cannot be read; its backup is not imported", "backup", bid, "target", spec.String(), "err", err)
+			bad = append(bad, chunkstore.BadManifest{ID: bid, Error: err.Error()})
+			continue
+		}
+		if err != nil {
+			return nil, nil, 0, nil, errFailed("cannot read backup "+bid+" in "+spec.String(), err)
+		}
+		md, _ := json.Marshal(metadataOf(m, float64(m.Stats.DurationNanos)/1e9, nil, targetOf(spec, bs), ""))
+		typ := inventory.VolumeType(m.Meta["volumeType"])
+		if typ == "" {
+			typ = inventory.VolumeData
+		}
+		name := m.Meta["name"]
+		if name == "" {
+			name = "imported-" + bid[:8]
+		}
+		rec := &inventory.VolumeBackup{UUID: bid, VolumeUUID: m.VolumeID, Name: name, Description: m.Meta["description"],
+			GroupUUID: m.Meta["groupUuid"], VMInstanceUUID: m.Meta["vmInstanceUuid"],
+			Type: typ, State: inventory.StateEnabled, Status: inventory.StatusReady, Size: m.Size, Mode: string(m.Mode), Metadata: string(md), Created: m.Finished}
+		ref := inventory.BackupStorageRef{BackupStorageUUID: bs.UUID, InstallPath: installPath(spec, bid), Status: inventory.StatusReady, Target: tgt}
+		if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
+			return nil, nil, 0, nil, errFailed("cannot record backup "+bid, err)
+		}
+		got, err := a.DB.GetVolumeBackup(ctx, bid)
+		if err != nil {
+			return nil, nil, 0, nil, fmt.Errorf("cannot read back backup %s: %w", bid, err)
+		}
+		added = append(added, toBackupInventory(got))
+	}
+	return ids, added, copies, bad, nil
 }

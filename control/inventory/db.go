@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -386,4 +388,51 @@ func nullBytes(b []byte) any {
 		return nil
 	}
 	return string(b)
+}
+
+// CopyTo writes a consistent copy of the database to path (VACUUM INTO:
+// one read transaction, so writers are not stopped and the copy is a
+// snapshot), durably and atomically: a temporary file synced, then renamed.
+func (d *DB) CopyTo(ctx context.Context, path string) error {
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	if _, err := d.db.ExecContext(ctx, `VACUUM INTO ?`, tmp); err != nil {
+		return fmt.Errorf("copy inventory to %s: %w", path, err)
+	}
+	f, err := os.OpenFile(tmp, os.O_RDWR, 0)
+	if err == nil {
+		err = f.Chmod(0o600)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		if dir, derr := os.Open(filepath.Dir(path)); derr == nil {
+			err = dir.Sync()
+			dir.Close()
+		}
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("copy inventory to %s: %w", path, err)
+	}
+	return nil
+}
+
+// Check runs SQLite's integrity check.
+func (d *DB) Check(ctx context.Context) error {
+	var res string
+	if err := d.db.QueryRowContext(ctx, `PRAGMA integrity_check`).Scan(&res); err != nil {
+		return err
+	}
+	if res != "ok" {
+		return fmt.Errorf("integrity check: %s", res)
+	}
+	return nil
 }
