@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -49,9 +50,40 @@ type marker struct {
 	PID       int       `json:"pid"`
 	Started   time.Time `json:"started"`
 	Heartbeat time.Time `json:"heartbeat"`
+	// Where the PID means something: this boot of this kernel (its
+	// random boot id) and PID namespace. Empty in older markers.
+	Boot  string `json:"boot,omitempty"`
+	PIDNS string `json:"pidns,omitempty"`
 }
 
-func (m marker) stale(now time.Time) bool { return now.Sub(m.Heartbeat) > StaleAfter }
+// stale says whether m's writer is gone: its heartbeat is older than
+// StaleAfter, or it ran in this very boot and PID namespace and its
+// process no longer exists (a daemon killed here need not hold up
+// backups or collections for StaleAfter).
+func (m marker) stale(now time.Time) bool {
+	if now.Sub(m.Heartbeat) > StaleAfter {
+		return true
+	}
+	return m.Boot != "" && m.Boot == thisProcess.boot && m.PIDNS == thisProcess.pidns && m.PID > 0 && !processAlive(m.PID)
+}
+
+// thisProcess is where this process runs, for markers.
+var thisProcess = func() (p struct{ boot, pidns string }) {
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		p.boot = strings.TrimSpace(string(b))
+	}
+	if ns, err := os.Readlink("/proc/self/ns/pid"); err == nil {
+		p.pidns = ns
+	}
+	return p
+}()
+
+// processAlive says whether a process of this PID namespace exists (a
+// reused PID counts as alive: the marker then waits for StaleAfter).
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
 
 // Lease is a marker held by a backup or a collection, refreshed in the
 // background until Release.
@@ -88,7 +120,8 @@ func (r *Repository) acquire(ctx context.Context, kind, id string) (*Lease, erro
 	l := &Lease{
 		repo: r,
 		name: lockPrefix + kind + "-" + id,
-		m:    marker{Kind: kind, ID: id, Host: host, PID: os.Getpid(), Started: now, Heartbeat: now},
+		m: marker{Kind: kind, ID: id, Host: host, PID: os.Getpid(), Started: now, Heartbeat: now,
+			Boot: thisProcess.boot, PIDNS: thisProcess.pidns},
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}

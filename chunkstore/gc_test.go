@@ -3,8 +3,10 @@ package chunkstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -283,5 +285,58 @@ func TestGCRemovesStaleTemporaries(t *testing.T) {
 	}
 	if err := alive.Sync(ctx); err != nil {
 		t.Fatalf("the live writer's object was lost: %v", err)
+	}
+}
+
+// TestMarkerOfDeadProcess: a collection's marker left by a process of this
+// boot and PID namespace that no longer exists is stale at once, so a
+// backup does not wait StaleAfter for it; one whose process lives is
+// waited for.
+func TestMarkerOfDeadProcess(t *testing.T) {
+	ctx := context.Background()
+	s, err := local.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Skip("no boot id here")
+	}
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	marker := func(pid int) []byte {
+		now := time.Now().UTC().Format(time.RFC3339Nano)
+		return []byte(fmt.Sprintf(`{"kind":"gc","id":"x","host":"h","pid":%d,"started":%q,"heartbeat":%q,"boot":%q,"pidns":%q}`,
+			pid, now, now, strings.TrimSpace(string(boot)), ns))
+	}
+	for _, tc := range []struct {
+		name  string
+		pid   int
+		waits bool
+	}{{"dead", dead.Process.Pid, false}, {"alive", os.Getpid(), true}} {
+		if err := s.Put(ctx, "locks/gc-"+tc.name, marker(tc.pid)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		bctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		l, err := r.BeginBackup(bctx, chunkstore.NewID())
+		cancel()
+		if tc.waits != (err != nil) {
+			t.Errorf("%s writer: BeginBackup %v, want waiting %v", tc.name, err, tc.waits)
+		}
+		if l != nil {
+			l.ReleaseAfter(ctx)
+		}
+		_ = s.Delete(ctx, "locks/gc-"+tc.name)
 	}
 }
