@@ -163,12 +163,17 @@ func (c *Client) receive() {
 			continue
 		}
 
+		// The reply goes to its call under the lock, and the call leaves
+		// the map with it: each channel (buffered, one slot) gets one
+		// value at most, from here or from disconnect, and never blocks.
 		c.Lock()
 		r, ok := c.replies[xid]
-		c.Unlock()
 		if ok {
+			delete(c.replies, xid)
 			r <- res
-		} else {
+		}
+		c.Unlock()
+		if !ok {
 			util.Errorf("received unexpected response with xid: %x", xid)
 		}
 	}
@@ -202,9 +207,9 @@ func (c *Client) disconnect() {
 		c.tcpTransport = nil
 	}
 	// Each waiting call wakes with nothing and retries; its channel leaves
-	// the map with it, so a second disconnect cannot close it again.
+	// the map with it, so nothing else sends on it.
 	for xid, r := range c.replies {
-		close(r)
+		r <- nil
 		delete(c.replies, xid)
 	}
 }
@@ -249,7 +254,7 @@ retry:
 		c.disconnect()
 		goto retry
 	}
-	reply := make(chan io.ReadSeeker)
+	reply := make(chan io.ReadSeeker, 1)
 	c.replies[msg.Xid] = reply
 	c.Unlock()
 
