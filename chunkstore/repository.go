@@ -237,6 +237,19 @@ func (r *Repository) PutChunk(ctx context.Context, k Key, data []byte) (int, err
 	return len(enc), nil
 }
 
+// RepairChunk rewrites chunk k from data, which must have k's content
+// (a live volume that still holds it): a corrupt stored copy is replaced,
+// durably.
+func (r *Repository) RepairChunk(ctx context.Context, k Key, data []byte) error {
+	if r.Key(data) != k {
+		return fmt.Errorf("chunk %s: the data given has another content", k)
+	}
+	if _, err := r.PutChunk(ctx, k, data); err != nil {
+		return err
+	}
+	return r.Sync(ctx)
+}
+
 // GetChunk reads chunk k, checks its content against k and returns it. A
 // compressed chunk is decoded into dst's storage (reallocated if too
 // small); one stored as is comes back in a fresh slice.

@@ -91,6 +91,7 @@ func (a *API) Handler() http.Handler {
 		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "revertVolumeFromVolumeBackup", "RevertVolumeFromVolumeBackup", a.revertVolume)
 		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "syncBackupFromImageStoreBackupStorage", "SyncBackupFromImageStoreBackupStorage", a.syncBackupCopy)
 		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "recoverBackupFromImageStoreBackupStorage", "RecoverBackupFromImageStoreBackupStorage", a.recoverBackupCopy)
+		r.action("PUT /zstack/v1/volume-backups/{uuid}/actions", "verifyVolumeBackup", "VerifyVolumeBackup", a.verifyVolumeBackup)
 		r.async("POST /zstack/v1/volumes/data-volume/from/volume-template/{backupUuid}", "CreateDataVolumeFromVolumeBackup", a.createVolumeFromBackup)
 		r.async("POST /zstack/v1/volumes/{volumeUuid}/vm-instances/{vmInstanceUuid}", "AttachDataVolumeToVm", a.attachVolume)
 		r.async("DELETE /zstack/v1/volumes/{uuid}/vm-instances", "DetachDataVolumeFromVm", a.detachVolume)

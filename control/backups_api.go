@@ -287,7 +287,9 @@ func (a *API) createVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, erro
 		}
 		defer repo.Close()
 		start := time.Now()
-		m, err := liveBackup(ctx, a.log(), vol, repo, req.spec, req.liveOptions(id, vrec, "", prog))
+		opts := req.liveOptions(id, vrec, "", prog)
+		opts.Untrusted = a.untrusted(ctx)
+		m, err := liveBackup(ctx, a.log(), vol, repo, req.spec, opts)
 		if err != nil {
 			return nil, a.backupFailed("volume backup to "+req.spec.String()+" failed", err, id)
 		}

@@ -62,6 +62,9 @@ type DaemonConfig struct {
 	// inventory is written to <StateDir>/inventory-copies (also at start
 	// and at a clean stop); default one hour.
 	InventoryCopyInterval time.Duration
+	// VerifyInterval is how often every backup is re-verified (0 =
+	// never; VerifyVolumeBackup still verifies one).
+	VerifyInterval time.Duration
 	// Ready, if set, is called with the API's address ("" without the
 	// API) once everything listens.
 	Ready func(apiAddr string)
@@ -242,6 +245,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		go api.exports.reap(ctx, 2*time.Minute)
 		if cfg.GCInterval > 0 {
 			go api.collectEvery(ctx, cfg.GCInterval)
+		}
+		if cfg.VerifyInterval > 0 {
+			go api.verifyEvery(ctx, cfg.VerifyInterval)
 		}
 		log.Info("volback daemon serving", "api", "http://"+apiAddr+"/zstack/v1", "nbd", cfg.NBDListen, "admin", "unix://"+cfg.AdminSocket, "state", cfg.StateDir)
 	} else {

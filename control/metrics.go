@@ -24,6 +24,8 @@ type Metrics struct {
 	gcRuns      prometheus.Counter
 	gcFreed     prometheus.Counter
 	gcChunks    prometheus.Counter
+	verified    *prometheus.CounterVec
+	repaired    prometheus.Counter
 }
 
 // NewMetrics registers the daemon's metrics, including the NBD server's
@@ -54,7 +56,12 @@ func NewMetrics(srv *nbd.Server) *Metrics {
 	m.gcRuns = prometheus.NewCounter(prometheus.CounterOpts{Name: "volback_gc_runs_total", Help: "Garbage collections finished."})
 	m.gcFreed = prometheus.NewCounter(prometheus.CounterOpts{Name: "volback_gc_freed_bytes_total", Help: "Encoded bytes of chunks deleted by garbage collection."})
 	m.gcChunks = prometheus.NewCounter(prometheus.CounterOpts{Name: "volback_gc_deleted_chunks_total", Help: "Chunks deleted by garbage collection."})
+	m.verified = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "volback_verifications_total",
+		Help: "Backup verifications, by result: ok, or corrupt (a bad or missing chunk remains)."}, []string{"result"})
+	m.repaired = prometheus.NewCounter(prometheus.CounterOpts{Name: "volback_verify_repaired_chunks_total",
+		Help: "Stored chunks rewritten by verification from a live volume that still holds their content."})
 	m.reg.MustRegister(m.backups, m.bytesRead, m.bytesStored, m.duration, m.jobsRunning, m.apiErrors, m.gcRuns, m.gcFreed, m.gcChunks,
+		m.verified, m.repaired,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if srv != nil {
 		st := &srv.Stats
@@ -120,4 +127,16 @@ func (m *Metrics) gcDone(r *chunkstore.GCReport) {
 	m.gcRuns.Inc()
 	m.gcFreed.Add(float64(r.BytesDeleted))
 	m.gcChunks.Add(float64(r.ChunksDeleted))
+}
+
+func (m *Metrics) verifyDone(ok bool, repaired int) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if !ok {
+		result = "corrupt"
+	}
+	m.verified.WithLabelValues(result).Inc()
+	m.repaired.Add(float64(repaired))
 }

@@ -132,6 +132,7 @@ func (a *API) createVmBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
 		for i := range members {
 			members[i].Repo = repo
 			members[i].Opts = req.liveOptions(ids[i], recs[i], group, nil)
+			members[i].Opts.Untrusted = a.untrusted(ctx)
 		}
 		a.log().Info("VM backup started", "vm", root.VMInstanceUUID, "group", group, "volumes", len(members), "target", req.spec.String())
 		start := time.Now()

@@ -25,6 +25,9 @@ type LiveBackupOptions struct {
 	SpillDir string
 	// ReadBytesPerSec limits how fast the volume is read (0 = no limit).
 	ReadBytesPerSec int64
+	// Untrusted, if set, says a backup must not be a parent (it failed
+	// verification): the next backup of its chain is then full.
+	Untrusted func(id string) bool
 }
 
 // liveBackupNice is the nice value of live backup workers: guest I/O
@@ -141,6 +144,8 @@ func (v *Volume) prepareBackup(ctx context.Context, repo *chunkstore.Repository,
 	default:
 		m, err := repo.LoadManifest(ctx, p.lastBackup)
 		switch {
+		case err == nil && opts.Untrusted != nil && opts.Untrusted(p.lastBackup):
+			p.fullReason = fmt.Sprintf("the chain's last backup %s failed verification", p.lastBackup)
 		case err != nil:
 			p.fullReason = fmt.Sprintf("the chain's last backup %s cannot be read: %v", p.lastBackup, err)
 		case m.VolumeID != v.ID:

@@ -24,6 +24,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "s3-access-key-id", Usage: "access key for S3 targets (default: the standard AWS chain)", EnvVars: []string{"VOLBACK_S3_ACCESS_KEY_ID"}},
 			&cli.StringFlag{Name: "s3-secret-access-key", Usage: "secret key for S3 targets", EnvVars: []string{"VOLBACK_S3_SECRET_ACCESS_KEY"}},
 			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
+			&cli.DurationFlag{Name: "verify-interval", Value: 7 * 24 * time.Hour, Usage: "re-read and check every backup this often (0 = only on VerifyVolumeBackup)"},
 			&cli.BoolFlag{Name: "rebuild-inventory", Usage: "rebuild the inventory from its newest good copy, the state directory and the repositories, then start (the damaged one is kept aside)"},
 			&cli.DurationFlag{Name: "inventory-copy-interval", Value: time.Hour, Usage: "write a consistent copy of the inventory to <state-dir>/inventory-copies this often (3 kept)"},
 		},
@@ -40,7 +41,8 @@ func daemonCommand() *cli.Command {
 				StateDir: c.String("state-dir"), Listen: c.String("listen"), NBDListen: c.String("nbd-listen"),
 				Volumes: vols, AdminPassword: c.String("admin-password"), GCInterval: c.Duration("gc-interval"),
 				RebuildInventory: c.Bool("rebuild-inventory"), InventoryCopyInterval: c.Duration("inventory-copy-interval"),
-				S3AccessKeyID: c.String("s3-access-key-id"), S3SecretAccessKey: c.String("s3-secret-access-key"),
+				VerifyInterval: c.Duration("verify-interval"),
+				S3AccessKeyID:  c.String("s3-access-key-id"), S3SecretAccessKey: c.String("s3-secret-access-key"),
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})
 		},

@@ -253,6 +253,15 @@ func (d *DB) DeleteVolumeBackup(ctx context.Context, uuid string) error {
 	return d.deleteRow(ctx, "volume_backups", uuid)
 }
 
+// BackupsWithStatus lists the backups in any of statuses, with refs.
+func (d *DB) BackupsWithStatus(ctx context.Context, statuses ...Status) ([]*VolumeBackup, error) {
+	args := make([]any, len(statuses))
+	for i, st := range statuses {
+		args[i] = st
+	}
+	return d.loadBackups(ctx, ` WHERE status IN (`+placeholders(len(statuses))+`)`, args...)
+}
+
 // CreatingBackups lists the backups left in Creating, with their refs:
 // at start, those a previous run did not settle.
 func (d *DB) CreatingBackups(ctx context.Context) ([]*VolumeBackup, error) {

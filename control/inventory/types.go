@@ -17,6 +17,9 @@ const (
 	StatusCreating  Status = "Creating"
 	StatusReady     Status = "Ready"
 	StatusRestoring Status = "Restoring"
+	// StatusCorrupt is a backup whose verification found a bad or missing
+	// chunk: it is not restored from, nor a parent of an incremental.
+	StatusCorrupt Status = "Corrupt"
 )
 
 // VolumeType is ZStack's volume type.
