@@ -10,9 +10,15 @@
 // *ErrorCode is 503 with ZStack's body, a badRequest is 400 plain text,
 // anything else SYS.1000. Handlers live by resource: sessions_api.go,
 // storages_api.go, volumes_api.go, backups_api.go, restore_api.go (revert
-// and live restore), sync_api.go, gc_api.go, usertags_api.go; query.go
-// parses ZStack's query parameters, which package inventory alone turns
-// into SQL.
+// and live restore), sync_api.go, gc_api.go, usertags_api.go,
+// copies_api.go, vm_api.go, verify_api.go (VerifyVolumeBackup and the
+// scheduled verification); query.go parses ZStack's query parameters,
+// which package inventory alone turns into SQL.
+//
+// What survives a crash: recover.go settles at start the backups the last
+// run left Creating (a durable manifest makes the backup Ready and its job
+// succeed); rebuild.go refuses an empty inventory over live state, keeps
+// consistent copies of the inventory and rebuilds it (--rebuild-inventory).
 //
 // host.go is the registry of served volumes; volume_flags.go the rule for
 // volume ids; targets.go where a backup goes and how its chain is named;
