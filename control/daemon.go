@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/local"
 	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
@@ -96,6 +97,14 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return err
 	}
+	// The state directory holds the inventory (sessions, the credential)
+	// and the volumes: private whatever it was created with.
+	if fi, err := os.Stat(cfg.StateDir); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
+			return fmt.Errorf("state directory %s: %w", cfg.StateDir, err)
+		}
+		log.Warn("state directory was readable by other local users; tightened to 0700", "dir", cfg.StateDir, "was", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
 	// Paths recorded in the inventory must not depend on the working
 	// directory of the next start.
 	if cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
@@ -113,6 +122,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 			return fmt.Errorf("rebuild inventory: %w", err)
 		}
 	} else if err := checkInventory(cfg.StateDir); err != nil {
+		return err
+	}
+	if err := privateInventory(cfg.StateDir, log); err != nil {
 		return err
 	}
 	db, err := inventory.Open(ctx, filepath.Join(cfg.StateDir, inventoryName), nil)
@@ -142,6 +154,13 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	if !cfg.NoAPI {
 		if err := ensureDefaultStore(ctx, db, cfg.StateDir, log); err != nil {
 			return err
+		}
+	}
+	if storages, err := db.ListBackupStorages(ctx); err == nil {
+		for _, bs := range storages {
+			if problem := local.ModeProblem(bs.URL); problem != "" {
+				log.Warn(problem, "storage", bs.UUID)
+			}
 		}
 	}
 

@@ -245,3 +245,26 @@ func copyFile(src, dst string) error {
 	}
 	return err
 }
+
+// privateInventory makes the inventory and its WAL and shared-memory files
+// 0600 (SQLite gives the latter the database's mode): created so when
+// missing, tightened, with a log line, when looser.
+func privateInventory(stateDir string, log *slog.Logger) error {
+	path := filepath.Join(stateDir, inventoryName)
+	if f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+		f.Close()
+	} else if !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("inventory %s: %w", path, err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Mode().Perm()&0o077 == 0 {
+			continue
+		}
+		if err := os.Chmod(p, 0o600); err != nil {
+			return fmt.Errorf("inventory %s: %w", p, err)
+		}
+		log.Warn("inventory file was readable by other local users; tightened to 0600", "file", p, "was", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
+	return nil
+}

@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/volback/volback/chunkstore/local"
 	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
@@ -87,6 +88,9 @@ func (a *API) addImageStore(ctx context.Context, c *apiCall) (JobFunc, error) {
 			return nil, errFailed("cannot use the directory as a repository", err)
 		}
 		repo.Close()
+		if problem := local.ModeProblem(p.URL); problem != "" {
+			a.log().Warn(problem)
+		}
 		bs := &inventory.BackupStorage{UUID: id, Name: p.Name, Type: inventory.StorageImageStore, URL: p.URL,
 			Hostname: p.Hostname, Username: p.Username, SystemTags: string(tags)}
 		if err := a.DB.AddBackupStorage(ctx, bs); err != nil {

@@ -44,7 +44,7 @@ func isAligned(b []byte) bool {
 // writeDirect creates path and writes data to it with O_DIRECT. It returns
 // errNoDirect, having created nothing, if the filesystem refuses O_DIRECT.
 func writeDirect(path string, data []byte) (err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_DIRECT, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_DIRECT, 0o600)
 	if errors.Is(err, syscall.EINVAL) {
 		return errNoDirect
 	}

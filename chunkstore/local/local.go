@@ -65,7 +65,7 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local store %s: %w", dir, err)
 	}
-	if err := os.MkdirAll(abs, 0o755); err != nil {
+	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("local store %s: %w", abs, classify(err))
 	}
 	return &Store{root: abs, pending: make(map[string]*pendingFile), early: make(chan struct{}, earlySyncs)}, nil
@@ -114,7 +114,7 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	tmp := filepath.Join(dir, tmpPrefix+filepath.Base(final)+"-"+randSuffix())
 	err = s.writeFile(tmp, data)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err = os.MkdirAll(dir, 0o755); err == nil {
+		if err = os.MkdirAll(dir, 0o700); err == nil {
 			err = s.writeFile(tmp, data)
 		}
 	}
@@ -156,7 +156,7 @@ func (s *Store) writeFile(tmp string, data []byte) error {
 		}
 		s.noDirect.Store(true)
 	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
@@ -582,12 +582,12 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 		return err
 	}
 	dir := filepath.Dir(final)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", final, classify(err))
 	}
 	tmp := filepath.Join(dir, tmpPrefix+filepath.Base(final)+"-"+randSuffix())
 	defer os.Remove(tmp)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", final, classify(err))
 	}
@@ -610,4 +610,22 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 		return fmt.Errorf("create %s: %w", final, classify(err))
 	}
 	return nil
+}
+
+// ModeProblem says, for a repository directory made before repositories
+// were private (or loosened since), which of its top-level objects other
+// local users can reach; "" when none. Repositories made now are 0700
+// directories of 0600 files whatever the umask; an existing one is
+// reported, not changed: its owner decides.
+func ModeProblem(dir string) string {
+	var loose []string
+	for _, p := range []string{dir, filepath.Join(dir, "config"), filepath.Join(dir, "chunks"), filepath.Join(dir, "manifests")} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			loose = append(loose, fmt.Sprintf("%s is %04o", p, fi.Mode().Perm()))
+		}
+	}
+	if len(loose) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("repository %s is readable by other local users (%s): chmod -R go-rwx %s", dir, strings.Join(loose, ", "), dir)
 }

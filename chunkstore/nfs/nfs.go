@@ -209,7 +209,7 @@ func (s *Store) mkdirAll(t *gonfs.Target, dir string) error {
 	if err := s.mkdirAll(t, path.Dir(dir)); err != nil {
 		return err
 	}
-	if _, err := t.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if _, err := t.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("mkdir %s: %w", dir, err)
 	}
 	s.dirs.Store(dir, true)
@@ -253,7 +253,7 @@ func (s *Store) put(ctx context.Context, name string, data []byte, exclusive boo
 		if err := s.mkdirAll(t, path.Dir(final)); err != nil {
 			return err
 		}
-		f, err := t.OpenFile(tmp, 0o644)
+		f, err := t.OpenFile(tmp, 0o600)
 		if err != nil {
 			return fmt.Errorf("create %s: %w", tmp, err)
 		}

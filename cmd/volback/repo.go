@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/local"
 	"github.com/volback/volback/chunkstore/target"
 )
 
@@ -55,7 +56,13 @@ func openRepoURL(ctx context.Context, url string, create target.Create, init chu
 		return nil, err
 	}
 	env := target.Env{S3AccessKeyID: os.Getenv("VOLBACK_S3_ACCESS_KEY_ID"), S3SecretAccessKey: os.Getenv("VOLBACK_S3_SECRET_ACCESS_KEY")}
-	return target.OpenRepository(ctx, spec, env, target.RepoOptions{Create: create, Init: init})
+	r, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{Create: create, Init: init})
+	if err == nil && spec.Kind == target.Local {
+		if problem := local.ModeProblem(spec.URL); problem != "" {
+			fmt.Fprintln(os.Stderr, "warning:", problem)
+		}
+	}
+	return r, err
 }
 
 func repoCommand() *cli.Command {
