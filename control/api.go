@@ -206,7 +206,7 @@ func (c *apiCall) Params(v any) error {
 	dec := json.NewDecoder(strings.NewReader(string(c.params)))
 	dec.UseNumber()
 	if err := dec.Decode(v); err != nil {
-		return badRequestf("bad params: %v", err)
+		return badRequestf("bad params: %s", jsonProblem(err))
 	}
 	return nil
 }
@@ -222,7 +222,7 @@ func (c *apiCall) pickAction(acts map[string]endpoint) (endpoint, error) {
 	var body map[string]json.RawMessage
 	if len(c.params) > 0 {
 		if err := json.Unmarshal(c.params, &body); err != nil {
-			return endpoint{}, badRequestf("bad JSON: %v", err)
+			return endpoint{}, badRequestf("bad JSON: %s", jsonProblem(err))
 		}
 	}
 	for name, ep := range acts {
@@ -327,7 +327,7 @@ func (c *apiCall) readBody(r *http.Request) error {
 		UserTags   []string        `json:"userTags"`
 	}
 	if err := json.Unmarshal(b, &env); err != nil {
-		return badRequestf("bad JSON: %v", err)
+		return badRequestf("bad JSON: %s", jsonProblem(err))
 	}
 	c.systemTags, c.userTags = env.SystemTags, env.UserTags
 	if r.Method == http.MethodPost {
@@ -401,4 +401,25 @@ func nonNil(s []string) []string {
 func jsonReply(status int, v any) rawReply {
 	b, _ := json.Marshal(v)
 	return rawReply{status: status, body: append(b, '\n')}
+}
+
+// jsonProblem says what is wrong with a request's JSON in the request's
+// terms (the field, the kind of value, the offset), never naming this
+// program's Go types.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te) && te.Field != "":
+		return fmt.Sprintf("field %q: a JSON %s is not accepted there", te.Field, te.Value)
+	case errors.As(err, &te):
+		return fmt.Sprintf("a JSON %s is not accepted there", te.Value)
+	case errors.As(err, &se) && strings.Contains(se.Error(), "end of JSON input"):
+		return "the JSON ends too soon"
+	case errors.As(err, &se):
+		return fmt.Sprintf("malformed JSON at byte %d", se.Offset)
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return "the JSON ends too soon"
+	}
+	return "the JSON cannot be read"
 }

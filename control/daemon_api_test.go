@@ -111,7 +111,11 @@ func TestAPIErrors(t *testing.T) {
 		{"not OAuth", "POST", backups, "Basic x", body(""), nil, 400, ""},
 		{"unknown session", "POST", backups, "OAuth bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", body(""), nil, 503, "ID.1001"},
 		{"bad JSON", "POST", backups, auth, `{"params":`, nil, 400, ""},
-		{"bad params", "POST", backups, auth, `{"params":{"name":5}}`, nil, 400, ""},
+		{"bad params", "POST", backups, auth, `{"params":{"name":5}}`, nil, 400, `:bad params: field "name": a JSON number is not accepted there`},
+		{"bad JSON", "POST", backups, auth, `{"params":{"name":`, nil, 400, ":bad JSON: the JSON ends too soon"},
+		{"bad action JSON", "PUT", "/volume-backups/" + vol + "/actions", auth, `{"revertVolumeFromVolumeBackup":[}`, nil, 400, ":bad JSON: malformed JSON at byte"},
+		{"storage url /etc", "POST", "/backup-storage/image-store", auth, `{"params":{"name":"x","url":"/etc"}}`, nil, 503, "SYS.1007:neither empty nor a volback repository"},
+		{"storage url a file", "POST", "/backup-storage/image-store", auth, `{"params":{"name":"x","url":"/etc/hostname"}}`, nil, 503, "SYS.1007:not a directory"},
 		{"unknown volume", "POST", "/volumes/cccccccccccccccccccccccccccccccc/volume-backups", auth, body(""), nil, 503, "SYS.1003"},
 		{"unknown storage", "POST", backups, auth, `{"params":{"backupStorageUuid":"dddddddddddddddddddddddddddddddd","name":"b"}}`, nil, 503, "SYS.1003"},
 		{"no name", "POST", backups, auth, `{"params":{"backupStorageUuid":"` + bsUUID + `"}}`, nil, 503, "SYS.1007"},
@@ -152,6 +156,10 @@ func TestAPIErrors(t *testing.T) {
 		code, want, _ := strings.Cut(c.code, ":")
 		if r.status != c.status || (code != "" && errCode(t, r) != code) || !strings.Contains(string(r.body), want) {
 			t.Errorf("%s: got %d %s, want %d %s", c.name, r.status, r.body, c.status, c.code)
+		}
+		// An answer speaks of the request, never of this program's types.
+		if b := string(r.body); strings.Contains(b, "Go ") || strings.Contains(b, "struct") || strings.Contains(b, "control.") {
+			t.Errorf("%s: the answer names Go types: %s", c.name, b)
 		}
 	}
 	// Duplicate X-Job-UUID: the second request with the same id is refused.

@@ -3,6 +3,10 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -72,6 +76,9 @@ func (a *API) addImageStore(ctx context.Context, c *apiCall) (JobFunc, error) {
 	if p.Name == "" || !filepath.IsAbs(p.URL) {
 		return nil, errInvalid("name is required and url must be an absolute directory path")
 	}
+	if err := imageStoreDir(p.URL); err != nil {
+		return nil, errInvalid("url %s: %v", p.URL, err)
+	}
 	id, err := resourceID(p.ResourceUUID)
 	if err != nil {
 		return nil, err
@@ -120,4 +127,32 @@ func (a *API) deleteBackupStorage(ctx context.Context, c *apiCall) (JobFunc, err
 		}
 		return map[string]any{}, nil
 	}, nil
+}
+
+// imageStoreDir checks an ImageStore url before anything is written
+// there: it must not exist yet, be an empty directory, or hold a volback
+// repository, so that a url such as /, /etc or ~/.ssh is refused instead
+// of written into.
+func imageStoreDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return errors.New("not a directory")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
+		return nil // a repository, if opening it finds a volback config there (it writes nothing otherwise)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("a directory that is neither empty nor a volback repository (it holds %s, ...)", ents[0].Name())
+	}
+	return nil
 }
