@@ -280,6 +280,25 @@ type GCReport struct {
 	ReserveError string `json:"reserveError,omitempty"`
 }
 
+// Add sums o into r: the report of collecting several repositories.
+func (r *GCReport) Add(o *GCReport) {
+	r.Manifests += o.Manifests
+	r.ChunksTotal += o.ChunksTotal
+	r.ChunksInUse += o.ChunksInUse
+	r.ChunksDeleted += o.ChunksDeleted
+	r.BytesDeleted += o.BytesDeleted
+	r.StaleMarkers += o.StaleMarkers
+	r.TempsRemoved += o.TempsRemoved
+	r.MissingChunks += o.MissingChunks
+	r.Duration += o.Duration
+	r.BackupsRunning = append(r.BackupsRunning, o.BackupsRunning...)
+	r.BadManifests = append(r.BadManifests, o.BadManifests...)
+	r.ReserveUsed = r.ReserveUsed || o.ReserveUsed
+	if o.ReserveError != "" {
+		r.ReserveError = strings.TrimPrefix(r.ReserveError+"; "+o.ReserveError, "; ")
+	}
+}
+
 // reserveName is an object that keeps room for garbage collection, which
 // only frees space but writes its marker first: on a full repository the
 // collection deletes it to make that room, and puts it back when done.

@@ -195,11 +195,8 @@ func (a *API) recordBackup(ctx context.Context, req *backupRequest, id string, v
 	if group != "" {
 		rec.VMInstanceUUID = vrec.VMInstanceUUID
 	}
-	ref := inventory.BackupStorageRef{BackupStorageUUID: req.bs.UUID, InstallPath: installPath(req.spec, id), Status: inventory.StatusCreating}
-	if req.spec != storageSpec(req.bs) {
-		tj, _ := json.Marshal(req.spec)
-		ref.Target = string(tj)
-	}
+	ref := inventory.BackupStorageRef{BackupStorageUUID: req.bs.UUID, InstallPath: installPath(req.spec, id), Status: inventory.StatusCreating,
+		Target: refTarget(req.spec, req.bs)}
 	if err := a.DB.CreateVolumeBackup(ctx, rec, ref); err != nil {
 		return errInvalid("cannot record the backup: %v", err)
 	}

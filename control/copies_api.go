@@ -122,11 +122,7 @@ func (a *API) copyBackup(ctx context.Context, src *backupCopy, dst *inventory.Ba
 		return backupInventory{}, st, errFailed("copy of backup "+src.b.UUID+" to "+spec.String()+" failed", err)
 	}
 	ref := inventory.BackupStorageRef{VolumeBackupUUID: src.b.UUID, BackupStorageUUID: dst.UUID,
-		InstallPath: installPath(spec, src.b.UUID), Status: inventory.StatusReady}
-	if spec != storageSpec(dst) {
-		tj, _ := json.Marshal(spec)
-		ref.Target = string(tj)
-	}
+		InstallPath: installPath(spec, src.b.UUID), Status: inventory.StatusReady, Target: refTarget(spec, dst)}
 	if err := a.DB.AddVolumeBackupRef(ctx, ref); err != nil {
 		return backupInventory{}, st, errFailed("cannot record the copy", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
@@ -66,19 +65,7 @@ func (a *API) collectStorage(ctx context.Context, bs *inventory.BackupStorage, p
 			skipped = append(skipped, skippedTarget{Target: spec.String(), Error: err.Error()})
 			continue
 		}
-		sum.Manifests += rep.Manifests
-		sum.ChunksTotal += rep.ChunksTotal
-		sum.ChunksInUse += rep.ChunksInUse
-		sum.ChunksDeleted += rep.ChunksDeleted
-		sum.BytesDeleted += rep.BytesDeleted
-		sum.StaleMarkers += rep.StaleMarkers
-		sum.TempsRemoved += rep.TempsRemoved
-		sum.MissingChunks += rep.MissingChunks
-		sum.Duration += rep.Duration
-		sum.ReserveUsed = sum.ReserveUsed || rep.ReserveUsed
-		if rep.ReserveError != "" {
-			sum.ReserveError = strings.TrimPrefix(sum.ReserveError+"; "+rep.ReserveError, "; ")
-		}
+		sum.Add(rep)
 	}
 	return sum, skipped, nil
 }

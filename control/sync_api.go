@@ -44,11 +44,7 @@ func (a *API) syncVolumeBackups(ctx context.Context, c *apiCall) (JobFunc, error
 		if err != nil {
 			return nil, err
 		}
-		var tgt string // the ref's target, when not the storage's url
-		if spec != storageSpec(bs) {
-			tj, _ := json.Marshal(spec)
-			tgt = string(tj)
-		}
+		tgt := refTarget(spec, bs)
 		// Copies the inventory records on this target whose manifest the
 		// target no longer has are gone: their records go (a backup
 		// still being made has no manifest yet, and stays).
@@ -102,11 +98,7 @@ func (a *API) importBackups(ctx context.Context, bs *inventory.BackupStorage, sp
 		return nil, nil, 0, nil, errFailed("cannot list the backups of "+spec.String(), err)
 	}
 	prog.SetTotal(int64(len(ids)))
-	var tgt string // the ref's target, when not the storage's url
-	if spec != storageSpec(bs) {
-		tj, _ := json.Marshal(spec)
-		tgt = string(tj)
-	}
+	tgt := refTarget(spec, bs)
 	added = []any{}
 	bad = []chunkstore.BadManifest{}
 	for _, bid := range ids {

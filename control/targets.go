@@ -64,6 +64,16 @@ func installPath(spec target.Spec, id string) string {
 	return strings.TrimSuffix(base, "/") + "/manifests/" + id + q
 }
 
+// refTarget is what a backup reference records of its target: "" for the
+// storage's own url, else the target's JSON, which refSpec reads back.
+func refTarget(spec target.Spec, bs *inventory.BackupStorage) string {
+	if spec == storageSpec(bs) {
+		return ""
+	}
+	tj, _ := json.Marshal(spec)
+	return string(tj)
+}
+
 // refSpec is the target a backup reference points at.
 func refSpec(ref inventory.BackupStorageRef, bs *inventory.BackupStorage) (target.Spec, error) {
 	if ref.Target == "" {
