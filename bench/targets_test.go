@@ -72,7 +72,7 @@ func BenchmarkTargets(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					repo, err := chunkstore.OpenOrInit(ctx, st, chunkstore.InitOptions{})
+					repo, err := chunkstore.OpenOrInit(ctx, st, chunkstore.InitOptions{}, nil)
 					if err != nil {
 						b.Fatal(err)
 					}

@@ -148,7 +148,7 @@ func (c *codec) worthCompressing(scratch, data []byte) bool {
 // decode checks an encoded chunk and returns its content, verified to hash
 // to key. A chunk stored as is is returned in enc's own storage; a
 // compressed one is decoded into dst's storage (reallocated if too small).
-func (c *codec) decode(h Hasher, key Key, dst, enc []byte) ([]byte, error) {
+func (c *codec) decode(keyOf func([]byte) Key, key Key, dst, enc []byte) ([]byte, error) {
 	if len(enc) < chunkTrailerSize || string(enc[len(enc)-4:]) != chunkMagic {
 		return nil, &CorruptChunkError{Key: key, Reason: "bad trailer"}
 	}
@@ -183,7 +183,7 @@ func (c *codec) decode(h Hasher, key Key, dst, enc []byte) ([]byte, error) {
 	default:
 		return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("unknown codec %d", tr[0])}
 	}
-	if got := h.Key(out); got != key {
+	if got := keyOf(out); got != key {
 		return nil, &CorruptChunkError{Key: key, Reason: "content hashes to " + got.String()}
 	}
 	return out, nil

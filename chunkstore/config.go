@@ -26,9 +26,11 @@ type Config struct {
 	Version     int         `json:"version"`
 	ID          string      `json:"id"`
 	ChunkSize   int         `json:"chunkSize"`
-	Seeds       [2]uint64   `json:"seeds"`
+	Seeds       [2]uint64   `json:"seeds,omitzero"` // version 1 only
 	Compression Compression `json:"compression"`
 	Created     time.Time   `json:"created"`
+	// Encryption is set in version 2 (encrypted) and only there.
+	Encryption *Encryption `json:"encryption,omitempty"`
 }
 
 // ValidChunkSize checks that n is a power of two within the allowed range.
@@ -65,17 +67,30 @@ func parseConfig(b []byte) (Config, error) {
 	if err := json.Unmarshal(b, &c); err != nil {
 		return c, fmt.Errorf("repository config: %w", err)
 	}
-	if c.Version != FormatVersion {
-		return c, fmt.Errorf("repository config: format version %d, this build reads %d", c.Version, FormatVersion)
+	switch c.Version {
+	case FormatVersion:
+		if c.Encryption != nil {
+			return c, fmt.Errorf("repository config: version 1 is never encrypted")
+		}
+		if c.Seeds[0] == c.Seeds[1] {
+			return c, fmt.Errorf("repository config: the two seeds must differ")
+		}
+	case FormatEncrypted:
+		e := c.Encryption
+		if e == nil || e.Cipher != cipherAES256GCM || e.ChunkNames != namesBLAKE3 || e.KDF != kdfArgon2id || len(e.KeyCheck) != 32 {
+			return c, fmt.Errorf("repository config: version 2 wants encryption %s, chunk names %s, kdf %s and a key check", cipherAES256GCM, namesBLAKE3, kdfArgon2id)
+		}
+	default:
+		return c, fmt.Errorf("repository config: format version %d, this build reads %d and %d", c.Version, FormatVersion, FormatEncrypted)
+	}
+	if ValidID(c.ID) != nil {
+		return c, fmt.Errorf("repository config: invalid id %q", c.ID)
 	}
 	if err := ValidChunkSize(c.ChunkSize); err != nil {
 		return c, fmt.Errorf("repository config: %w", err)
 	}
 	if _, err := ParseCompression(string(c.Compression)); err != nil {
 		return c, fmt.Errorf("repository config: %w", err)
-	}
-	if c.Seeds[0] == c.Seeds[1] {
-		return c, fmt.Errorf("repository config: the two seeds must differ")
 	}
 	return c, nil
 }

@@ -37,12 +37,12 @@ func FuzzDecodeChunk(f *testing.F) {
 			return
 		}
 		k := h.Key(orig)
-		out, err := c.decode(h, k, nil, enc)
+		out, err := c.decode(h.Key, k, nil, enc)
 		if err == nil && !bytes.Equal(out, orig) {
 			t.Fatalf("decoded wrong data without error")
 		}
 		// Encoding then decoding must always round-trip.
-		out, err = c.decode(h, k, nil, c.encode(nil, orig))
+		out, err = c.decode(h.Key, k, nil, c.encode(nil, orig))
 		if err != nil || !bytes.Equal(out, orig) {
 			t.Fatalf("round trip failed: %v", err)
 		}
@@ -50,7 +50,7 @@ func FuzzDecodeChunk(f *testing.F) {
 }
 
 func FuzzDecodeManifest(f *testing.F) {
-	r, err := newRepository(nil, Config{ChunkSize: MinChunkSize, Compression: CompressionZstd, Seeds: [2]uint64{1, 2}})
+	r, err := newRepository(nil, Config{ChunkSize: MinChunkSize, Compression: CompressionZstd, Seeds: [2]uint64{1, 2}}, nil)
 	if err != nil {
 		f.Fatal(err)
 	}

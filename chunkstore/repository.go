@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -45,6 +46,12 @@ var ErrRepositoryExists = errors.New("a repository already exists here")
 type InitOptions struct {
 	ChunkSize   int         // default DefaultChunkSize
 	Compression Compression // default CompressionZstd
+	// Passphrase, if set, makes the repository encrypted (format 2): its
+	// first key slot opens with it.
+	Passphrase []byte
+	// KDF are the costs of that slot's key derivation; zero means
+	// DefaultKDF.
+	KDF KDFParams
 }
 
 // Repository is a chunk repository on a Store.
@@ -52,6 +59,7 @@ type Repository struct {
 	store  Store
 	cfg    Config
 	hasher Hasher
+	keys   *repoKeys // nil: not encrypted
 	codec  *codec
 	menc   *zstd.Encoder
 	mdec   *zstd.Decoder
@@ -76,6 +84,13 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 	if err != nil {
 		return nil, err
 	}
+	var keys *repoKeys
+	var slot *KeySlot
+	if opts.Passphrase != nil {
+		if keys, slot, err = initEncryption(ctx, store, &cfg, opts); err != nil {
+			return nil, err
+		}
+	}
 	// The room garbage collection needs on a full repository, first: a
 	// store too small for it is too small for backups.
 	if err := putReserve(ctx, store); err != nil {
@@ -89,8 +104,11 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 		err := c.PutIfAbsent(ctx, configName, b)
 		switch {
 		case err == nil:
-			return newRepository(store, cfg)
+			return newRepository(store, cfg, keys)
 		case errors.Is(err, ErrExists):
+			if slot != nil { // another writer created it first: our slot opens nothing
+				_ = store.Delete(ctx, keyPrefix+slot.ID)
+			}
 			return nil, fmt.Errorf("%s: %w", store.Location(), ErrRepositoryExists)
 		case !errors.Is(err, errors.ErrUnsupported): // a wrapper over a store without it
 			return nil, fmt.Errorf("%s: write config: %w", store.Location(), err)
@@ -102,26 +120,68 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 	if err := store.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("%s: sync config: %w", store.Location(), err)
 	}
-	return newRepository(store, cfg)
+	return newRepository(store, cfg, keys)
+}
+
+// initEncryption makes cfg an encrypted repository's: a random master
+// key, written wrapped under the passphrase before the config exists.
+func initEncryption(ctx context.Context, store Store, cfg *Config, opts InitOptions) (*repoKeys, *KeySlot, error) {
+	master := make([]byte, 32)
+	if _, err := rand.Read(master); err != nil {
+		return nil, nil, fmt.Errorf("random master key: %w", err)
+	}
+	keys, err := deriveKeys(master, cfg.ID)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Version = FormatEncrypted
+	cfg.Seeds = [2]uint64{}
+	cfg.Encryption = &Encryption{Cipher: cipherAES256GCM, ChunkNames: namesBLAKE3, KDF: kdfArgon2id, KeyCheck: keys.check}
+	p := opts.KDF
+	if p == (KDFParams{}) {
+		p = DefaultKDF
+	}
+	slot, b, err := newSlot(cfg.ID, master, opts.Passphrase, p)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", store.Location(), err)
+	}
+	if err := putSlot(ctx, store, slot, b); err != nil {
+		return nil, nil, err
+	}
+	keys.slotUsed = slot.ID
+	return keys, slot, nil
 }
 
 // OpenOrInit opens the repository on store, creating one with opts if the
 // store has none. Writers racing on an empty store that supports Creator
 // all end up with the same config.
-func OpenOrInit(ctx context.Context, store Store, opts InitOptions) (*Repository, error) {
-	r, err := Open(ctx, store)
+//
+// An encrypted repository found is opened with pass, or with the
+// passphrase opts would create one with.
+func OpenOrInit(ctx context.Context, store Store, opts InitOptions, pass PassphraseFunc) (*Repository, error) {
+	if pass == nil && opts.Passphrase != nil {
+		pass = func() ([]byte, error) { return opts.Passphrase, nil }
+	}
+	r, err := OpenWithKey(ctx, store, pass)
 	if !errors.Is(err, ErrNoRepository) {
 		return r, err
 	}
 	r, err = Init(ctx, store, opts)
 	if errors.Is(err, ErrRepositoryExists) {
-		return Open(ctx, store)
+		return OpenWithKey(ctx, store, pass)
 	}
 	return r, err
 }
 
-// Open opens the repository on store.
+// Open opens the repository on store; an encrypted one is refused with
+// ErrLocked.
 func Open(ctx context.Context, store Store) (*Repository, error) {
+	return OpenWithKey(ctx, store, nil)
+}
+
+// OpenWithKey opens the repository on store; if it is encrypted, pass
+// supplies its passphrase (nil: ErrLocked).
+func OpenWithKey(ctx context.Context, store Store, pass PassphraseFunc) (*Repository, error) {
 	b, err := store.Get(ctx, configName)
 	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("%s: %w", store.Location(), ErrNoRepository)
@@ -133,10 +193,23 @@ func Open(ctx context.Context, store Store) (*Repository, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", store.Location(), err)
 	}
-	return newRepository(store, cfg)
+	var keys *repoKeys
+	if cfg.Encryption != nil {
+		if pass == nil {
+			return nil, fmt.Errorf("%s: %w", store.Location(), ErrLocked)
+		}
+		p, err := pass()
+		if err != nil {
+			return nil, fmt.Errorf("%s: passphrase: %w", store.Location(), err)
+		}
+		if keys, err = unlock(ctx, store, cfg, p); err != nil {
+			return nil, err
+		}
+	}
+	return newRepository(store, cfg, keys)
 }
 
-func newRepository(store Store, cfg Config) (*Repository, error) {
+func newRepository(store Store, cfg Config, keys *repoKeys) (*Repository, error) {
 	cd, err := newCodec(cfg.Compression, cfg.ChunkSize)
 	if err != nil {
 		return nil, err
@@ -153,12 +226,13 @@ func newRepository(store Store, cfg Config) (*Repository, error) {
 		store:  store,
 		cfg:    cfg,
 		hasher: Hasher{Seed1: cfg.Seeds[0], Seed2: cfg.Seeds[1]},
+		keys:   keys,
 		codec:  cd,
 		menc:   menc,
 		mdec:   mdec,
 	}
 	r.bufs.New = func() any {
-		b := AlignedBuffer(0, cfg.ChunkSize+chunkTrailerSize)
+		b := AlignedBuffer(0, cfg.ChunkSize+chunkSpare)
 		return &b
 	}
 	return r, nil
@@ -186,7 +260,22 @@ func (r *Repository) Store() Store { return r.store }
 func (r *Repository) Location() string { return r.store.Location() }
 
 // Key returns the content key of data under this repository's seeds.
-func (r *Repository) Key(data []byte) Key { return r.hasher.Key(data) }
+// In an encrypted repository it is a keyed MAC (see repoKeys.chunkKey).
+func (r *Repository) Key(data []byte) Key {
+	if r.keys != nil {
+		return r.keys.chunkKey(data)
+	}
+	return r.hasher.Key(data)
+}
+
+// minObject is the size a stored chunk exceeds: its trailer, and its seal
+// when encrypted.
+func (r *Repository) minObject() int64 {
+	if r.keys != nil {
+		return int64(chunkTrailerSize + sealOverhead)
+	}
+	return chunkTrailerSize
+}
 
 // HasChunk reports whether the chunk is stored. A stored object too short to
 // be a chunk (a leftover of a crash on a filesystem that lost it) counts as
@@ -199,7 +288,7 @@ func (r *Repository) HasChunk(ctx context.Context, k Key) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("chunk %s: %w", k, err)
 	}
-	return info.Size > chunkTrailerSize, nil
+	return info.Size > r.minObject(), nil
 }
 
 // NewChunkBuffer returns a buffer of chunk size for reading chunks into.
@@ -221,15 +310,28 @@ func (r *Repository) PutChunk(ctx context.Context, k Key, data []byte) (int, err
 	bp := r.bufs.Get().(*[]byte)
 	defer r.bufs.Put(bp)
 	enc := r.codec.compress(*bp, data)
+	scratch := enc != nil // enc is ours to overwrite
 	switch {
 	case enc != nil:
 		if cap(enc) <= cap(*bp) {
 			*bp = enc[:0]
 		}
-	case cap(data)-len(data) >= chunkTrailerSize:
+	case cap(data)-len(data) >= chunkSpare:
 		enc = appendTrailer(data, codecRaw, len(data)) // in place, no copy
 	default:
 		enc = appendTrailer(append((*bp)[:0], data...), codecRaw, len(data))
+	}
+	if r.keys != nil {
+		// Sealed in place in our scratch; never over the caller's data
+		// (the cipher writes every byte once either way).
+		dst := (*bp)[:0]
+		if scratch {
+			dst = enc[:0]
+		}
+		var err error
+		if enc, err = seal(r.keys.chunks, dst, enc, chunkAD(k)); err != nil {
+			return 0, fmt.Errorf("put chunk %s: %w", k, err)
+		}
 	}
 	if err := r.store.Put(ctx, chunkName(k), enc); err != nil {
 		return 0, fmt.Errorf("put chunk %s: %w", k, err)
@@ -261,7 +363,12 @@ func (r *Repository) GetChunk(ctx context.Context, k Key, dst []byte) ([]byte, e
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", k, err)
 	}
-	return r.codec.decode(r.hasher, k, dst, enc)
+	if r.keys != nil {
+		if enc, err = unseal(r.keys.chunks, enc, chunkAD(k)); err != nil {
+			return nil, &CorruptChunkError{Key: k, Reason: err.Error()}
+		}
+	}
+	return r.codec.decode(r.Key, k, dst, enc)
 }
 
 // DeleteChunk removes chunk k.
@@ -308,6 +415,11 @@ func (r *Repository) SaveManifest(ctx context.Context, m *Manifest) error {
 	if err != nil {
 		return err
 	}
+	if r.keys != nil {
+		if b, err = r.keys.sealManifest(m.ID, b); err != nil {
+			return err
+		}
+	}
 	// Created exclusively: a manifest never replaces another backup's,
 	// whoever wrote that one (another daemon sharing the storage).
 	err = errors.ErrUnsupported
@@ -340,6 +452,11 @@ func (r *Repository) LoadManifest(ctx context.Context, id string) (*Manifest, er
 	}
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
+	if r.keys != nil {
+		if b, err = r.keys.unsealManifest(id, b); err != nil {
+			return nil, fmt.Errorf("backup %s: %w: %w", id, ErrBadManifest, err)
+		}
 	}
 	m, err := decodeManifest(r.mdec, id, b)
 	if err != nil {

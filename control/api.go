@@ -32,6 +32,9 @@ type API struct {
 	Log     *slog.Logger
 	// TargetEnv holds the daemon's S3 credentials, if configured.
 	TargetEnv target.Env
+	// KeyDir holds the key files of encrypted repositories, named by the
+	// encryptionKey::NAME system tag; "" refuses such tags.
+	KeyDir string
 	// Open opens repositories; nil means target.OpenRepository. Handler
 	// tests put in-memory repositories behind it.
 	Open    Opener
@@ -133,13 +136,6 @@ func unmatched(mux *http.ServeMux) http.Handler {
 type Opener func(ctx context.Context, spec target.Spec, env target.Env, opts target.RepoOptions) (*chunkstore.Repository, error)
 
 // openRepo opens a repository through the API's opener.
-func (a *API) openRepo(ctx context.Context, spec target.Spec, env target.Env, opts target.RepoOptions) (*chunkstore.Repository, error) {
-	if a.Open != nil {
-		return a.Open(ctx, spec, env, opts)
-	}
-	return target.OpenRepository(ctx, spec, env, opts)
-}
-
 func (a *API) log() *slog.Logger {
 	if a.Log != nil {
 		return a.Log

@@ -117,6 +117,13 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		cfg.AdminSocket = filepath.Join(cfg.StateDir, "control.sock")
 	}
 	env := target.Env{S3AccessKeyID: cfg.S3AccessKeyID, S3SecretAccessKey: cfg.S3SecretAccessKey}
+	keyDir := filepath.Join(cfg.StateDir, "keys")
+	if err := os.MkdirAll(keyDir, 0o700); err != nil {
+		return fmt.Errorf("key directory: %w", err)
+	}
+	if err := os.Chmod(keyDir, 0o700); err != nil {
+		return fmt.Errorf("key directory: %w", err)
+	}
 	if cfg.RebuildInventory {
 		if _, err := RebuildInventory(ctx, cfg.StateDir, env, log); err != nil {
 			return fmt.Errorf("rebuild inventory: %w", err)
@@ -140,7 +147,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	}
 	// Backups first: a job whose backups finished before the stop
 	// succeeds; the others are recorded failed.
-	if ready, dropped, err := (&API{DB: db, Log: log, TargetEnv: env}).RecoverBackups(ctx); err != nil {
+	if ready, dropped, err := (&API{DB: db, Log: log, TargetEnv: env, KeyDir: keyDir}).RecoverBackups(ctx); err != nil {
 		return err
 	} else if ready+dropped > 0 {
 		log.Warn("backups left unfinished by the last stop are settled", "ready", ready, "dropped", dropped)
@@ -207,7 +214,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	defer stop()
 	metrics := NewMetrics(srv)
 	jobs := &Jobs{DB: db, Log: log, Metrics: metrics}
-	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics, TargetEnv: env}
+	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics, TargetEnv: env, KeyDir: keyDir}
 	admin := &LocalAPI{api: api, ctx: ctx}
 
 	// Listen on everything before serving anything, so a port in use

@@ -189,7 +189,7 @@ func RebuildInventory(ctx context.Context, stateDir string, env target.Env, log 
 	}
 
 	// Backups, from every repository a storage names.
-	a := &API{DB: db, Log: log, TargetEnv: env}
+	a := &API{DB: db, Log: log, TargetEnv: env, KeyDir: filepath.Join(stateDir, "keys")}
 	storages, err := db.ListBackupStorages(ctx)
 	if err != nil {
 		return report, err

@@ -84,12 +84,18 @@ func (a *API) addImageStore(ctx context.Context, c *apiCall) (JobFunc, error) {
 		return nil, err
 	}
 	// Tags on a storage become defaults for its backups: check them now.
-	if _, err := ParseBackupTags(c.SystemTags()); err != nil {
+	bt, err := ParseBackupTags(c.SystemTags())
+	if err != nil {
 		return nil, errTag(err)
+	}
+	if bt.Key != "" {
+		if _, err := readKeyFile(a.KeyDir, bt.Key); err != nil {
+			return nil, errTag(&TagError{Tag: keyPrefix + bt.Key, Reason: err.Error()})
+		}
 	}
 	tags, _ := json.Marshal(nonNil(c.SystemTags()))
 	return func(ctx context.Context, _ *dataplane.Progress) (any, error) {
-		spec := target.Spec{Kind: target.Local, URL: p.URL}
+		spec := target.Spec{Kind: target.Local, URL: p.URL, Key: bt.Key}
 		repo, err := a.openRepo(ctx, spec, a.TargetEnv, target.RepoOptions{Create: target.CreateIfMissing})
 		if err != nil {
 			return nil, errFailed("cannot use the directory as a repository", err)

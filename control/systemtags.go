@@ -26,6 +26,9 @@ type BackupTags struct {
 	FSInfo      *FSInfo
 	Parallelism int
 	NetworkCIDR netip.Prefix
+	// Key names the key file (under the daemon's state directory) of an
+	// encrypted repository: the storage's own, or the fsInfo target's.
+	Key string
 }
 
 // TagError reports a system tag that cannot be used.
@@ -40,6 +43,7 @@ const (
 	fsInfoPrefix      = "fsInfo::type::"
 	parallelismPrefix = "volumeLiveBackup::parallelismDegree::"
 	cidrPrefix        = "backup::network::cidr::"
+	keyPrefix         = "encryptionKey::"
 )
 
 // ParseBackupTags parses CreateVolumeBackup's system tags. Each kind of tag
@@ -84,6 +88,15 @@ func ParseBackupTags(tags []string) (BackupTags, error) {
 				return bt, &TagError{Tag: tag, Reason: "not a CIDR such as 10.0.0.0/8"}
 			}
 			bt.NetworkCIDR = p.Masked()
+		case strings.HasPrefix(tag, keyPrefix):
+			if err := once("key", tag); err != nil {
+				return bt, err
+			}
+			name := strings.TrimPrefix(tag, keyPrefix)
+			if err := validKeyName(name); err != nil {
+				return bt, &TagError{Tag: tag, Reason: err.Error()}
+			}
+			bt.Key = name
 		default:
 			return bt, &TagError{Tag: tag, Reason: "unknown system tag"}
 		}

@@ -16,7 +16,19 @@ import (
 
 // storageSpec is the target of a backup storage itself: its url.
 func storageSpec(bs *inventory.BackupStorage) target.Spec {
-	return target.Spec{Kind: target.Local, URL: bs.URL}
+	return target.Spec{Kind: target.Local, URL: bs.URL, Key: storageKey(bs)}
+}
+
+// storageKey is the key name of a storage's encryptionKey tag, if any.
+func storageKey(bs *inventory.BackupStorage) string {
+	var tags []string
+	_ = json.Unmarshal([]byte(bs.SystemTags), &tags)
+	for _, t := range tags {
+		if name, ok := strings.CutPrefix(t, keyPrefix); ok {
+			return name
+		}
+	}
+	return ""
 }
 
 // backupTarget resolves where a backup goes: the fsInfo tag's target, or
@@ -29,6 +41,7 @@ func (a *API) backupTarget(bs *inventory.BackupStorage, tags BackupTags) (target
 		if spec, err = target.FromFSInfo(tags.FSInfo.Type, tags.FSInfo.URL, tags.FSInfo.Options); err != nil {
 			return spec, target.Env{}, err
 		}
+		spec.Key = tags.Key
 	}
 	env := a.TargetEnv
 	if tags.NetworkCIDR.IsValid() {

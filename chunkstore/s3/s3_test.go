@@ -59,7 +59,7 @@ func TestRepositoryInitRace(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			s := open(t, srv, "race", "shared")
-			r, err := chunkstore.OpenOrInit(context.Background(), s, chunkstore.InitOptions{})
+			r, err := chunkstore.OpenOrInit(context.Background(), s, chunkstore.InitOptions{}, nil)
 			if err != nil {
 				t.Error(err)
 				return

@@ -28,8 +28,12 @@ const (
 // RepoOptions says how OpenRepository opens a repository.
 type RepoOptions struct {
 	Create Create
-	// Init configures a repository that is created.
+	// Init configures a repository that is created (Init.Passphrase
+	// makes it encrypted).
 	Init chunkstore.InitOptions
+	// Passphrase opens an encrypted repository; it is called only if the
+	// repository is one.
+	Passphrase chunkstore.PassphraseFunc
 	// WriteBytesPerSec and ReadBytesPerSec limit the store's bandwidth
 	// (networkWriteBandwidth, networkReadBandwidth); 0 is no limit.
 	WriteBytesPerSec, ReadBytesPerSec int64
@@ -73,9 +77,9 @@ func OpenRepositoryOn(ctx context.Context, st chunkstore.Store, opts RepoOptions
 	var err error
 	switch opts.Create {
 	case OpenExisting:
-		repo, err = chunkstore.Open(ctx, s)
+		repo, err = chunkstore.OpenWithKey(ctx, s, opts.Passphrase)
 	case CreateIfMissing:
-		repo, err = chunkstore.OpenOrInit(ctx, s, opts.Init)
+		repo, err = chunkstore.OpenOrInit(ctx, s, opts.Init, opts.Passphrase)
 	case CreateNew:
 		repo, err = chunkstore.Init(ctx, s, opts.Init)
 	default:

@@ -36,6 +36,9 @@ type Spec struct {
 	// Options: kernel mount options (nfs) or region=,endpoint=,
 	// path-style,storage-class=,profile= (s3); comma-separated.
 	Options string `json:"options,omitempty"`
+	// Key names the daemon's key file that opens the repository if it is
+	// encrypted (never the key itself).
+	Key string `json:"key,omitempty"`
 }
 
 // Env is what opening a target needs besides its Spec.

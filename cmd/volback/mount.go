@@ -56,7 +56,7 @@ func mountCommand() *cli.Command {
 				return errors.New("mount needs --repo or --storage")
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			repo, err := openRepoURL(c.Context, repoURL, target.OpenExisting, chunkstore.InitOptions{})
+			repo, err := openRepoURL(c, repoURL, target.OpenExisting, chunkstore.InitOptions{})
 			if err != nil {
 				return err
 			}

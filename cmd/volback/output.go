@@ -32,6 +32,7 @@ func globalFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON on stdout"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only results, no progress or summaries"},
+		&cli.StringFlag{Name: "password-file", Usage: "read an encrypted repository's passphrase from FILE (else VOLBACK_PASSWORD, else a terminal prompt)", EnvVars: []string{"VOLBACK_PASSWORD_FILE"}},
 	}
 }
 

@@ -1,10 +1,10 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
@@ -47,16 +47,17 @@ func openRepo(c *cli.Context, create target.Create, init chunkstore.InitOptions)
 	if err != nil {
 		return nil, err
 	}
-	return openRepoURL(c.Context, url, create, init)
+	return openRepoURL(c, url, create, init)
 }
 
-func openRepoURL(ctx context.Context, url string, create target.Create, init chunkstore.InitOptions) (*chunkstore.Repository, error) {
+func openRepoURL(c *cli.Context, url string, create target.Create, init chunkstore.InitOptions) (*chunkstore.Repository, error) {
+	ctx := c.Context
 	spec, err := target.ParseURL(url)
 	if err != nil {
 		return nil, err
 	}
 	env := target.Env{S3AccessKeyID: os.Getenv("VOLBACK_S3_ACCESS_KEY_ID"), S3SecretAccessKey: os.Getenv("VOLBACK_S3_SECRET_ACCESS_KEY")}
-	r, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{Create: create, Init: init})
+	r, err := target.OpenRepository(ctx, spec, env, target.RepoOptions{Create: create, Init: init, Passphrase: passphraseOf(c, "passphrase of "+spec.String())})
 	if err == nil && spec.Kind == target.Local {
 		if problem := local.ModeProblem(spec.URL); problem != "" {
 			fmt.Fprintln(os.Stderr, "warning:", problem)
@@ -76,6 +77,7 @@ func repoCommand() *cli.Command {
 				repoFlag,
 				&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "chunk size, a power of two from 64KiB to 16MiB"},
 				&cli.StringFlag{Name: "compression", Value: "zstd", Usage: "chunk compression: zstd or none"},
+				&cli.BoolFlag{Name: "encrypt", Usage: "encrypt chunks and manifests (AES-256-GCM) under a key wrapped by the passphrase (--password-file, VOLBACK_PASSWORD or a prompt)"},
 			},
 			Action: func(c *cli.Context) error {
 				cs, err := humanize.ParseBytes(c.String("chunk-size"))
@@ -86,7 +88,13 @@ func repoCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("--compression: %w", err)
 				}
-				r, err := openRepo(c, target.CreateNew, chunkstore.InitOptions{ChunkSize: int(cs), Compression: comp})
+				init := chunkstore.InitOptions{ChunkSize: int(cs), Compression: comp}
+				if c.Bool("encrypt") {
+					if init.Passphrase, err = readPassphrase(stringFlag(c, "password-file"), "VOLBACK_PASSWORD", "passphrase of the new repository", true); err != nil {
+						return err
+					}
+				}
+				r, err := openRepo(c, target.CreateNew, init)
 				if err != nil {
 					return err
 				}
@@ -94,9 +102,110 @@ func repoCommand() *cli.Command {
 				o := outputOf(c)
 				cfg := r.Config()
 				if o.json {
-					return o.printJSON(map[string]any{"id": cfg.ID, "chunkSize": cfg.ChunkSize, "compression": cfg.Compression, "location": r.Location()})
+					return o.printJSON(map[string]any{"id": cfg.ID, "chunkSize": cfg.ChunkSize, "compression": cfg.Compression, "encrypted": r.Encrypted(), "location": r.Location()})
 				}
-				o.infof("created repository %s at %s (chunk size %s, compression %s)", cfg.ID, r.Location(), humanize.IBytes(uint64(cfg.ChunkSize)), cfg.Compression)
+				enc := ""
+				if r.Encrypted() {
+					enc = ", encrypted: keep the passphrase, no one can read the backups without it"
+				}
+				o.infof("created repository %s at %s (chunk size %s, compression %s%s)", cfg.ID, r.Location(), humanize.IBytes(uint64(cfg.ChunkSize)), cfg.Compression, enc)
+				return nil
+			},
+		}, keyCommand()},
+	}
+}
+
+// keyCommand manages the key slots of an encrypted repository.
+func keyCommand() *cli.Command {
+	open := func(c *cli.Context) (*chunkstore.Repository, error) {
+		return openRepo(c, target.OpenExisting, chunkstore.InitOptions{})
+	}
+	return &cli.Command{
+		Name:  "key",
+		Usage: "list, add and remove the passphrases of an encrypted repository",
+		Subcommands: []*cli.Command{{
+			Name:  "list",
+			Usage: "list the key slots",
+			Flags: []cli.Flag{repoFlag},
+			Action: func(c *cli.Context) error {
+				r, err := open(c)
+				if err != nil {
+					return err
+				}
+				defer r.Close()
+				slots, cur, err := r.Keys(c.Context)
+				if err != nil {
+					return err
+				}
+				o := outputOf(c)
+				if o.json {
+					type row struct {
+						ID      string `json:"id"`
+						Created string `json:"created"`
+						Host    string `json:"host"`
+						Current bool   `json:"current"`
+					}
+					rows := []row{}
+					for _, s := range slots {
+						rows = append(rows, row{s.ID, s.Created.Format(time.RFC3339), s.Host, s.ID == cur})
+					}
+					return o.printJSON(rows)
+				}
+				for _, s := range slots {
+					mark := " "
+					if s.ID == cur {
+						mark = "*"
+					}
+					fmt.Printf("%s %s  %s  %s\n", mark, s.ID, s.Created.Format(time.RFC3339), s.Host)
+				}
+				return nil
+			},
+		}, {
+			Name:  "add",
+			Usage: "add a passphrase (from --new-password-file, VOLBACK_NEW_PASSWORD or a prompt)",
+			Flags: []cli.Flag{repoFlag, &cli.StringFlag{Name: "new-password-file", Usage: "read the new passphrase from FILE"}},
+			Action: func(c *cli.Context) error {
+				r, err := open(c)
+				if err != nil {
+					return err
+				}
+				defer r.Close()
+				if !r.Encrypted() {
+					return errors.New("repository is not encrypted: it has no keys")
+				}
+				p, err := readPassphrase(c.String("new-password-file"), "VOLBACK_NEW_PASSWORD", "new passphrase", true)
+				if err != nil {
+					return err
+				}
+				id, err := r.AddKey(c.Context, p)
+				if err != nil {
+					return err
+				}
+				o := outputOf(c)
+				if o.json {
+					return o.printJSON(map[string]string{"id": id})
+				}
+				o.infof("added key %s", id)
+				return nil
+			},
+		}, {
+			Name:      "remove",
+			Usage:     "revoke a key slot: its passphrase no longer opens the repository",
+			ArgsUsage: "ID",
+			Flags:     []cli.Flag{repoFlag},
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return errors.New("key remove needs the key's ID (see key list)")
+				}
+				r, err := open(c)
+				if err != nil {
+					return err
+				}
+				defer r.Close()
+				if err := r.RemoveKey(c.Context, c.Args().First()); err != nil {
+					return err
+				}
+				outputOf(c).infof("removed key %s", c.Args().First())
 				return nil
 			},
 		}},
