@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/target"
@@ -32,6 +34,15 @@ type API struct {
 	Log     *slog.Logger
 	// TargetEnv holds the daemon's S3 credentials, if configured.
 	TargetEnv target.Env
+	// BaseURL is the API's address as clients reach it, such as
+	// https://backup1.example.com:8080, from which job locations are
+	// built; "" means the address the request's connection arrived at
+	// (never the client's Host header, which anyone may set).
+	BaseURL string
+
+	guardOnce sync.Once
+	guard     *loginGuard
+
 	// KeyDir holds the key files of encrypted repositories, named by the
 	// encryptionKey::NAME system tag; "" refuses such tags.
 	KeyDir string
@@ -178,6 +189,7 @@ func (r *router) action(pattern, name, api string, fn asyncFunc) {
 // apiCall is one API request as a handler sees it.
 type apiCall struct {
 	r *http.Request
+	w http.ResponseWriter // for headers of the answer (Retry-After)
 	// params is the JSON of the call's parameters: the "params" of a
 	// POST body, or the action's object of a PUT actions body.
 	params     json.RawMessage
@@ -238,7 +250,7 @@ const maxBody = 1 << 20
 // and answer.
 func (a *API) serve(public bool, pick func(*apiCall) (endpoint, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c := &apiCall{r: r}
+		c := &apiCall{r: r, w: w}
 		ctx := r.Context()
 		if !public {
 			if err := a.authenticate(r); err != nil {
@@ -292,12 +304,23 @@ func (a *API) serve(public bool, pick func(*apiCall) (endpoint, error)) http.Han
 			a.answerError(w, err)
 			return
 		}
-		scheme := "http"
-		if r.TLS != nil {
-			scheme = "https"
-		}
-		writeZJSON(w, http.StatusAccepted, map[string]string{"location": fmt.Sprintf("%s://%s/zstack/v1/api-jobs/%s", scheme, r.Host, ticket.id)})
+		writeZJSON(w, http.StatusAccepted, map[string]string{"location": a.baseURL(r) + "/zstack/v1/api-jobs/" + ticket.id})
 	})
+}
+
+// baseURL is the scheme and authority job locations start with.
+func (a *API) baseURL(r *http.Request) string {
+	if a.BaseURL != "" {
+		return a.BaseURL
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		return scheme + "://" + la.String()
+	}
+	return scheme + "://127.0.0.1" // no connection (a handler called directly)
 }
 
 // readBody reads a JSON body of at most maxBody bytes. A POST body is

@@ -3,12 +3,15 @@ package control
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -69,6 +72,102 @@ type DaemonConfig struct {
 	// Ready, if set, is called with the API's address ("" without the
 	// API) once everything listens.
 	Ready func(apiAddr string)
+	// TLSCert and TLSKey (PEM files) serve the API over HTTPS, TLS 1.3
+	// only. Without them the API listens on loopback only, unless
+	// Insecure.
+	TLSCert, TLSKey string
+	// NBDTLSCert and NBDTLSKey serve NBD over TCP with STARTTLS (TLS
+	// required there); NBDTLSCA, if set, also requires client
+	// certificates it signed. Default: the API's certificate. Without
+	// any, NBD over TCP is refused unless Insecure.
+	NBDTLSCert, NBDTLSKey, NBDTLSCA string
+	// Insecure allows the API off loopback without TLS and NBD over TCP
+	// without TLS: for a network where nothing else can listen.
+	Insecure bool
+	// APIURL is the API's base URL as clients reach it (job locations
+	// are built from it), e.g. https://backup1.example.com:8080; default
+	// the address each connection arrived at.
+	APIURL string
+}
+
+// defaultPassword is ZStack's, and the admin account's unless configured.
+const defaultPassword = "password"
+
+// loopbackOnly reports whether a host:port listens on loopback only.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// serverTLS loads a certificate for a TLS 1.3 server; with caFile, client
+// certificates signed by it are required.
+func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate %s / key %s: %w", certFile, keyFile, err)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("TLS client CA %s: no PEM certificate in it", caFile)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+// securityChecks refuses the configurations that expose the daemon: the
+// API off loopback without TLS or with the default password, NBD over
+// TCP without TLS. It returns the TLS configurations to serve with.
+func securityChecks(cfg *DaemonConfig, log *slog.Logger) (api, nbdTLS *tls.Config, err error) {
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	if cfg.TLSCert != "" {
+		if api, err = serverTLS(cfg.TLSCert, cfg.TLSKey, ""); err != nil {
+			return nil, nil, err
+		}
+	}
+	if !cfg.NoAPI && !loopbackOnly(cfg.Listen) {
+		if api == nil && !cfg.Insecure {
+			return nil, nil, fmt.Errorf("refusing to serve the API on %s without TLS: give --tls-cert and --tls-key (or --insecure on a network nothing else can reach)", cfg.Listen)
+		}
+		if cfg.AdminPassword == defaultPassword {
+			return nil, nil, fmt.Errorf("refusing to serve the API on %s with the default admin password: set --admin-password or VOLBACK_ADMIN_PASSWORD", cfg.Listen)
+		}
+	}
+	if !cfg.NoAPI && cfg.AdminPassword == defaultPassword {
+		log.Warn("the admin account has the default password; set --admin-password (or VOLBACK_ADMIN_PASSWORD) before serving beyond this host")
+	}
+	if strings.HasPrefix(cfg.NBDListen, "tcp://") {
+		certFile, keyFile := cfg.NBDTLSCert, cfg.NBDTLSKey
+		if certFile == "" && keyFile == "" {
+			certFile, keyFile = cfg.TLSCert, cfg.TLSKey
+		}
+		switch {
+		case certFile != "":
+			if nbdTLS, err = serverTLS(certFile, keyFile, cfg.NBDTLSCA); err != nil {
+				return nil, nil, fmt.Errorf("NBD: %w", err)
+			}
+		case !cfg.Insecure:
+			return nil, nil, fmt.Errorf("refusing to serve NBD on %s without TLS: give --nbd-tls-cert and --nbd-tls-key (or --tls-cert/--tls-key), or --insecure", cfg.NBDListen)
+		default:
+			log.Warn("NBD over TCP without TLS: any host that reaches the port reads and writes the volumes", "nbd", cfg.NBDListen)
+		}
+	}
+	return api, nbdTLS, nil
 }
 
 // adminAccountUUID is the admin account's fixed uuid.
@@ -92,7 +191,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		cfg.Listen = "127.0.0.1:8080"
 	}
 	if cfg.AdminPassword == "" {
-		cfg.AdminPassword = "password"
+		cfg.AdminPassword = defaultPassword
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return err
@@ -115,6 +214,10 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	}
 	if cfg.AdminSocket == "" {
 		cfg.AdminSocket = filepath.Join(cfg.StateDir, "control.sock")
+	}
+	apiTLS, nbdTLS, err := securityChecks(&cfg, log)
+	if err != nil {
+		return err
 	}
 	env := target.Env{S3AccessKeyID: cfg.S3AccessKeyID, S3SecretAccessKey: cfg.S3SecretAccessKey}
 	keyDir := filepath.Join(cfg.StateDir, "keys")
@@ -172,6 +275,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	}
 
 	srv := nbd.NewServer()
+	srv.TLSConfig = nbdTLS
 	srv.Logger = log
 	host := &Host{StateDir: cfg.StateDir, NBD: srv}
 	defer func() {
@@ -214,7 +318,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	defer stop()
 	metrics := NewMetrics(srv)
 	jobs := &Jobs{DB: db, Log: log, Metrics: metrics}
-	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics, TargetEnv: env, KeyDir: keyDir}
+	api := &API{DB: db, Jobs: jobs, Host: host, Log: log, Metrics: metrics, TargetEnv: env, KeyDir: keyDir, BaseURL: strings.TrimSuffix(cfg.APIURL, "/")}
 	admin := &LocalAPI{api: api, ctx: ctx}
 
 	// Listen on everything before serving anything, so a port in use
@@ -241,6 +345,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		if hl, err = net.Listen("tcp", cfg.Listen); err != nil {
 			closeAll()
 			return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		}
+		if apiTLS != nil {
+			hl = tls.NewListener(hl, apiTLS)
 		}
 		listeners = append(listeners, hl)
 		api.exports = newBackupExports(api, srv, log)
@@ -275,7 +382,11 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		if cfg.VerifyInterval > 0 {
 			go api.verifyEvery(ctx, cfg.VerifyInterval)
 		}
-		log.Info("volback daemon serving", "api", "http://"+apiAddr+"/zstack/v1", "nbd", cfg.NBDListen, "admin", "unix://"+cfg.AdminSocket, "state", cfg.StateDir)
+		scheme := "http"
+		if apiTLS != nil {
+			scheme = "https"
+		}
+		log.Info("volback daemon serving", "api", scheme+"://"+apiAddr+"/zstack/v1", "nbd", cfg.NBDListen, "admin", "unix://"+cfg.AdminSocket, "state", cfg.StateDir)
 	} else {
 		log.Info("serving", "nbd", cfg.NBDListen, "admin", "unix://"+cfg.AdminSocket, "state", cfg.StateDir)
 	}

@@ -26,6 +26,7 @@ type Metrics struct {
 	gcChunks    prometheus.Counter
 	verified    *prometheus.CounterVec
 	repaired    prometheus.Counter
+	logins      *prometheus.CounterVec
 }
 
 // NewMetrics registers the daemon's metrics, including the NBD server's
@@ -60,7 +61,9 @@ func NewMetrics(srv *nbd.Server) *Metrics {
 		Help: "Backup verifications, by result: ok, or corrupt (a bad or missing chunk remains)."}, []string{"result"})
 	m.repaired = prometheus.NewCounter(prometheus.CounterOpts{Name: "volback_verify_repaired_chunks_total",
 		Help: "Stored chunks rewritten by verification from a live volume that still holds their content."})
-	m.reg.MustRegister(m.backups, m.bytesRead, m.bytesStored, m.duration, m.jobsRunning, m.apiErrors, m.gcRuns, m.gcFreed, m.gcChunks,
+	m.logins = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "volback_login_failures_total",
+		Help: "Logins refused, by reason: password (checked and wrong) or throttled (refused unchecked after repeated failures)."}, []string{"reason"})
+	m.reg.MustRegister(m.logins, m.backups, m.bytesRead, m.bytesStored, m.duration, m.jobsRunning, m.apiErrors, m.gcRuns, m.gcFreed, m.gcChunks,
 		m.verified, m.repaired,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if srv != nil {
@@ -127,6 +130,13 @@ func (m *Metrics) gcDone(r *chunkstore.GCReport) {
 	m.gcRuns.Inc()
 	m.gcFreed.Add(float64(r.BytesDeleted))
 	m.gcChunks.Add(float64(r.ChunksDeleted))
+}
+
+func (m *Metrics) loginFailed(reason string) {
+	if m == nil {
+		return
+	}
+	m.logins.WithLabelValues(reason).Inc()
 }
 
 func (m *Metrics) verifyDone(ok bool, repaired int) {

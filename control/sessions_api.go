@@ -3,6 +3,8 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"net/http"
 	"strings"
 	"time"
@@ -42,8 +44,22 @@ func (a *API) logIn(ctx context.Context, c *apiCall) (any, error) {
 		return nil, errInvalid("the body needs logInByAccount")
 	}
 	in := body.LogInByAccount
+	g := a.loginGuard()
+	src := sourceOf(c.r.RemoteAddr)
+	if w := g.wait(src, in.AccountName); w > 0 {
+		a.Metrics.loginFailed("throttled")
+		secs := int(w.Round(time.Second) / time.Second)
+		if secs < 1 {
+			secs = 1
+		}
+		c.w.Header().Set("Retry-After", strconv.Itoa(secs))
+		return nil, &ErrorCode{Code: CodeAuthFailed, Description: "authentication failed",
+			Details: fmt.Sprintf("too many failed logins; try again in %d s", secs)}
+	}
 	s, err := a.DB.LogIn(ctx, in.AccountName, strings.ToLower(in.Password), chunkstore.NewID(), SessionTTL)
 	if errors.Is(err, inventory.ErrAuthFailed) {
+		g.failed(src, in.AccountName)
+		a.Metrics.loginFailed("password")
 		// The password is never logged, not even hashed.
 		a.log().Info("login refused", "account", in.AccountName, "remote", c.r.RemoteAddr)
 		return nil, &ErrorCode{Code: CodeAuthFailed, Description: "authentication failed", Details: "wrong account name or password"}
@@ -51,10 +67,16 @@ func (a *API) logIn(ctx context.Context, c *apiCall) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.succeeded(src, in.AccountName)
 	return map[string]any{"inventory": sessionInventory{
 		UUID: s.UUID, AccountUUID: s.AccountUUID, UserUUID: s.UserUUID,
 		ExpiredDate: gson(s.Expires), CreateDate: gson(s.Created),
 	}}, nil
+}
+
+func (a *API) loginGuard() *loginGuard {
+	a.guardOnce.Do(func() { a.guard = newLoginGuard(nil) })
+	return a.guard
 }
 
 // logOut is LogOut (DELETE /accounts/sessions/{uuid}).

@@ -2,10 +2,12 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 
 	"github.com/pojntfx/go-nbd/pkg/protocol"
@@ -40,6 +42,7 @@ const (
 	repErrInvalid  = uint32(3 | 1<<31)
 	repErrUnknown  = protocol.NEGOTIATION_TYPE_REPLY_ERR_UNKNOWN
 	repErrTooBig   = uint32(9 | 1<<31)
+	repErrTLSReqd  = uint32(5 | 1<<31)
 
 	infoExport      = protocol.NEGOTIATION_TYPE_INFO_EXPORT
 	infoName        = protocol.NEGOTIATION_TYPE_INFO_NAME
@@ -101,12 +104,32 @@ type negotiator struct {
 	w   *bufio.Writer
 	srv *Server
 	s   session
+	// conn is the connection, a *tls.Conn once STARTTLS is done; tlsCfg
+	// is what STARTTLS uses (nil: not offered) and, when set, TLS is
+	// required before anything but STARTTLS and ABORT.
+	conn   net.Conn
+	tlsCfg *tls.Config
+	tlsOn  bool
 }
 
 // negotiate runs the fixed newstyle handshake and option haggling. It
-// returns the session once the client enters transmission.
-func (srv *Server) negotiate(r *bufio.Reader, w *bufio.Writer) (*session, error) {
-	n := &negotiator{r: r, w: w, srv: srv}
+// returns the session once the client enters transmission, and the
+// connection to go on with (TLS, if STARTTLS was negotiated). With tlsCfg
+// set, TLS is required, as qemu-nbd's --tls-creds does.
+func (srv *Server) negotiate(c net.Conn, r *bufio.Reader, w *bufio.Writer, tlsCfg *tls.Config) (*negotiated, error) {
+	return srv.haggle(&negotiator{r: r, w: w, srv: srv, conn: c, tlsCfg: tlsCfg})
+}
+
+// negotiated is where transmission starts: the session, the connection
+// and its reader (which may hold requests the client already sent).
+type negotiated struct {
+	sess *session
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func (srv *Server) haggle(n *negotiator) (*negotiated, error) {
+	r, w := n.r, n.w
 	var hs [18]byte
 	binary.BigEndian.PutUint64(hs[0:], initPasswd)
 	binary.BigEndian.PutUint64(hs[8:], optMagic)
@@ -153,6 +176,25 @@ func (srv *Server) negotiate(r *bufio.Reader, w *bufio.Writer) (*session, error)
 		if _, err := io.ReadFull(r, data); err != nil {
 			return nil, fmt.Errorf("option %d data: %w", opt, err)
 		}
+		if n.tlsCfg != nil && !n.tlsOn && opt != optStartTLS && opt != optAbort {
+			if opt == optExportName { // it has no error reply: hang up
+				return nil, errors.New("NBD_OPT_EXPORT_NAME before STARTTLS on a TLS-only server")
+			}
+			if err := n.errReply(opt, repErrTLSReqd, "TLS is required: send NBD_OPT_STARTTLS first"); err != nil {
+				return nil, err
+			}
+			if err := w.Flush(); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if opt == optStartTLS {
+			if err := n.startTLS(data); err != nil {
+				return nil, err
+			}
+			r, w = n.r, n.w
+			continue
+		}
 		done, err := n.option(opt, data)
 		if err != nil {
 			return nil, err
@@ -161,9 +203,48 @@ func (srv *Server) negotiate(r *bufio.Reader, w *bufio.Writer) (*session, error)
 			return nil, err
 		}
 		if done {
-			return &n.s, nil
+			return &negotiated{sess: &n.s, conn: n.conn, r: n.r}, nil
 		}
 	}
+}
+
+// startTLS answers NBD_OPT_STARTTLS: an ack, then the TLS handshake on the
+// same connection; haggling goes on inside TLS, with what was agreed
+// before forgotten (the protocol says so: it was not protected).
+func (n *negotiator) startTLS(data []byte) error {
+	opt := optStartTLS
+	var err error
+	switch {
+	case n.tlsCfg == nil:
+		err = n.errReply(opt, repErrUnsup, "TLS is not offered on this connection")
+	case n.tlsOn:
+		err = n.errReply(opt, repErrInvalid, "TLS is already on")
+	case len(data) != 0:
+		err = n.errReply(opt, repErrInvalid, "NBD_OPT_STARTTLS takes no data")
+	default:
+		if err := n.reply(opt, repAck, nil); err != nil {
+			return err
+		}
+		if err := n.w.Flush(); err != nil {
+			return err
+		}
+		if n.r.Buffered() != 0 {
+			return errors.New("client sent data before the TLS handshake")
+		}
+		tc := tls.Server(n.conn, n.tlsCfg)
+		if err := tc.Handshake(); err != nil {
+			return fmt.Errorf("TLS handshake: %w", err)
+		}
+		n.conn, n.tlsOn = tc, true
+		n.r = bufio.NewReaderSize(tc, 64<<10)
+		n.w = bufio.NewWriterSize(tc, 64<<10)
+		n.s = session{noZeroes: n.s.noZeroes}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return n.w.Flush()
 }
 
 func (n *negotiator) reply(opt, typ uint32, data []byte) error {
@@ -228,7 +309,7 @@ func (n *negotiator) option(opt uint32, data []byte) (done bool, err error) {
 	case optListMetaContext, optSetMetaContext:
 		return false, n.metaContext(opt, data)
 	default:
-		// STARTTLS, EXTENDED_HEADERS and anything newer or unknown.
+		// EXTENDED_HEADERS and anything newer or unknown.
 		return false, n.errReply(opt, repErrUnsup, "option %d is not supported", opt)
 	}
 }

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"bufio"
 	"context"
 	"errors"
@@ -37,9 +38,17 @@ type Export struct {
 	Backend     Backend
 }
 
+// Defaults of a Server's bounds: a client has this long to negotiate, and
+// this many connections may be open at once.
+const (
+	DefaultNegotiationTimeout = 30 * time.Second
+	DefaultMaxConnections     = 1024
+)
+
 // Stats counts a server's activity; safe for concurrent reads.
 type Stats struct {
 	Connections  atomic.Int64 // currently open
+	Refused      atomic.Int64 // closed at once: too many open
 	Requests     atomic.Int64
 	Errors       atomic.Int64 // error replies sent
 	BytesRead    atomic.Int64
@@ -56,6 +65,16 @@ type Server struct {
 	// Resolve, if set, is asked for an export a client names that is not
 	// published; one it returns is published under that name.
 	Resolve func(name string) *Export
+	// TLSConfig, if set, makes TLS (NBD_OPT_STARTTLS) required on TCP
+	// connections; Unix socket connections never use it (the socket's
+	// mode guards them).
+	TLSConfig *tls.Config
+	// NegotiationTimeout bounds the handshake, TLS included; default
+	// DefaultNegotiationTimeout.
+	NegotiationTimeout time.Duration
+	// MaxConnections bounds open connections; beyond it new ones are
+	// closed at once. Default DefaultMaxConnections.
+	MaxConnections int
 
 	mu      sync.RWMutex
 	exports map[string]*Export
@@ -188,6 +207,18 @@ func (srv *Server) Serve(ctx context.Context, l net.Listener) error {
 			c.Close()
 			continue
 		}
+		limit := srv.MaxConnections
+		if limit <= 0 {
+			limit = DefaultMaxConnections
+		}
+		if len(srv.conns) >= limit {
+			srv.mu.Unlock()
+			if srv.Stats.Refused.Add(1)%100 == 1 {
+				srv.logger().Warn("nbd connection refused: too many open", "limit", limit, "remote", c.RemoteAddr().String())
+			}
+			c.Close()
+			continue
+		}
 		srv.conns[c] = ""
 		srv.wg.Add(1)
 		srv.mu.Unlock()
@@ -250,16 +281,29 @@ func (srv *Server) serveConn(ctx context.Context, c net.Conn) {
 	log := srv.logger().With("remote", c.RemoteAddr().String())
 	r := bufio.NewReaderSize(c, 64<<10)
 	w := bufio.NewWriterSize(c, 64<<10)
-	sess, err := srv.negotiate(r, w)
+	timeout := srv.NegotiationTimeout
+	if timeout <= 0 {
+		timeout = DefaultNegotiationTimeout
+	}
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	var tlsCfg *tls.Config
+	if c.LocalAddr().Network() == "tcp" {
+		tlsCfg = srv.TLSConfig
+	}
+	neg, err := srv.negotiate(c, r, w, tlsCfg)
 	if err != nil {
 		if !errors.Is(err, errAbort) {
 			log.Debug("nbd negotiation ended", "err", err)
 		}
 		return
 	}
-	if err := w.Flush(); err != nil {
-		return
+	sess := neg.sess
+	if neg.conn != c { // TLS: closing it sends close_notify, then closes c
+		c = neg.conn
+		defer c.Close()
 	}
+	r = neg.r
+	_ = c.SetDeadline(time.Time{})
 	srv.setConnExport(c, sess.export.Name)
 	log.Debug("nbd transmission", "export", sess.export.Name, "structured", sess.structured, "contexts", sess.contexts)
 	t := newTransmission(srv, sess, c, r)

@@ -318,12 +318,13 @@ func FuzzNegotiation(f *testing.F) {
 	f.Add(append(hello, opt(optStructuredReply, nil)...))
 	f.Add(append(append(hello, opt(optStructuredReply, nil)...), opt(optListMetaContext, []byte("\x00\x00\x00\x03vol\x00\x00\x00\x01\x00\x00\x00\x05base:"))...))
 	f.Add(append(hello, opt(optGo, []byte("\x00\x00\x00\x03vol\x00\x01\x00\x03"))...))
+	f.Add(append(hello, opt(optStartTLS, nil)...))
 	srv := NewServer()
 	srv.AddExport(&Export{Name: "vol", Backend: &memBackend{data: make([]byte, 4096)}})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := bufio.NewReader(&loopReader{data: in})
 		w := bufio.NewWriter(io.Discard)
-		_, _ = srv.negotiate(r, w)
+		_, _ = srv.negotiate(nil, r, w, nil) // no TLS offered: STARTTLS is refused, the connection untouched
 	})
 }
 

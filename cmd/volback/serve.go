@@ -23,14 +23,15 @@ func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "export volumes over NBD, tracking changed blocks, and backups read-only, until SIGTERM",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "volume", Usage: "UUID=PATH of a raw file or block device to export (repeatable)"},
 			&cli.StringSliceFlag{Name: "backup", Usage: "id of a backup in --repo to export read-only, under its id (repeatable)"},
 			&cli.StringFlag{Name: "repo", Aliases: []string{"r"}, Usage: "repository of the --backup exports (a directory, nfs:// or s3:// URL)", EnvVars: []string{"VOLBACK_REPO"}},
 			&cli.StringFlag{Name: "nbd-listen", Usage: "unix:///PATH or tcp://HOST:PORT (default unix://<state-dir>/nbd.sock)"},
 			stateDirFlag,
 			&cli.BoolFlag{Name: "debug", Usage: "log every NBD connection"},
-		},
+			&cli.BoolFlag{Name: "insecure", Usage: "allow NBD over TCP without TLS"},
+		}, nbdTLSFlags()...),
 		Action: func(c *cli.Context) error {
 			vols, err := control.ParseVolumeFlags(c.StringSlice("volume"))
 			if err != nil {
@@ -59,6 +60,7 @@ func serveCommand() *cli.Command {
 				NoAPI: true, StateDir: c.String("state-dir"), Volumes: vols, NBDListen: c.String("nbd-listen"), Logger: log,
 				Repo: repo, Backups: c.StringSlice("backup"),
 				S3AccessKeyID: os.Getenv("VOLBACK_S3_ACCESS_KEY_ID"), S3SecretAccessKey: os.Getenv("VOLBACK_S3_SECRET_ACCESS_KEY"),
+				Insecure: c.Bool("insecure"), NBDTLSCert: c.String("nbd-tls-cert"), NBDTLSKey: c.String("nbd-tls-key"), NBDTLSCA: c.String("nbd-tls-ca"),
 			})
 		},
 	}

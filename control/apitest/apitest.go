@@ -22,6 +22,8 @@ type Client struct {
 	Base string
 	// Session is the session uuid Job sends; Login sets it.
 	Session string
+	// HTTP sends the requests; nil means http.DefaultClient.
+	HTTP *http.Client
 }
 
 // Reply is an HTTP answer.
@@ -57,9 +59,17 @@ func (c *Client) Do(method, path, auth, body string, headers map[string]string) 
 		req.Header.Set("Authorization", auth)
 	}
 	for k, v := range headers {
+		if k == "Host" {
+			req.Host = v // Go sends the Host header from here only
+			continue
+		}
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		c.T.Fatal(err)
 	}
@@ -71,11 +81,17 @@ func (c *Client) Do(method, path, auth, body string, headers map[string]string) 
 // Login logs in as admin and keeps the session.
 func (c *Client) Login(password string) {
 	c.T.Helper()
-	r := c.Do("PUT", "/accounts/login", "", `{"logInByAccount":{"accountName":"admin","password":"`+inventory.HashPassword(password)+`"}}`, nil)
+	r := c.LoginReply(password)
 	if r.Status != http.StatusOK {
 		c.T.Fatalf("login: %d %s", r.Status, r.Body)
 	}
 	c.Session = r.JSON(c.T)["inventory"].(map[string]any)["uuid"].(string)
+}
+
+// LoginReply sends LogInByAccount as admin and returns the answer.
+func (c *Client) LoginReply(password string) Reply {
+	c.T.Helper()
+	return c.Do("PUT", "/accounts/login", "", `{"logInByAccount":{"accountName":"admin","password":"`+inventory.HashPassword(password)+`"}}`, nil)
 }
 
 // Job sends an async call with the session and, if it was accepted, polls

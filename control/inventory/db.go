@@ -3,7 +3,6 @@ package inventory
 import (
 	"context"
 	"crypto/sha512"
-	"crypto/subtle"
 	"database/sql"
 	"encoding/hex"
 	"errors"
@@ -139,6 +138,11 @@ var migrations = []string{
 	// 5: a backup names the job that makes it, so a restart can finish
 	// the job of a backup whose manifest became durable.
 	`ALTER TABLE volume_backups ADD COLUMN job_uuid TEXT;`,
+	// 6: sessions are stored by a hash of their id, so reading the
+	// database yields no live session; the ones stored in the clear go
+	// (their clients log in again). Passwords become argon2id hashes as
+	// accounts are next set or logged into (see LogIn).
+	`DELETE FROM sessions;`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -207,13 +211,19 @@ func HashPassword(plain string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// EnsureAccount creates the account if missing, or sets its password hash.
+// EnsureAccount creates the account if missing, or sets its password. The
+// column keeps only a salted argon2id hash of what clients send (the
+// SHA-512 hex), never that value itself.
 func (d *DB) EnsureAccount(ctx context.Context, uuid, name, sha512hex string) error {
+	stored, err := hashSecret(sha512hex)
+	if err != nil {
+		return fmt.Errorf("account %s: %w", name, err)
+	}
 	now := d.now().UnixNano()
-	_, err := d.db.ExecContext(ctx, `INSERT INTO accounts(uuid, name, password_sha512, create_date, last_op_date)
+	_, err = d.db.ExecContext(ctx, `INSERT INTO accounts(uuid, name, password_sha512, create_date, last_op_date)
 		VALUES(?, ?, ?, ?, ?)
 		ON CONFLICT(name) DO UPDATE SET password_sha512 = excluded.password_sha512, last_op_date = excluded.last_op_date`,
-		uuid, name, sha512hex, now, now)
+		uuid, name, stored, now, now)
 	if err != nil {
 		return fmt.Errorf("account %s: %w", name, err)
 	}
@@ -243,13 +253,19 @@ func (d *DB) LogIn(ctx context.Context, name, sha512hex, sessionUUID string, ttl
 	if err != nil {
 		return nil, fmt.Errorf("log in %s: %w", name, err)
 	}
-	if subtle.ConstantTimeCompare([]byte(stored), []byte(sha512hex)) != 1 {
+	ok, legacy := checkSecret(stored, sha512hex)
+	if !ok {
 		return nil, ErrAuthFailed
+	}
+	if legacy { // a hash of an older build: replace it by a memory-hard one
+		if h, err := hashSecret(sha512hex); err == nil {
+			_, _ = d.db.ExecContext(ctx, `UPDATE accounts SET password_sha512 = ? WHERE uuid = ?`, h, acct)
+		}
 	}
 	now := d.now().UTC()
 	s := &Session{UUID: sessionUUID, AccountUUID: acct, UserUUID: acct, Created: now, Expires: now.Add(ttl)}
 	if _, err := d.db.ExecContext(ctx, `INSERT INTO sessions(uuid, account_uuid, user_uuid, create_date, expired_date) VALUES(?, ?, ?, ?, ?)`,
-		s.UUID, s.AccountUUID, s.UserUUID, s.Created.UnixNano(), s.Expires.UnixNano()); err != nil {
+		sessionKey(s.UUID), s.AccountUUID, s.UserUUID, s.Created.UnixNano(), s.Expires.UnixNano()); err != nil {
 		return nil, fmt.Errorf("log in %s: %w", name, err)
 	}
 	return s, nil
@@ -259,8 +275,9 @@ func (d *DB) LogIn(ctx context.Context, name, sha512hex, sessionUUID string, ttl
 func (d *DB) ValidSession(ctx context.Context, uuid string) (*Session, error) {
 	var s Session
 	var created, expires int64
-	err := d.db.QueryRowContext(ctx, `SELECT uuid, account_uuid, user_uuid, create_date, expired_date FROM sessions WHERE uuid = ?`, uuid).
-		Scan(&s.UUID, &s.AccountUUID, &s.UserUUID, &created, &expires)
+	err := d.db.QueryRowContext(ctx, `SELECT account_uuid, user_uuid, create_date, expired_date FROM sessions WHERE uuid = ?`, sessionKey(uuid)).
+		Scan(&s.AccountUUID, &s.UserUUID, &created, &expires)
+	s.UUID = uuid
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -276,7 +293,7 @@ func (d *DB) ValidSession(ctx context.Context, uuid string) (*Session, error) {
 
 // LogOut deletes a session; deleting a missing one is not an error.
 func (d *DB) LogOut(ctx context.Context, uuid string) error {
-	if _, err := d.db.ExecContext(ctx, `DELETE FROM sessions WHERE uuid = ?`, uuid); err != nil {
+	if _, err := d.db.ExecContext(ctx, `DELETE FROM sessions WHERE uuid = ?`, sessionKey(uuid)); err != nil {
 		return fmt.Errorf("session %s: %w", uuid, err)
 	}
 	return nil

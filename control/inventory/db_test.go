@@ -1,9 +1,12 @@
 package inventory
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -218,5 +221,52 @@ func TestMigration2MovesUserTags(t *testing.T) {
 	}
 	if _, total, _ := d.Query(ctx, UserTags, &Query{Limit: 10}); total != 0 {
 		t.Fatalf("%d tags left after their backup was deleted", total)
+	}
+}
+
+// TestNoSecretAtRest reads the database file as a thief would: no
+// password in the form clients send, no live session id.
+func TestNoSecretAtRest(t *testing.T) {
+	ctx := context.Background()
+	d, _, path := openTest(t)
+	sent := HashPassword("correct horse battery")
+	if err := d.EnsureAccount(ctx, "acct1", "admin", sent); err != nil {
+		t.Fatal(err)
+	}
+	const sid = "5e55105e55105e55105e55105e551051"
+	if _, err := d.LogIn(ctx, "admin", sent, sid, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ValidSession(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	for _, f := range []string{path, path + "-wal"} {
+		b, err := os.ReadFile(f)
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		for _, secret := range []string{sent, sid, "correct horse"} {
+			if bytes.Contains(b, []byte(secret)) {
+				t.Errorf("%s holds %q in the clear", f, secret[:12])
+			}
+		}
+	}
+	// An older build's plain SHA-512 still logs in once, and is rehashed.
+	d, err := Open(ctx, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.db.ExecContext(ctx, `UPDATE accounts SET password_sha512 = ?`, sent); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.LogIn(ctx, "admin", sent, "s2", time.Hour); err != nil {
+		t.Fatalf("legacy hash: %v", err)
+	}
+	var stored string
+	d.db.QueryRowContext(ctx, `SELECT password_sha512 FROM accounts`).Scan(&stored)
+	if !strings.HasPrefix(stored, "$argon2id$") {
+		t.Fatalf("legacy hash not replaced: %q", stored)
 	}
 }
