@@ -37,7 +37,22 @@ type TagError struct {
 	Reason string
 }
 
-func (e *TagError) Error() string { return fmt.Sprintf("system tag %q: %s", e.Tag, e.Reason) }
+// Error quotes the tag with anything that may be a credential redacted;
+// an unknown tag only by its first word (it may be anything at all).
+func (e *TagError) Error() string {
+	tag := e.Tag
+	if e.Reason == reasonUnknownTag {
+		// Its words, not its value: "backup::network::cird::…".
+		if i := strings.LastIndex(tag, "::"); i >= 0 {
+			tag = tag[:i+2] + "…"
+		} else if len(tag) > 16 {
+			tag = tag[:8] + "…"
+		}
+	}
+	return fmt.Sprintf("system tag %q: %s", target.Redact(tag), target.Redact(e.Reason))
+}
+
+const reasonUnknownTag = "unknown system tag"
 
 const (
 	fsInfoPrefix      = "fsInfo::type::"
@@ -98,7 +113,7 @@ func ParseBackupTags(tags []string) (BackupTags, error) {
 			}
 			bt.Key = name
 		default:
-			return bt, &TagError{Tag: tag, Reason: "unknown system tag"}
+			return bt, &TagError{Tag: tag, Reason: reasonUnknownTag}
 		}
 	}
 	return bt, nil

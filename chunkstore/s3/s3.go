@@ -19,6 +19,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -48,6 +49,11 @@ type Options struct {
 	// AccessKeyID and SecretAccessKey, if set, are used instead of the
 	// chain (the daemon's own configuration).
 	AccessKeyID, SecretAccessKey string
+	// InstanceMetadata lets the credential chain (and region lookup) ask
+	// the EC2 instance-metadata service, 169.254.169.254. Off unless a
+	// target asks (option instance-metadata): a hypervisor host outside
+	// EC2 must not probe a link-local address, nor wait on it.
+	InstanceMetadata bool
 	// LocalAddr, if valid, is the source address of every connection.
 	LocalAddr netip.Addr
 	// MaxAttempts per request, retries included (default 6): throttling,
@@ -148,6 +154,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	}
 	if httpClient != nil {
 		loadOpts = append(loadOpts, config.WithHTTPClient(httpClient))
+	}
+	if !o.InstanceMetadata {
+		loadOpts = append(loadOpts, config.WithEC2IMDSClientEnableState(imds.ClientDisabled))
 	}
 	if o.Profile != "" {
 		loadOpts = append(loadOpts, config.WithSharedConfigProfile(o.Profile))

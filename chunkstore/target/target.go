@@ -34,7 +34,8 @@ type Spec struct {
 	// or http(s)://ENDPOINT/BUCKET/PREFIX (s3).
 	URL string `json:"url"`
 	// Options: kernel mount options (nfs) or region=,endpoint=,
-	// path-style,storage-class=,profile= (s3); comma-separated.
+	// path-style,storage-class=,profile=,timeout=,instance-metadata (s3);
+	// comma-separated.
 	Options string `json:"options,omitempty"`
 	// Key names the daemon's key file that opens the repository if it is
 	// encrypted (never the key itself).
@@ -56,8 +57,16 @@ func FromFSInfo(kind, u, options string) (Spec, error) {
 	return s, s.Check()
 }
 
-// Check validates the spec without connecting.
+// Check validates the spec without connecting. Its errors quote no
+// credential: a spec carrying one is refused by name (ErrCredentials).
 func (s Spec) Check() error {
+	if err := s.checkCredentials(); err != nil {
+		return err
+	}
+	return redact(s.check())
+}
+
+func (s Spec) check() error {
 	switch s.Kind {
 	case Local:
 		if s.URL == "" || !strings.HasPrefix(s.URL, "/") {
@@ -137,6 +146,8 @@ func (s Spec) s3Options() (s3store.Options, error) {
 			o.StorageClass = v
 		case k == "profile" && hasVal && v != "":
 			o.Profile = v
+		case (k == "instance-metadata" || k == "imds") && !hasVal:
+			o.InstanceMetadata = true
 		case k == "timeout" && hasVal:
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
@@ -160,7 +171,25 @@ func (s Spec) s3Options() (s3store.Options, error) {
 // nfs://HOST[:PORT]/PATH[?OPTIONS]; s3://BUCKET/PREFIX[?OPTIONS]; where
 // OPTIONS are the same options as the fsInfo tag's, as query parameters
 // (?vers=3&nolock or ?endpoint=http://h:9000&region=r).
+//
+// A URL carrying a credential (user info, a secret-named option) is
+// refused with ErrCredentials, and no error quotes one.
 func ParseURL(s string) (Spec, error) {
+	if hasUserInfo(s) {
+		return Spec{}, fmt.Errorf("repository: user info in its URL: %w", ErrCredentials)
+	}
+	if _, q, ok := strings.Cut(s, "?"); ok {
+		if v, err := url.ParseQuery(q); err == nil {
+			if err := validateQuery(v); err != nil {
+				return Spec{}, fmt.Errorf("repository: %w", err)
+			}
+		}
+	}
+	sp, err := parseURL(s)
+	return sp, redact(err)
+}
+
+func parseURL(s string) (Spec, error) {
 	switch {
 	case strings.HasPrefix(s, "nfs://"):
 		u, err := url.Parse(s)

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/apitest"
 )
 
@@ -276,5 +278,80 @@ func TestNBDOverTLS(t *testing.T) {
 	os.WriteFile(filepath.Join(noClient, "ca-cert.pem"), ca, 0o600)
 	if out, err := exec.Command("nbdinfo", "nbds://"+nbdAddr+"/"+vol+"?tls-certificates="+noClient).CombinedOutput(); err == nil {
 		t.Fatalf("a client without a certificate was served:\n%s", out)
+	}
+}
+
+// TestPlantedSecretsNeverEchoed plants a secret in every place a
+// credential might be slipped in (user info of an fsInfo url and of its
+// endpoint= option, a secret-named option, an unknown tag, CLI repository
+// URLs): each is refused by name, and the secret is found in no answer,
+// no output, no log line and no file of the state directory.
+func TestPlantedSecretsNeverEchoed(t *testing.T) {
+	const planted = "PLANTEDsecret7f3a9"
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	d := startDaemon(t, state)
+	store := filepath.Join(dir, "store")
+	const bsUUID, volUUID = "3c4b0a3a24533c4faa9b156a0ef98fdf", "ac7196ba2d993236aceddd9b31f5d19b"
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+store+`","resourceUuid":"`+bsUUID+`"}}`, nil); r.status != 200 {
+		t.Fatalf("AddImageStore: %d %s", r.status, r.body)
+	}
+	if r := d.job("POST", "/volumes/data", `{"params":{"name":"v","diskSize":4194304,"resourceUuid":"`+volUUID+`"}}`, nil); r.status != 200 {
+		t.Fatalf("CreateDataVolume: %d %s", r.status, r.body)
+	}
+	tags := []string{
+		"fsInfo::type::s3::url::s3://bucket/p::options::endpoint=http://AKIAEXAMPLE:" + planted + "@127.0.0.1:9,path-style",
+		"fsInfo::type::s3::url::http://user:" + planted + "@127.0.0.1:9/bucket/p",
+		"fsInfo::type::s3::url::s3://bucket/p::options::secret-key=" + planted,
+		"fsInfo::type::s3::url::s3://bucket/p::options::aws_secret_access_key=" + planted + ",region=r",
+		"fsInfo::type::nfs::url::user:" + planted + "@127.0.0.1:/export",
+		"s3::secretKey::" + planted,
+	}
+	var bodies []string
+	for _, tag := range tags {
+		tj, _ := json.Marshal([]string{tag})
+		r := d.do("POST", "/volumes/"+volUUID+"/volume-backups", "OAuth "+d.session, `{"params":{"backupStorageUuid":"`+bsUUID+`","name":"b"},"systemTags":`+string(tj)+`}`, nil)
+		if r.status == 202 || r.status == 200 {
+			t.Errorf("backup with tag %q accepted", target.Redact(tag))
+		}
+		bodies = append(bodies, string(r.body))
+		// The same as a storage's default tags.
+		r = d.do("POST", "/backup-storage/image-store", "OAuth "+d.session, `{"params":{"name":"s2","url":"`+filepath.Join(dir, "store2")+`"},"systemTags":`+string(tj)+`}`, nil)
+		if r.status == 202 || r.status == 200 {
+			t.Errorf("storage with tag %q accepted", target.Redact(tag))
+		}
+		bodies = append(bodies, string(r.body))
+	}
+	for i, b := range bodies {
+		if strings.Contains(b, planted) {
+			t.Errorf("answer %d echoes the secret: %s", i, b)
+		}
+	}
+	if !strings.Contains(bodies[0], "credentials do not belong") {
+		t.Errorf("the refusal does not say why: %s", bodies[0])
+	}
+	// The CLI refuses the same in repository URLs, naming no secret.
+	for _, u := range []string{
+		"s3://bucket/p?endpoint=http://AK:" + planted + "@127.0.0.1:9&path-style",
+		"s3://bucket/p?secret-key=" + planted,
+		"nfs://user:" + planted + "@127.0.0.1/export",
+		"http://user:" + planted + "@127.0.0.1:9/bucket",
+	} {
+		r := run(t, "ls", "--repo", u)
+		if r.code == 0 || strings.Contains(r.stdout+r.stderr, planted) {
+			t.Errorf("ls --repo %s: exit %d, printed %q", target.Redact(u), r.code, r.stdout+r.stderr)
+		}
+	}
+	d.stop()
+	for _, root := range []string{state, filepath.Dir(d.logPath), store} {
+		filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+			if err != nil || fi.IsDir() {
+				return nil
+			}
+			if b, _ := os.ReadFile(p); strings.Contains(string(b), planted) {
+				t.Errorf("%s holds the planted secret", p)
+			}
+			return nil
+		})
 	}
 }
