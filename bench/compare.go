@@ -22,6 +22,9 @@ import (
 // Tools that CompareBackup knows how to run.
 const (
 	ToolVolback = "volback"
+	// ToolVolbackEncrypted is volback into an encrypted repository: its
+	// cost is the ratio to ToolVolback.
+	ToolVolbackEncrypted = "volback-encrypted"
 	ToolRestic  = "restic"
 	ToolBorg    = "borg"
 )
@@ -72,6 +75,10 @@ type BackupCompareResult struct {
 	// MemoryBudget is 64 MiB + parallelism x chunk size, the bound volback's
 	// peak RSS must stay under.
 	MemoryBudget int64 `json:"memoryBudgetBytes"`
+	// EncryptedSpeed is the encrypted backup's speed over the unencrypted
+	// one: the median of the rounds' ratios, each taken within one round
+	// (the two ran back to back), so drift between rounds cancels.
+	EncryptedSpeed float64 `json:"encryptedSpeed,omitempty"`
 }
 
 // CompareBackup backs the same image up with each tool, one after another,
@@ -146,8 +153,17 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 	}
 	if vb != nil {
 		for i := range res.Runs {
-			if r := &res.Runs[i]; r.Error == "" {
-				r.VolbackSpeedup = r.Seconds / vb.Seconds
+			r := &res.Runs[i]
+			if r.Error != "" {
+				continue
+			}
+			r.VolbackSpeedup = r.Seconds / vb.Seconds
+			if r.Tool == ToolVolbackEncrypted && len(r.RoundSeconds) == len(vb.RoundSeconds) {
+				ratios := make([]float64, len(r.RoundSeconds))
+				for k := range ratios {
+					ratios[k] = vb.RoundSeconds[k] / r.RoundSeconds[k]
+				}
+				res.EncryptedSpeed = median(ratios)
 			}
 		}
 	}
@@ -164,7 +180,7 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 	var setup [][]string
 	var backup []string
 	switch tool {
-	case ToolVolback:
+	case ToolVolback, ToolVolbackEncrypted:
 		bin := cfg.Volback
 		if bin == "" {
 			return run, errors.New("no volback binary given")
@@ -172,6 +188,11 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		run.Version = "this build"
 		run.Settings = fmt.Sprintf("chunk %s, zstd, %d workers", humanize.IBytes(uint64(cfg.ChunkSize)), cfg.Parallelism)
 		setup = [][]string{{bin, "--quiet", "repo", "init", "--repo", repo, "--chunk-size", fmt.Sprint(cfg.ChunkSize)}}
+		if tool == ToolVolbackEncrypted {
+			env = append(env, "VOLBACK_PASSWORD=bench")
+			run.Settings += ", AES-256-GCM, keyed BLAKE3 names, argon2id key (its derivation counted)"
+			setup[0] = append(setup[0], "--encrypt")
+		}
 		backup = []string{bin, "--quiet", "backup", "--repo", repo, "--parallelism", fmt.Sprint(cfg.Parallelism), img}
 	case ToolRestic:
 		env = append(env, "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(cfg.Dir, "restic-cache"))
@@ -186,7 +207,7 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		setup = [][]string{{"borg", "init", "--encryption", "none", repo}}
 		backup = []string{"borg", "create", repo + "::bench", img}
 	default:
-		return run, fmt.Errorf("unknown tool %q (want volback, restic or borg)", tool)
+		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, restic or borg)", tool)
 	}
 	for _, args := range setup {
 		if _, _, err := runTimed(ctx, env, args); err != nil {
@@ -288,6 +309,9 @@ func (r *BackupCompareResult) WriteTable(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if r.EncryptedSpeed > 0 {
+		fmt.Fprintf(w, "encrypted backup at %.2fx the speed of the unencrypted one (median of the rounds' paired ratios)\n", r.EncryptedSpeed)
 	}
 	for _, run := range r.Runs {
 		if run.Tool == ToolVolback && run.Error == "" {

@@ -35,7 +35,16 @@
 // for. It does not defend against an attacker who can read the config and
 // also write data into volumes that are backed up; deployments that need
 // that should keep the repository's config private, as they keep its
-// credentials.
+// credentials, or encrypt the repository.
+//
+// # Encrypted repositories
+//
+// Format 2 (crypt.go) seals chunks and manifests with AES-256-GCM and names
+// chunks by keyed BLAKE3 (a MAC: names of known content cannot be computed,
+// and no one, key holders included, can build two contents of one name).
+// The keys derive from a random master key that is stored only wrapped,
+// under argon2id of each passphrase, in key slots (keys/<id>). See
+// docs/FORMAT.md for the layout and docs/SECURITY.md for what it defends.
 //
 // # Durability
 //

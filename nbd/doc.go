@@ -7,9 +7,15 @@
 // Fixed newstyle only, with NO_ZEROES. Options: EXPORT_NAME, ABORT, LIST,
 // INFO and GO (NBD_INFO_EXPORT, NAME, DESCRIPTION and always BLOCK_SIZE:
 // minimum 1, preferred 64 KiB, maximum 32 MiB), STRUCTURED_REPLY,
-// LIST_META_CONTEXT and SET_META_CONTEXT. Anything else, extended headers
-// and STARTTLS included, gets ERR_UNSUP and negotiation goes on. Option
-// data is bounded; malformed options get ERR_INVALID.
+// LIST_META_CONTEXT and SET_META_CONTEXT, and STARTTLS on TCP when the
+// server has a TLSConfig: TLS is then required, as qemu-nbd's --tls-creds
+// does (anything but STARTTLS and ABORT gets ERR_TLS_REQD, EXPORT_NAME is
+// hung up on), and what was agreed before the handshake is forgotten. Unix
+// socket connections are never offered TLS. Anything else, extended
+// headers included, gets ERR_UNSUP and negotiation goes on. Option data is
+// bounded; malformed options get ERR_INVALID. A client has
+// NegotiationTimeout (30 s) to negotiate, TLS included, and at most
+// MaxConnections (1,024) connections are open at once.
 //
 // # Transmission
 //

@@ -79,7 +79,7 @@ func benchCommand() *cli.Command {
 				&cli.StringFlag{Name: "size", Value: "4GiB", Usage: "size of the generated image"},
 				&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "volback chunk size"},
 				parallelismFlag,
-				&cli.StringFlag{Name: "tools", Value: "volback,restic,borg", Usage: "comma-separated tools to run"},
+				&cli.StringFlag{Name: "tools", Value: "volback,volback-encrypted,restic,borg", Usage: "comma-separated tools to run (volback, volback-encrypted, restic, borg)"},
 				&cli.BoolFlag{Name: "drop-caches", Usage: "drop the page cache before each run (root)"},
 				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "runs per tool, taking turns; the median is reported"},
 				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
