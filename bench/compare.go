@@ -25,8 +25,8 @@ const (
 	// ToolVolbackEncrypted is volback into an encrypted repository: its
 	// cost is the ratio to ToolVolback.
 	ToolVolbackEncrypted = "volback-encrypted"
-	ToolRestic  = "restic"
-	ToolBorg    = "borg"
+	ToolRestic           = "restic"
+	ToolBorg             = "borg"
 )
 
 // BackupCompareConfig configures CompareBackup.

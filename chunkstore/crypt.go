@@ -18,8 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/crypto/argon2"
-	"lukechampine.com/blake3"
 )
 
 // FormatEncrypted is the config version of an encrypted repository
@@ -107,7 +107,8 @@ type KeySlot struct {
 
 // repoKeys are the keys a master key gives, each for one purpose.
 type repoKeys struct {
-	names    []byte // BLAKE3 key of chunk names
+	names    []byte    // BLAKE3 key of chunk names
+	namers   sync.Pool // *blake3.Hasher keyed with names
 	chunks   []byte // sealing key of chunks
 	meta     []byte // sealing key of manifests
 	check    []byte // KeyCheck
@@ -133,11 +134,25 @@ func deriveKeys(master []byte, repoID string) (*repoKeys, error) {
 // chunkKey is the name of a chunk in an encrypted repository: BLAKE3 keyed
 // with a key only holders of the master key have, truncated to 128 bits.
 // Without it, the name of a known content cannot be computed.
+//
+// The hasher hashes on the calling goroutine only: the backup's workers
+// already keep every CPU busy, and a hasher that fans out into goroutines
+// of its own pays for their scheduling on every chunk.
 func (k *repoKeys) chunkKey(data []byte) Key {
-	h := blake3.New(16, k.names)
+	h, _ := k.namers.Get().(*blake3.Hasher)
+	if h == nil {
+		var err error
+		if h, err = blake3.NewKeyed(k.names); err != nil {
+			panic("blake3: " + err.Error()) // only for a key not 32 bytes long
+		}
+	}
 	_, _ = h.Write(data)
+	var sum [32]byte
+	h.Sum(sum[:0])
+	h.Reset()
+	k.namers.Put(h)
 	var out Key
-	h.Sum(out[:0])
+	copy(out[:], sum[:16])
 	if out.IsZero() {
 		out[15] = 1
 	}

@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
