@@ -109,9 +109,9 @@ type KeySlot struct {
 type repoKeys struct {
 	names    []byte    // BLAKE3 key of chunk names
 	namers   sync.Pool // *blake3.Hasher keyed with names
-	chunks   []byte // sealing key of chunks
-	meta     []byte // sealing key of manifests
-	check    []byte // KeyCheck
+	chunks   []byte    // sealing key of chunks
+	meta     []byte    // sealing key of manifests
+	check    []byte    // KeyCheck
 	master   []byte
 	slotUsed string // the slot the repository was opened with
 }
