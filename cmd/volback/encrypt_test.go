@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/volback/volback/chunkstore/target"
 )
 
 // TestEncryptedRepositoryCLI: init --encrypt, back up, restore with the
@@ -141,5 +143,57 @@ func TestDaemonEncryptedStorage(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// TestEncryptedTargets: the encryptionKey tag beside fsInfo encrypts an
+// NFS and an S3 target with the daemon's key file; full and incremental
+// backups there restore with the same key through the CLI, and the
+// repositories are locked without it.
+func TestEncryptedTargets(t *testing.T) {
+	requireTools(t, "qemu-io", "nbdcopy")
+	g, srv := targetEnv(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	d := startDaemon(t, state)
+	keyFile := filepath.Join(state, "keys", "offsite")
+	if err := os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const bs, vol = "4c4b0a3a24533c4faa9b156a0ef98fdf", "bc7196ba2d993236aceddd9b31f5d19b"
+	uri := setupVolume(t, d, filepath.Join(dir, "store"), bs, vol, 24<<20)
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 9M", uri)
+	for _, tag := range []string{
+		"fsInfo::type::nfs::url::" + g.URL("backups/enc") + "::options::" + g.Options(),
+		"fsInfo::type::s3::url::s3://backups/enc::options::endpoint=" + srv.Endpoint + ",path-style,region=us-east-1",
+	} {
+		var repo string
+		for i := 0; i < 2; i++ {
+			tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x%02x %dM 1M", 0x30+i, 12+i), uri)
+			r := d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, fmt.Sprint("enc-", i), "", tag, "encryptionKey::offsite"), nil)
+			if r.status != 200 {
+				t.Fatalf("backup to %s: %d %s", target.Redact(tag), r.status, r.body)
+			}
+			inv := r.obj(t)["inventory"].(map[string]any)
+			repo = installRepo(t, inv)
+			if i == 1 {
+				if md := metadata(t, inv); md["mode"] != "incremental" {
+					t.Errorf("%s: second backup %v", repo, md)
+				}
+				out, live := filepath.Join(dir, "out.raw"), filepath.Join(dir, "live.raw")
+				os.Remove(out)
+				mustRun(t, "restore", "--repo", repo, "--password-file", keyFile, inv["uuid"].(string), out)
+				tool(t, time.Minute, "nbdcopy", uri, live)
+				if !sameFiles(t, out, live) {
+					t.Fatalf("%s: restored backup differs", repo)
+				}
+			}
+		}
+		if r := run(t, "ls", "--repo", repo); r.code == 0 || !strings.Contains(r.stderr, "encrypted") {
+			t.Errorf("%s without the key: exit %d %s", repo, r.code, r.stderr)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(g.Export, "backups/enc/config")); err != nil || !strings.Contains(string(b), `"version": 2`) {
+		t.Errorf("the NFS target is not an encrypted repository: %s %v", b, err)
 	}
 }

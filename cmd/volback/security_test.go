@@ -167,6 +167,10 @@ func TestLoginThrottling(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	// The daemon said at start that the default password is in use.
+	if b, _ := os.ReadFile(d.logPath); !strings.Contains(string(b), "default password") {
+		t.Errorf("no warning about the default password in the log:\n%s", b)
+	}
 }
 
 // TestAPIOverTLS: --tls-cert/--tls-key serve HTTPS, TLS 1.3 only; plain
