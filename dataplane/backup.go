@@ -183,7 +183,9 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	for _, i := range toRead {
 		total += int64(chunkLen(i))
 	}
-	opts.Progress.SetTotal(total)
+	// Added to what is done already: a caller may count an earlier phase
+	// (a QEMU source's transfer) on the same Progress.
+	opts.Progress.SetTotal(opts.Progress.Done() + total)
 
 	readLimit := ratelimit.NewLimiter(opts.ReadBytesPerSec)
 	stats := make([]workerStats, workers(opts.Parallelism, len(toRead)))

@@ -232,6 +232,31 @@ func (srv *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 }
 
+// ServeConn serves one connection that was made some other way than by a
+// listener (one end of a socketpair handed to QEMU), until it ends or ctx
+// is done. It counts against MaxConnections like any other.
+func (srv *Server) ServeConn(ctx context.Context, c net.Conn) error {
+	srv.mu.Lock()
+	if srv.closed {
+		srv.mu.Unlock()
+		c.Close()
+		return errors.New("nbd: server closed")
+	}
+	srv.conns[c] = ""
+	srv.wg.Add(1)
+	srv.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	defer func() {
+		srv.mu.Lock()
+		delete(srv.conns, c)
+		srv.mu.Unlock()
+		srv.wg.Done()
+	}()
+	srv.serveConn(ctx, c)
+	return nil
+}
+
 func (srv *Server) shutdown() {
 	srv.mu.Lock()
 	srv.closed = true

@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Error is an error answer of QEMU.
@@ -233,6 +236,18 @@ func (c *Client) Subscribe(match func(Event) bool) (<-chan Event, func()) {
 // into result (nil to ignore it). A cancelled ctx abandons the wait, not
 // the command: QEMU runs it all the same.
 func (c *Client) Execute(ctx context.Context, cmd string, args any, result any) error {
+	return c.execute(ctx, cmd, args, result, nil)
+}
+
+// SendFile hands f's descriptor to QEMU under name (QMP getfd), for a
+// later command that takes a file descriptor by name, such as an NBD
+// client's server of type fd. QEMU holds its own copy: f may be closed
+// afterwards.
+func (c *Client) SendFile(ctx context.Context, name string, f *os.File) error {
+	return c.execute(ctx, "getfd", map[string]any{"fdname": name}, nil, unix.UnixRights(int(f.Fd())))
+}
+
+func (c *Client) execute(ctx context.Context, cmd string, args any, result any, oob []byte) error {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -254,9 +269,17 @@ func (c *Client) Execute(ctx context.Context, cmd string, args any, result any) 
 		return fmt.Errorf("%s: %s: %w", c.Name, cmd, err)
 	}
 	c.wmu.Lock()
-	_, err = c.w.Write(append(b, '\n'))
-	if err == nil {
-		err = c.w.Flush()
+	if oob == nil {
+		_, err = c.w.Write(append(b, '\n'))
+		if err == nil {
+			err = c.w.Flush()
+		}
+	} else if uc, ok := c.conn.(*net.UnixConn); !ok {
+		err = errors.New("file descriptors pass only over a Unix socket")
+	} else if err = c.w.Flush(); err == nil {
+		// The descriptor travels with the command's own bytes, which QEMU
+		// reads as one message.
+		_, _, err = uc.WriteMsgUnix(append(b, '\n'), oob, nil)
 	}
 	c.wmu.Unlock()
 	if err != nil {
