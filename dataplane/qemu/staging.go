@@ -111,10 +111,10 @@ func (s *staging) changed() []dataplane.Extent {
 	var out []dataplane.Extent
 	for _, i := range idx {
 		for _, e := range *s.chunks[i] {
-		if n := len(out); n > 0 && out[n-1].Offset+out[n-1].Length == e.off {
-			out[n-1].Length += e.end - e.off
-			continue
-		}
+			if n := len(out); n > 0 && out[n-1].Offset+out[n-1].Length == e.off {
+				out[n-1].Length += e.end - e.off
+				continue
+			}
 			out = append(out, dataplane.Extent{Offset: e.off, Length: e.end - e.off})
 		}
 	}
