@@ -3,6 +3,9 @@ package qemu_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,4 +224,128 @@ func TestBackupFromStorageDaemon(t *testing.T) {
 		t.Fatal("full backup after the bitmap was removed differs")
 	}
 	f.state(t).clean(t, again.Bitmap)
+}
+
+// TestBackupCancelledOrFailed: a backup cancelled while QEMU's job runs,
+// and one whose repository fails after the job, leave no job, no node and
+// no new bitmap; the previous bitmap still holds every change, so the
+// next backup is incremental and complete.
+func TestBackupCancelledOrFailed(t *testing.T) {
+	f := newFixture(t, "256M")
+	f.write(t, "write -P 0x5a 0 8M")
+	full := f.backup(t, nil)
+	// Lots of changes, so the job runs long enough to be cancelled.
+	f.write(t, "write -P 0x61 16M 200M")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	opts := qemu.BackupOptions{Chain: "c1", StagingDir: f.dir, PrevBitmap: full.Bitmap}
+	opts.Parent = full.Manifest
+	prog := &dataplane.Progress{}
+	opts.Progress = prog
+	go func() {
+		for prog.Done() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := qemu.Backup(ctx, f.repo, f.src, opts); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled backup: %v", err)
+	}
+	f.state(t).clean(t, full.Bitmap)
+
+	// A repository that refuses writes: QEMU's job succeeds, the backup
+	// does not.
+	ro := filepath.Join(f.dir, "ro-repo")
+	st, _ := local.Open(ro)
+	roRepo, err := chunkstore.Init(context.Background(), st, chunkstore.InitOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer roRepo.Close()
+	os.Chmod(filepath.Join(ro, "chunks"), 0o500)
+	os.MkdirAll(filepath.Join(ro, "chunks"), 0o500)
+	if os.Geteuid() != 0 {
+		opts.Progress = nil
+		opts.Parent, opts.PrevBitmap = nil, ""
+		if _, err := qemu.Backup(context.Background(), roRepo, f.src, opts); err == nil {
+			t.Error("a backup into a read-only repository succeeded")
+		}
+		f.state(t).clean(t, full.Bitmap)
+	}
+
+	want := f.disk(t)
+	next := f.backup(t, full)
+	if next.Manifest.Mode != chunkstore.ModeIncremental || !bytes.Equal(restoreBytes(t, f.repo, next.Manifest), want) {
+		t.Fatalf("after the cancel: mode %s (%s), or content differs", next.Manifest.Mode, next.FullReason)
+	}
+}
+
+// TestBackupWhileWriting: a writer writes numbered 4 KiB blocks through
+// the daemon's own NBD export, pass after pass, each pass in a scrambled
+// order, while two backups run. A backup of one instant holds exactly the
+// writes up to some sequence number S: every block has its latest write
+// numbered at most S. A backup read over time instead would hold a block's
+// new write beside another block's old data written before it.
+func TestBackupWhileWriting(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		t.Skip("no /usr/bin/python3")
+	}
+	if err := exec.Command("/usr/bin/python3", "-c", "import nbd").Run(); err != nil {
+		t.Skip("python3-libnbd is not installed")
+	}
+	f := newFixture(t, "64M")
+	const blocks, step = 16384, 7919 // 64 MiB of 4 KiB blocks; step is prime, so k*step covers them all
+	script := fmt.Sprintf(`
+import nbd, struct, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+seq = 1
+while True:
+    for k in range(%d):
+        i = (k * %d) %% %d
+        h.pwrite(struct.pack('<QQ', seq, i) * 256, i * 4096)
+        seq += 1
+`, blocks, step, blocks)
+	w := exec.Command("/usr/bin/python3", "-c", script, f.own)
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { w.Process.Kill(); w.Wait() }()
+	// pos[i] is block i's place in a pass.
+	pos := make([]uint64, blocks)
+	for k := 0; k < blocks; k++ {
+		pos[(k*step)%blocks] = uint64(k)
+	}
+	time.Sleep(500 * time.Millisecond)
+	var prev *qemu.Result
+	for round := 0; round < 2; round++ {
+		res := f.backup(t, prev)
+		img := restoreBytes(t, f.repo, res.Manifest)
+		var top uint64
+		for i := 0; i < blocks; i++ {
+			top = max(top, binary.LittleEndian.Uint64(img[i*4096:]))
+		}
+		if top == 0 {
+			t.Fatalf("round %d: the writer wrote nothing", round)
+		}
+		pass := (top - 1) / blocks
+		for i := 0; i < blocks; i++ {
+			seq := binary.LittleEndian.Uint64(img[i*4096:])
+			if idx := binary.LittleEndian.Uint64(img[i*4096+8:]); seq != 0 && idx != uint64(i) {
+				t.Fatalf("round %d: block %d holds block %d's data", round, i, idx)
+			}
+			want := pass*blocks + pos[i] + 1
+			if want > top {
+				want -= blocks // this pass had not reached it: the previous one's
+			}
+			if int64(want) <= 0 || want > top {
+				want = 0
+			}
+			if seq != want {
+				t.Fatalf("round %d (%s): block %d holds write %d, the instant of write %d says %d", round, res.Manifest.Mode, i, seq, top, want)
+			}
+		}
+		t.Logf("round %d: %s backup at write %d, QEMU sent %d bytes", round, res.Manifest.Mode, top, res.BytesFromQEMU)
+		prev = res
+	}
 }
