@@ -265,8 +265,9 @@ func (a *API) createVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, erro
 	if err != nil {
 		return nil, err
 	}
+	qemuDisk := isQEMUPath(vrec.Path)
 	vol := a.Host.Volume(volID)
-	if vol == nil {
+	if vol == nil && !qemuDisk {
 		return nil, errRefused("volume not served", "volume %s is recorded but not open on this host", volID)
 	}
 	if err := a.recordBackup(ctx, req, id, vrec, ""); err != nil {
@@ -284,9 +285,14 @@ func (a *API) createVolumeBackup(ctx context.Context, c *apiCall) (JobFunc, erro
 		}
 		defer repo.Close()
 		start := time.Now()
-		opts := req.liveOptions(id, vrec, "", prog)
-		opts.Untrusted = a.untrusted(ctx)
-		m, err := liveBackup(ctx, a.log(), vol, repo, req.spec, opts)
+		var m *chunkstore.Manifest
+		if qemuDisk {
+			m, err = a.qemuBackup(ctx, req, repo, id, vrec, "", prog)
+		} else {
+			opts := req.liveOptions(id, vrec, "", prog)
+			opts.Untrusted = a.untrusted(ctx)
+			m, err = liveBackup(ctx, a.log(), vol, repo, req.spec, opts)
+		}
 		if err != nil {
 			return nil, a.backupFailed("volume backup to "+req.spec.String()+" failed", err, id)
 		}
@@ -312,7 +318,7 @@ func createFor(spec target.Spec) target.Create {
 // storage tag whose kind the request sets itself.
 func mergeTags(defaults, own []string) []string {
 	kind := func(t string) string {
-		for _, p := range []string{fsInfoPrefix, parallelismPrefix, cidrPrefix} {
+		for _, p := range []string{fsInfoPrefix, parallelismPrefix, cidrPrefix, keyPrefix} {
 			if len(t) >= len(p) && t[:len(p)] == p {
 				return p
 			}

@@ -294,6 +294,10 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		if _, err := os.Stat(host.restoreStatePath(v.UUID)); err == nil {
 			continue // a live restore: resumed below, once its repository can be opened
 		}
+		if isQEMUPath(v.Path) {
+			log.Info("QEMU volume: backed up through QMP, served by QEMU", "volume", v.UUID, "disk", v.Path, "size", v.Size)
+			continue
+		}
 		if _, err := host.OpenVolume(v.UUID, v.Path); err != nil {
 			log.Error("cannot open volume; not exported", "volume", v.UUID, "path", v.Path, "err", err)
 			continue
@@ -451,6 +455,12 @@ func registerVolumes(ctx context.Context, db *inventory.DB, vols map[string]Volu
 			return fmt.Errorf("--volume %s: %w", id, err)
 		}
 		spec := vols[id]
+		if isQEMUPath(spec.Path) {
+			if err := registerQEMUVolume(ctx, db, id, spec); err != nil {
+				return err
+			}
+			continue
+		}
 		path, err := filepath.Abs(spec.Path)
 		if err != nil {
 			return err

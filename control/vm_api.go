@@ -102,14 +102,36 @@ func (a *API) createVmBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
 	var members []dataplane.GroupMember
 	var recs []*inventory.Volume
 	var ids []string
+	nQEMU := 0
 	for _, v := range vols {
-		lv := a.Host.Volume(v.UUID)
-		if lv == nil {
+		if isQEMUPath(v.Path) {
+			nQEMU++
+		} else if lv := a.Host.Volume(v.UUID); lv != nil {
+			members = append(members, dataplane.GroupMember{Volume: lv})
+		} else {
 			return nil, errRefused("volume not served", "volume %s of VM %s is recorded but not open on this host", v.UUID, root.VMInstanceUUID)
 		}
-		members = append(members, dataplane.GroupMember{Volume: lv})
 		recs = append(recs, v)
 		ids = append(ids, chunkstore.NewID())
+	}
+	// One instant is QEMU's transaction or volback's own pause of writes,
+	// never both at once.
+	qemuVM := nQEMU > 0
+	if qemuVM && nQEMU != len(recs) {
+		return nil, errRefused("VM disks of two kinds", "VM %s has disks in QEMU and disks served by volback: one instant cannot span both", root.VMInstanceUUID)
+	}
+	if qemuVM {
+		sock := ""
+		for _, v := range recs {
+			src, err := qemuSource(v)
+			if err != nil {
+				return nil, errInvalid("%v", err)
+			}
+			if sock != "" && src.QMP != sock {
+				return nil, errRefused("VM disks in two processes", "VM %s has disks in two QEMU processes (%s, %s): one instant needs one", root.VMInstanceUUID, sock, src.QMP)
+			}
+			sock = src.QMP
+		}
 	}
 	undo := func() {
 		for _, id := range ids {
@@ -134,9 +156,14 @@ func (a *API) createVmBackup(ctx context.Context, c *apiCall) (JobFunc, error) {
 			members[i].Opts = req.liveOptions(ids[i], recs[i], group, nil)
 			members[i].Opts.Untrusted = a.untrusted(ctx)
 		}
-		a.log().Info("VM backup started", "vm", root.VMInstanceUUID, "group", group, "volumes", len(members), "target", req.spec.String())
+		a.log().Info("VM backup started", "vm", root.VMInstanceUUID, "group", group, "volumes", len(recs), "target", req.spec.String(), "qemu", qemuVM)
 		start := time.Now()
-		ms, err := dataplane.BackupGroup(ctx, members)
+		var ms []*chunkstore.Manifest
+		if qemuVM {
+			ms, err = a.qemuGroupBackup(ctx, req, repo, ids, recs, group, prog)
+		} else {
+			ms, err = dataplane.BackupGroup(ctx, members)
+		}
 		if err != nil {
 			a.log().Error("VM backup failed", "vm", root.VMInstanceUUID, "group", group, "err", err)
 			return nil, a.backupFailed("VM backup of "+root.VMInstanceUUID+" to "+req.spec.String()+" failed", err, ids...)

@@ -149,6 +149,20 @@ func usable(n *blockNode, name string) string {
 	return fmt.Sprintf("bitmap %s is gone from node %s (removed, or QEMU restarted with an image that cannot keep it)", name, n.NodeName)
 }
 
+// Probe connects to the source's QEMU and returns the disk's size.
+func Probe(ctx context.Context, src Source) (int64, error) {
+	c, err := qmp.Dial(ctx, src.QMP, src.who())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	n, err := resolve(ctx, c, src.Node)
+	if err != nil {
+		return 0, err
+	}
+	return n.Image.VirtualSize, nil
+}
+
 // Backup takes a point-in-time backup of the source into repo. QEMU keeps
 // the point in time: in one transaction it starts a new bitmap and a
 // backup job (copy-before-write) that sends the disk, or with a usable
@@ -161,146 +175,262 @@ func usable(n *blockNode, name string) string {
 // does Backup remove it. On any failure the new bitmap is removed and the
 // previous one still holds every change, so nothing is ever forgotten;
 // the export, the job and the NBD node are always removed.
-func Backup(ctx context.Context, repo *chunkstore.Repository, src Source, opts BackupOptions) (res *Result, err error) {
-	if opts.ID == "" {
-		opts.ID = chunkstore.NewID()
+func Backup(ctx context.Context, repo *chunkstore.Repository, src Source, opts BackupOptions) (*Result, error) {
+	rs, err := BackupGroup(ctx, repo, []Member{{Source: src, Options: opts}})
+	if err != nil {
+		return nil, err
 	}
-	res = &Result{}
+	return rs[0], nil
+}
+
+// Member is one disk of a group backup.
+type Member struct {
+	Source  Source
+	Options BackupOptions
+}
+
+// disk is one member on its way through a group backup.
+type disk struct {
+	m           Member
+	node        *blockNode
+	size        int64
+	incremental bool
+	st          *staging
+	sinkNode    string
+	jobID       string
+	newBitmap   string
+	res         *Result
+}
+
+// BackupGroup backs up several disks of one QEMU process at one instant:
+// every member's bitmap and backup job start in one QMP transaction; one
+// job failing cancels the others. Each
+// member then becomes a backup of its own, as Backup makes. The previous
+// bitmaps are removed only when every member's manifest is durable.
+func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Member) (rs []*Result, err error) {
+	if len(members) == 0 {
+		return nil, errors.New("no disks to back up")
+	}
+	src := members[0].Source
+	for _, m := range members[1:] {
+		if m.Source.QMP != src.QMP {
+			return nil, fmt.Errorf("the disks of one instant must be in one QEMU process (%s and %s)", src.QMP, m.Source.QMP)
+		}
+	}
 	c, err := qmp.Dial(ctx, src.QMP, src.who())
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	res.QEMU = c.Version.String()
-	node, err := resolve(ctx, c, src.Node)
-	if err != nil {
-		return nil, err
-	}
-	size := node.Image.VirtualSize
-	if size <= 0 {
-		return nil, fmt.Errorf("%s: node %s reports no size", c.Name, node.NodeName)
-	}
-	persistent := node.Drv == "qcow2" // only qcow2 keeps bitmaps across restarts
-
-	// Leftovers of this chain (an earlier run that died) go first: they
-	// would only waste QEMU's memory.
-	for _, b := range node.DirtyBitmaps {
-		if strings.HasPrefix(b.Name, BitmapPrefix+opts.Chain+"-") && b.Name != opts.PrevBitmap && !b.Busy {
-			_ = c.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": node.NodeName, "name": b.Name}, nil)
-		}
-	}
-	incremental := opts.Parent != nil && opts.PrevBitmap != ""
-	if incremental {
-		if why := usable(node, opts.PrevBitmap); why != "" {
-			incremental, res.FullReason = false, why
-		}
-	} else if opts.Parent != nil {
-		res.FullReason = "the previous backup left no bitmap in QEMU"
-	}
-	if incremental && opts.Parent.Size != size {
-		incremental, res.FullReason = false, fmt.Sprintf("the disk is %d bytes, its last backup %d", size, opts.Parent.Size)
-	}
-
-	st, err := newStaging(opts.StagingDir, size, repo.ChunkSize())
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-
-	tag := opts.ID[:12]
-	sinkNode, jobID := "volback-sink-"+tag, "volback-job-"+tag
-	newBitmap := BitmapName(opts.Chain, opts.ID)
 	// Cleanup runs with its own time: a cancelled backup must still leave
 	// QEMU as it found it.
 	cctx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	}
-	srv := nbd.NewServer()
-	srv.AddExport(&nbd.Export{Name: "sink", Backend: sink{st}})
-	sctx, stopSink := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopSink()
-	server, served, err := connectSink(ctx, c, srv, sctx, opts.StagingDir, tag)
-	if err != nil {
+	var disks []*disk
+	keepNew := false
+	defer func() {
+		x, cancel := cctx()
+		defer cancel()
+		for _, d := range disks {
+			if d.newBitmap != "" && !keepNew {
+				_ = c.Execute(x, "block-dirty-bitmap-remove", map[string]any{"node": d.node.NodeName, "name": d.newBitmap}, nil)
+			}
+		}
+	}()
+	seen := map[string]bool{}
+	for _, m := range members {
+		d, cleanup, err := prepareDisk(ctx, c, repo, m, cctx)
+		defer cleanup()
+		if err != nil {
+			return nil, err
+		}
+		if seen[d.node.NodeName] {
+			return nil, fmt.Errorf("%s: node %s given twice", c.Name, d.node.NodeName)
+		}
+		seen[d.node.NodeName] = true
+		disks = append(disks, d)
+	}
+
+	jobs := map[string]bool{}
+	for _, d := range disks {
+		jobs[d.jobID] = true
+	}
+	events, unsubscribe := c.Subscribe(func(e qmp.Event) bool {
+		if !strings.HasPrefix(e.Name, "BLOCK_JOB_") {
+			return false
+		}
+		var d struct{ Device string }
+		return json.Unmarshal(e.Data, &d) == nil && jobs[d.Device]
+	})
+	defer unsubscribe()
+	var actions []map[string]any
+	for _, d := range disks {
+		backup := map[string]any{"job-id": d.jobID, "device": d.node.NodeName, "target": d.sinkNode, "sync": "full", "auto-dismiss": true}
+		if d.incremental {
+			backup["sync"], backup["bitmap"], backup["bitmap-mode"] = "bitmap", d.m.Options.PrevBitmap, "never"
+		}
+		actions = append(actions,
+			map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": d.node.NodeName, "name": d.newBitmap, "persistent": d.node.Drv == "qcow2"}},
+			map[string]any{"type": "blockdev-backup", "data": backup})
+	}
+	// One transaction is one instant: QEMU drains and runs every action
+	// in it together. (Grouped completion cannot be asked for: QEMU 7.2
+	// refuses it beside block-dirty-bitmap-add; waitJobs cancels the
+	// other jobs when one fails instead.)
+	args := map[string]any{"actions": actions}
+	newBitmaps := make([]string, len(disks))
+	for i, d := range disks {
+		newBitmaps[i], d.newBitmap = d.newBitmap, ""
+	}
+	if err := c.Execute(ctx, "transaction", args, nil); err != nil {
 		return nil, err
 	}
-	defer func() { stopSink(); <-served }()
+	for i, d := range disks {
+		d.newBitmap = newBitmaps[i] // it exists now: removed on failure
+	}
+	var total int64
+	for _, d := range disks {
+		total += d.size
+	}
+	if err := waitJobs(ctx, c, jobs, total, events, members[0].Options.Progress, cctx); err != nil {
+		return nil, err
+	}
+
+	// QEMU is done; what it sent becomes the backups.
+	for _, d := range disks {
+		if err := d.chunk(ctx, repo); err != nil {
+			return nil, err
+		}
+		rs = append(rs, d.res)
+	}
+	// Durable: the new bitmaps take over, the previous ones go.
+	keepNew = true
+	x, cancel := cctx()
+	defer cancel()
+	for _, d := range disks {
+		d.res.Bitmap = d.newBitmap
+		if p := d.m.Options.PrevBitmap; p != "" {
+			_ = c.Execute(x, "block-dirty-bitmap-remove", map[string]any{"node": d.node.NodeName, "name": p}, nil)
+		}
+	}
+	return rs, nil
+}
+
+// prepareDisk resolves a member's node, decides full or incremental, and
+// sets up its staging and its sink node in QEMU. cleanup undoes what was
+// set up, whatever err says.
+func prepareDisk(ctx context.Context, c *qmp.Client, repo *chunkstore.Repository, m Member, cctx func() (context.Context, context.CancelFunc)) (d *disk, cleanup func(), err error) {
+	var undo []func()
+	cleanup = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	opts := &m.Options
+	if opts.ID == "" {
+		opts.ID = chunkstore.NewID()
+	}
+	d = &disk{m: m, res: &Result{QEMU: c.Version.String()}}
+	if d.node, err = resolve(ctx, c, m.Source.Node); err != nil {
+		return nil, cleanup, err
+	}
+	if d.size = d.node.Image.VirtualSize; d.size <= 0 {
+		return nil, cleanup, fmt.Errorf("%s: node %s reports no size", c.Name, d.node.NodeName)
+	}
+	// Leftovers of this chain (an earlier run that died) go first: they
+	// would only waste QEMU's memory.
+	for _, b := range d.node.DirtyBitmaps {
+		if strings.HasPrefix(b.Name, BitmapPrefix+opts.Chain+"-") && b.Name != opts.PrevBitmap && !b.Busy {
+			_ = c.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": d.node.NodeName, "name": b.Name}, nil)
+		}
+	}
+	// Marked in the repository before anything of it is trusted: no
+	// collection deletes the parent's chunks or ours meanwhile.
+	if opts.Lease == nil {
+		lease, err := repo.BeginBackup(ctx, opts.ID)
+		if err != nil {
+			return nil, cleanup, err
+		}
+		opts.Lease = lease
+		undo = append(undo, func() { lease.ReleaseAfter(ctx) })
+	}
+	d.m = m
+	d.incremental = opts.Parent != nil && opts.PrevBitmap != ""
+	if d.incremental {
+		if why := usable(d.node, opts.PrevBitmap); why != "" {
+			d.incremental, d.res.FullReason = false, why
+		}
+	} else if opts.Parent != nil {
+		d.res.FullReason = "the previous backup left no bitmap in QEMU"
+	}
+	if d.incremental && opts.Parent.Size != d.size {
+		d.incremental, d.res.FullReason = false, fmt.Sprintf("the disk is %d bytes, its last backup %d", d.size, opts.Parent.Size)
+	}
+	if d.st, err = newStaging(opts.StagingDir, d.size, repo.ChunkSize()); err != nil {
+		return nil, cleanup, err
+	}
+	undo = append(undo, func() { d.st.Close() })
+
+	tag := opts.ID[:12]
+	d.sinkNode, d.jobID = "volback-sink-"+tag, "volback-job-"+tag
+	d.newBitmap = BitmapName(opts.Chain, opts.ID)
+	srv := nbd.NewServer()
+	srv.AddExport(&nbd.Export{Name: "sink", Backend: sink{d.st}})
+	sctx, stopSink := context.WithCancel(context.WithoutCancel(ctx))
+	server, served, err := connectSink(ctx, c, srv, sctx, opts.StagingDir, tag)
+	if err != nil {
+		stopSink()
+		return nil, cleanup, err
+	}
+	undo = append(undo, func() { stopSink(); <-served })
 	if err := c.Execute(ctx, "blockdev-add", map[string]any{
-		"driver": "nbd", "node-name": sinkNode, "export": "sink", "server": server,
+		"driver": "nbd", "node-name": d.sinkNode, "export": "sink", "server": server,
 	}, nil); err != nil {
 		if server["type"] == "fd" {
 			x, cancel := cctx()
 			_ = c.Execute(x, "closefd", map[string]any{"fdname": server["str"]}, nil)
 			cancel()
 		}
-		return nil, err
+		return nil, cleanup, err
 	}
-	defer func() {
+	undo = append(undo, func() {
 		x, cancel := cctx()
 		defer cancel()
-		if derr := c.Execute(x, "blockdev-del", map[string]any{"node-name": sinkNode}, nil); derr != nil && err == nil {
-			err = derr
-		}
-	}()
-
-	events, unsubscribe := c.Subscribe(func(e qmp.Event) bool {
-		if !strings.HasPrefix(e.Name, "BLOCK_JOB_") {
-			return false
-		}
-		var d struct{ Device string }
-		return json.Unmarshal(e.Data, &d) == nil && d.Device == jobID
+		_ = c.Execute(x, "blockdev-del", map[string]any{"node-name": d.sinkNode}, nil)
 	})
-	defer unsubscribe()
-	backup := map[string]any{"job-id": jobID, "device": node.NodeName, "target": sinkNode, "sync": "full", "auto-dismiss": true}
-	if incremental {
-		backup["sync"], backup["bitmap"], backup["bitmap-mode"] = "bitmap", opts.PrevBitmap, "never"
-	}
-	actions := []map[string]any{
-		{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": node.NodeName, "name": newBitmap, "persistent": persistent}},
-		{"type": "blockdev-backup", "data": backup},
-	}
-	if err := c.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
-		return nil, err
-	}
-	keepNew := false
-	defer func() {
-		if !keepNew {
-			x, cancel := cctx()
-			_ = c.Execute(x, "block-dirty-bitmap-remove", map[string]any{"node": node.NodeName, "name": newBitmap}, nil)
-			cancel()
-		}
-	}()
-	if err := waitJob(ctx, c, jobID, size, events, opts.Progress, cctx); err != nil {
-		return nil, err
-	}
+	return d, cleanup, nil
+}
 
-	// QEMU is done; what it sent becomes the backup.
+// chunk turns what QEMU sent for d into its backup.
+func (d *disk) chunk(ctx context.Context, repo *chunkstore.Repository) error {
+	opts := d.m.Options
 	bo := opts.BackupOptions
-	bo.Changed = st.changed()
-	if !incremental {
+	bo.Meta = map[string]string{}
+	for k, v := range opts.Meta {
+		bo.Meta[k] = v
+	}
+	if d.res.FullReason != "" {
+		bo.Meta["fullReason"] = d.res.FullReason
+	}
+	bo.Changed = d.st.changed()
+	if !d.incremental {
 		bo.Parent, bo.Changed = nil, nil
 	}
-	view := &overlayView{ctx: ctx, st: st, full: !incremental}
-	if incremental {
+	view := &overlayView{ctx: ctx, st: d.st, full: !d.incremental}
+	if d.incremental {
 		view.parent = dataplane.OpenImage(repo, opts.Parent, dataplane.ImageOptions{})
 		defer view.parent.Close()
 	}
-	m, err := dataplane.Backup(ctx, repo, view, size, bo)
+	m, err := dataplane.Backup(ctx, repo, view, d.size, bo)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	res.Manifest = m
-	st.mu.Lock()
-	res.BytesFromQEMU = st.written - st.zeroed
-	st.mu.Unlock()
-	// Durable: the new bitmap takes over, the previous one goes.
-	keepNew = true
-	res.Bitmap = newBitmap
-	if opts.PrevBitmap != "" {
-		x, cancel := cctx()
-		_ = c.Execute(x, "block-dirty-bitmap-remove", map[string]any{"node": node.NodeName, "name": opts.PrevBitmap}, nil)
-		cancel()
-	}
-	return res, nil
+	d.res.Manifest = m
+	d.st.mu.Lock()
+	d.res.BytesFromQEMU = d.st.written - d.st.zeroed
+	d.st.mu.Unlock()
+	return nil
 }
 
 // connectSink gets srv's sink to QEMU: one end of a socket pair passed
@@ -351,51 +481,69 @@ func connectSink(ctx context.Context, c *qmp.Client, srv *nbd.Server, sctx conte
 	return map[string]any{"type": "unix", "path": path}, served, nil
 }
 
-// waitJob waits for QEMU's backup job to end, reporting its progress; a
-// cancelled ctx cancels the job and waits for it to go.
+// waitJobs waits for QEMU's backup jobs to end, reporting their progress;
+// a cancelled ctx cancels them and waits for them to go. The first job to
+// fail fails the wait, once every job has ended (a grouped transaction
+// cancels the others).
 //
-// Progress counts the bytes the job has sent, against its length plus the
-// disk's size (an upper bound of the chunking that follows).
-func waitJob(ctx context.Context, c *qmp.Client, jobID string, size int64, events <-chan qmp.Event, progress *dataplane.Progress, cctx func() (context.Context, context.CancelFunc)) error {
+// Progress counts the bytes the jobs have sent, against their length plus
+// the disks' size (an upper bound of the chunking that follows).
+func waitJobs(ctx context.Context, c *qmp.Client, jobs map[string]bool, size int64, events <-chan qmp.Event, progress *dataplane.Progress, cctx func() (context.Context, context.CancelFunc)) error {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	cancelled := false
 	stop := ctx.Done()
 	var giveUp <-chan time.Time
 	var sent int64
-	report := func(length, offset int64) {
-		progress.SetTotal(length + size)
-		if offset > sent {
-			progress.Add(offset - sent)
-			sent = offset
+	lengths, offsets := map[string]int64{}, map[string]int64{}
+	report := func() {
+		var l, o int64
+		for id := range jobs {
+			l, o = l+lengths[id], o+offsets[id]
+		}
+		progress.SetTotal(l + size)
+		if o > sent {
+			progress.Add(o - sent)
+			sent = o
 		}
 	}
-	for {
+	running := len(jobs)
+	var failure error
+	for running > 0 {
 		select {
 		case ev, ok := <-events:
 			if !ok {
-				return fmt.Errorf("%s: connection lost during backup job: %w", c.Name, c.Err())
+				return fmt.Errorf("%s: connection lost during the backup jobs: %w", c.Name, c.Err())
 			}
 			var d struct {
+				Device      string
 				Len, Offset int64
 				Error       string
 			}
 			_ = json.Unmarshal(ev.Data, &d)
 			switch ev.Name {
 			case "BLOCK_JOB_COMPLETED":
-				if d.Error != "" {
-					return fmt.Errorf("%s: backup job failed: %s", c.Name, d.Error)
+				running--
+				if d.Error != "" && failure == nil {
+					failure = fmt.Errorf("%s: backup job of %s failed: %s", c.Name, d.Device, d.Error)
+					// The others are of no use now: cancel them.
+					x, cancel := cctx()
+					for id := range jobs {
+						if id != d.Device {
+							_ = c.Execute(x, "block-job-cancel", map[string]any{"device": id, "force": true}, nil)
+						}
+					}
+					cancel()
 				}
-				if cancelled {
-					return ctx.Err()
-				}
-				report(d.Len, d.Len)
-				return nil
+				lengths[d.Device], offsets[d.Device] = d.Len, d.Len
+				report()
 			case "BLOCK_JOB_CANCELLED":
-				if cancelled {
-					return ctx.Err()
+				running--
+				if failure == nil && !cancelled && len(jobs) == 1 {
+					failure = fmt.Errorf("%s: backup job %s cancelled by someone else", c.Name, d.Device)
+				} else if failure == nil && !cancelled {
+					failure = fmt.Errorf("%s: backup job %s cancelled by someone else", c.Name, d.Device)
 				}
-				return fmt.Errorf("%s: backup job cancelled by someone else", c.Name)
 			case "BLOCK_JOB_ERROR":
 				// The job's on-*-error policy (report by default) ends it;
 				// COMPLETED follows with the error.
@@ -404,31 +552,38 @@ func waitJob(ctx context.Context, c *qmp.Client, jobID string, size int64, event
 			if progress == nil {
 				continue
 			}
-			var jobs []struct {
+			var list []struct {
 				Device      string
 				Len, Offset int64
 			}
-			if c.Execute(ctx, "query-block-jobs", nil, &jobs) == nil {
-				for _, j := range jobs {
-					if j.Device == jobID {
-						report(j.Len, j.Offset)
+			if c.Execute(ctx, "query-block-jobs", nil, &list) == nil {
+				for _, j := range list {
+					if jobs[j.Device] {
+						lengths[j.Device], offsets[j.Device] = j.Len, j.Offset
 					}
 				}
+				report()
 			}
 		case <-giveUp:
-			return fmt.Errorf("%s: backup job %s did not end within a minute of its cancel (%w)", c.Name, jobID, ctx.Err())
+			return fmt.Errorf("%s: backup jobs did not end within a minute of their cancel (%w)", c.Name, ctx.Err())
 		case <-stop:
 			cancelled, stop = true, nil
 			giveUp = time.After(time.Minute)
 			x, cancel := cctx()
-			err := c.Execute(x, "block-job-cancel", map[string]any{"device": jobID, "force": true}, nil)
-			cancel()
-			var qe *qmp.Error
-			if err != nil && !(errors.As(err, &qe) && qe.Class == "DeviceNotActive") {
-				return fmt.Errorf("%s: cancel backup job: %w (%w)", c.Name, err, ctx.Err())
+			for id := range jobs {
+				err := c.Execute(x, "block-job-cancel", map[string]any{"device": id, "force": true}, nil)
+				var qe *qmp.Error
+				if err != nil && !(errors.As(err, &qe) && qe.Class == "DeviceNotActive") && failure == nil {
+					failure = fmt.Errorf("%s: cancel backup job %s: %w", c.Name, id, err)
+				}
 			}
+			cancel()
 		}
 	}
+	if cancelled {
+		return ctx.Err()
+	}
+	return failure
 }
 
 // overlayView is the disk at the backup's instant: what QEMU sent, over

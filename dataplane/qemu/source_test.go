@@ -349,3 +349,90 @@ while True:
 		prev = res
 	}
 }
+
+// TestGroupBackupOneInstant: two disks of one qemu-storage-daemon, a
+// writer alternating numbered writes between them; a group backup holds,
+// on both disks together, exactly the writes up to one sequence number.
+func TestGroupBackupOneInstant(t *testing.T) {
+	if err := exec.Command("/usr/bin/python3", "-c", "import nbd").Run(); err != nil {
+		t.Skip("python3-libnbd is not installed")
+	}
+	qmptest.Require(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "own.sock")
+	args := []string{"--nbd-server", "addr.type=unix,addr.path=" + sock}
+	for _, n := range []string{"a", "b"} {
+		img := filepath.Join(dir, n+".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "32M")
+		args = append(args, "--blockdev", "driver=file,filename="+img+",node-name=file-"+n,
+			"--blockdev", "driver=qcow2,file=file-"+n+",node-name=disk-"+n,
+			"--export", "type=nbd,id=own-"+n+",node-name=disk-"+n+",name=own-"+n+",writable=on")
+	}
+	d := qmptest.Start(t, args...)
+	st, _ := local.Open(filepath.Join(dir, "repo"))
+	repo, err := chunkstore.Init(context.Background(), st, chunkstore.InitOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	const blocks, step = 8192, 7919
+	script := fmt.Sprintf(`
+import nbd, struct, sys
+hs = []
+for name in ("own-a", "own-b"):
+    h = nbd.NBD()
+    h.connect_uri("nbd+unix:///%%s?socket=%%s" %% (name, sys.argv[1]))
+    hs.append(h)
+seq = 1
+while True:
+    k = (seq - 1) // 2
+    i = (k * %d) %% %d
+    hs[(seq - 1) %% 2].pwrite(struct.pack('<QQ', seq, i) * 256, i * 4096)
+    seq += 1
+`, step, blocks)
+	w := exec.Command("/usr/bin/python3", "-c", script, sock)
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { w.Process.Kill(); w.Wait() }()
+	time.Sleep(500 * time.Millisecond)
+	var prev []*qemu.Result
+	for round := 0; round < 2; round++ {
+		members := make([]qemu.Member, 2)
+		for i, n := range []string{"a", "b"} {
+			o := qemu.BackupOptions{Chain: "vm", StagingDir: dir}
+			o.VolumeID = "disk-" + n
+			if prev != nil {
+				o.Parent, o.PrevBitmap = prev[i].Manifest, prev[i].Bitmap
+			}
+			members[i] = qemu.Member{Source: qemu.Source{QMP: d.QMP, Node: "disk-" + n}, Options: o}
+		}
+		rs, err := qemu.BackupGroup(context.Background(), repo, members)
+		if err != nil {
+			t.Fatalf("group backup: %v\n%s", err, d.Log())
+		}
+		imgs := [][]byte{restoreBytes(t, repo, rs[0].Manifest), restoreBytes(t, repo, rs[1].Manifest)}
+		var top uint64
+		for _, img := range imgs {
+			for i := 0; i < blocks; i++ {
+				top = max(top, binary.LittleEndian.Uint64(img[i*4096:]))
+			}
+		}
+		// Write seq goes to disk (seq-1)%2, block ((seq-1)/2*step)%blocks:
+		// replay the schedule up to top and compare.
+		want := [2][]uint64{make([]uint64, blocks), make([]uint64, blocks)}
+		for seq := uint64(1); seq <= top; seq++ {
+			k := (seq - 1) / 2
+			want[(seq-1)%2][(k*step)%blocks] = seq
+		}
+		for dk, img := range imgs {
+			for i := 0; i < blocks; i++ {
+				if got := binary.LittleEndian.Uint64(img[i*4096:]); got != want[dk][i] {
+					t.Fatalf("round %d: disk %d block %d holds write %d; the instant of write %d says %d", round, dk, i, got, top, want[dk][i])
+				}
+			}
+		}
+		t.Logf("round %d: %s + %s at write %d", round, rs[0].Manifest.Mode, rs[1].Manifest.Mode, top)
+		prev = rs
+	}
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volback/volback/dataplane/qmp/qmptest"
+)
+
+// TestDaemonQEMUVolume: a disk of a running qemu-storage-daemon (which
+// serves its own NBD export meanwhile) registered with --volume
+// UUID=qmp:///...?node=NODE is backed up by CreateVolumeBackup like any
+// volume: full, then incremental from QEMU's bitmap; both restore with
+// the CLI to the disk as it was.
+func TestDaemonQEMUVolume(t *testing.T) {
+	qmptest.Require(t)
+	requireTools(t, "qemu-img", "qemu-io", "nbdcopy")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.qcow2")
+	tool(t, time.Minute, "qemu-img", "create", "-q", "-f", "qcow2", img, "48M")
+	own := filepath.Join(dir, "own.sock")
+	q := qmptest.Start(t, "--blockdev", "driver=file,filename="+img+",node-name=file0",
+		"--blockdev", "driver=qcow2,file=file0,node-name=disk0",
+		"--nbd-server", "addr.type=unix,addr.path="+own,
+		"--export", "type=nbd,id=own,node-name=disk0,name=own,writable=on")
+	uri := "nbd+unix:///own?socket=" + own
+	const bs, vol, vm = "5c4b0a3a24533c4faa9b156a0ef98fdf", "cc7196ba2d993236aceddd9b31f5d19b", "dd7196ba2d993236aceddd9b31f5d19b"
+	d := startDaemon(t, filepath.Join(dir, "state"), "--volume", vol+"=qmp://"+q.QMP+"?node=disk0,type=Root,vm="+vm)
+	store := filepath.Join(dir, "store")
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+store+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	r := d.do("GET", "/volumes/"+vol, "OAuth "+d.session, "", nil)
+	if !strings.Contains(string(r.body), `"size":50331648`) || !strings.Contains(string(r.body), vm) {
+		t.Fatalf("QueryVolume: %s", r.body)
+	}
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 6M", "-c", "write -P 0x21 30M 2M", uri)
+	var prev string
+	for i, change := range []string{"", "write -P 0x77 12M 256k"} {
+		if change != "" {
+			tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", change, uri)
+		}
+		live := filepath.Join(dir, fmt.Sprintf("live-%d.raw", i))
+		tool(t, time.Minute, "nbdcopy", uri, live)
+		r := d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, fmt.Sprint("q-", i), ""), nil)
+		if r.status != 200 {
+			t.Fatalf("backup %d: %d %s", i, r.status, r.body)
+		}
+		inv := r.obj(t)["inventory"].(map[string]any)
+		md := metadata(t, inv)
+		wantMode := "full"
+		if i > 0 {
+			wantMode = "incremental"
+		}
+		if md["mode"] != wantMode || (i > 0 && md["parent"] != prev) {
+			t.Fatalf("backup %d: metadata %v", i, md)
+		}
+		out := filepath.Join(dir, fmt.Sprintf("out-%d.raw", i))
+		mustRun(t, "restore", "--repo", store, inv["uuid"].(string), out)
+		if !sameFiles(t, out, live) {
+			t.Fatalf("backup %d restores to something else than the disk", i)
+		}
+		prev = inv["uuid"].(string)
+		t.Logf("backup %d: %s, %v chunks read", i, md["mode"], md["chunksRead"])
+	}
+}
+
+// TestDaemonQEMUVmBackup: CreateVmBackup of a VM whose two disks are in
+// one qemu-storage-daemon takes both in one QMP transaction, twice (full,
+// then incremental), each restoring to its disk as it was.
+func TestDaemonQEMUVmBackup(t *testing.T) {
+	qmptest.Require(t)
+	requireTools(t, "qemu-img", "qemu-io", "nbdcopy")
+	dir := t.TempDir()
+	own := filepath.Join(dir, "own.sock")
+	args := []string{"--nbd-server", "addr.type=unix,addr.path=" + own}
+	for _, n := range []string{"root", "data"} {
+		img := filepath.Join(dir, n+".qcow2")
+		tool(t, time.Minute, "qemu-img", "create", "-q", "-f", "qcow2", img, "16M")
+		args = append(args, "--blockdev", "driver=file,filename="+img+",node-name=file-"+n,
+			"--blockdev", "driver=qcow2,file=file-"+n+",node-name="+n,
+			"--export", "type=nbd,id=own-"+n+",node-name="+n+",name="+n+",writable=on")
+	}
+	q := qmptest.Start(t, args...)
+	const bs, rootVol, dataVol, vm = "6c4b0a3a24533c4faa9b156a0ef98fdf", "ee7196ba2d993236aceddd9b31f5d19b", "ef7196ba2d993236aceddd9b31f5d19b", "f07196ba2d993236aceddd9b31f5d19b"
+	d := startDaemon(t, filepath.Join(dir, "state"),
+		"--volume", rootVol+"=qmp://"+q.QMP+"?node=root,type=Root,vm="+vm,
+		"--volume", dataVol+"=qmp://"+q.QMP+"?node=data,type=Data,vm="+vm)
+	store := filepath.Join(dir, "store")
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+store+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	uri := func(n string) string { return "nbd+unix:///" + n + "?socket=" + own }
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 4M", uri("root"))
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x22 8M 2M", uri("data"))
+	for round := 0; round < 2; round++ {
+		if round == 1 {
+			tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x33 1M 64k", uri("root"))
+			tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x44 9M 64k", uri("data"))
+		}
+		live := map[string]string{}
+		for vol, n := range map[string]string{rootVol: "root", dataVol: "data"} {
+			live[vol] = filepath.Join(dir, fmt.Sprintf("live-%s-%d.raw", n, round))
+			tool(t, time.Minute, "nbdcopy", uri(n), live[vol])
+		}
+		r := d.job("POST", "/volumes/"+rootVol+"/vm-backups", `{"params":{"backupStorageUuid":"`+bs+`","name":"vm"}}`, nil)
+		if r.status != 200 {
+			t.Fatalf("CreateVmBackup %d: %d %s", round, r.status, r.body)
+		}
+		invs := r.obj(t)["inventories"].([]any)
+		if len(invs) != 2 {
+			t.Fatalf("CreateVmBackup: %s", r.body)
+		}
+		for _, x := range invs {
+			inv := x.(map[string]any)
+			md := metadata(t, inv)
+			want := map[int]string{0: "full", 1: "incremental"}[round]
+			if md["mode"] != want || inv["groupUuid"] == "" {
+				t.Fatalf("round %d: %v", round, inv)
+			}
+			out := filepath.Join(dir, fmt.Sprintf("out-%d.raw", round))
+			os.Remove(out)
+			mustRun(t, "restore", "--repo", store, inv["uuid"].(string), out)
+			if !sameFiles(t, out, live[inv["volumeUuid"].(string)]) {
+				t.Fatalf("round %d: backup of %s differs from its disk", round, inv["volumeUuid"])
+			}
+		}
+	}
+}
