@@ -42,6 +42,16 @@ type guest struct {
 
 func startGuest(t *testing.T, sock, export string) *guest {
 	t.Helper()
+	// reconnect-delay: while the daemon restarts, the guest's I/O waits
+	// instead of failing.
+	return startGuestWith(t, "-drive", "driver=nbd,server.type=unix,server.path="+sock+",export="+export+",if=none,id=d0,cache.direct=on,reconnect-delay=30",
+		"-device", "nvme,drive=d0,serial=volback")
+}
+
+// startGuestWith boots the test guest with the given disk (and other)
+// arguments; its disk must appear as /dev/nvme0n1.
+func startGuestWith(t *testing.T, args ...string) *guest {
+	t.Helper()
 	requireTools(t, "qemu-system-x86_64", "cpio")
 	kernel := guestKernel(t)
 	dir := t.TempDir()
@@ -61,12 +71,8 @@ func startGuest(t *testing.T, sock, export string) *guest {
 		t.Fatalf("initramfs: %v\n%s", err, out)
 	}
 	g := &guest{t: t, log: filepath.Join(dir, "console.log")}
-	// reconnect-delay: while the daemon restarts, the guest's I/O waits
-	// instead of failing.
-	g.cmd = exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none", "-no-reboot",
-		"-serial", "file:"+g.log, "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 rdinit=/init panic=-1 quiet",
-		"-drive", "driver=nbd,server.type=unix,server.path="+sock+",export="+export+",if=none,id=d0,cache.direct=on,reconnect-delay=30",
-		"-device", "nvme,drive=d0,serial=volback")
+	g.cmd = exec.Command("qemu-system-x86_64", append([]string{"-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none", "-no-reboot",
+		"-serial", "file:" + g.log, "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 rdinit=/init panic=-1 quiet"}, args...)...)
 	var stderr bytes.Buffer
 	g.cmd.Stderr = &stderr
 	if err := g.cmd.Start(); err != nil {
