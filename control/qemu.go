@@ -17,8 +17,10 @@ import (
 )
 
 // A volume whose disk a running QEMU (or qemu-storage-daemon) holds is
-// recorded with the path qmp:///PATH/TO/qmp.sock?node=NODE: volback does
-// not serve it, QEMU does, and backups go through QMP (dataplane/qemu).
+// recorded with the path qmp:///PATH/TO/qmp.sock?node=NODE[&nbd=SOCK]:
+// volback does not serve it, QEMU does; backups and reverts go through
+// QMP (dataplane/qemu). nbd= names the socket of an NBD server QEMU runs
+// already, on which a revert exports the disk.
 
 const qemuScheme = "qmp://"
 
@@ -33,18 +35,25 @@ func parseQEMUVolume(p, name string) (qemu.Source, string, error) {
 		return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: want qmp:///PATH/TO/qmp.sock?node=NODE", p)
 	}
 	q := u.Query()
-	node := q.Get("node")
+	node, nbdSock := q.Get("node"), q.Get("nbd")
 	for k := range q {
-		if k != "node" {
-			return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: unknown option %q (want node=)", p, k)
+		if k != "node" && k != "nbd" {
+			return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: unknown option %q (want node= and nbd=)", p, k)
 		}
+	}
+	if nbdSock != "" && !filepath.IsAbs(nbdSock) {
+		return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: nbd= is the absolute path of the Unix socket of QEMU's own NBD server", p)
 	}
 	if node == "" || strings.ContainsAny(node, " \t\n") {
 		return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: node= names the disk's block node or device", p)
 	}
 	sock := filepath.Clean(u.Path)
 	canonical := qemuScheme + sock + "?node=" + url.QueryEscape(node)
-	return qemu.Source{QMP: sock, Node: node, Name: name}, canonical, nil
+	if nbdSock != "" {
+		nbdSock = filepath.Clean(nbdSock)
+		canonical += "&nbd=" + url.QueryEscape(nbdSock)
+	}
+	return qemu.Source{QMP: sock, Node: node, Name: name, NBD: nbdSock}, canonical, nil
 }
 
 // qemuSource is the source of a recorded QEMU volume; errors name the VM
@@ -183,4 +192,17 @@ func registerQEMUVolume(ctx context.Context, db *inventory.DB, id string, spec V
 	}
 	return db.AddVolume(ctx, &inventory.Volume{UUID: id, Name: src.Node, Path: canonical, Size: size,
 		Type: cmp.Or(spec.Type, inventory.VolumeRoot), VMInstanceUUID: spec.VM, State: inventory.StateEnabled, Status: inventory.StatusReady})
+}
+
+// qemuRevert reverts a QEMU volume to backup m.
+func (a *API) qemuRevert(ctx context.Context, vrec *inventory.Volume, repo *chunkstore.Repository, m *chunkstore.Manifest, prog *dataplane.Progress, writeBPS int64) (dataplane.RevertStats, error) {
+	src, err := qemuSource(vrec)
+	if err != nil {
+		return dataplane.RevertStats{}, err
+	}
+	st, err := qemu.Revert(ctx, repo, src, m, qemu.RevertOptions{SocketDir: a.Host.StateDir, Progress: prog, WriteBytesPerSec: writeBPS})
+	if err == nil {
+		a.log().Info("QEMU volume reverted", "volume", vrec.UUID, "backup", m.ID, "chunksWritten", st.ChunksWritten, "chunksSame", st.ChunksSame)
+	}
+	return st, err
 }

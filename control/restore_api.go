@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
+	"github.com/volback/volback/dataplane/qemu"
 )
 
 // backupCopy is one copy of a Ready backup: the record, the storage the
@@ -103,6 +105,23 @@ func (a *API) revertJob(ctx context.Context, id string, p revertParams) (JobFunc
 		return nil, err
 	}
 	b := cp.b
+	if vrec, err := a.DB.GetVolume(ctx, b.VolumeUUID); err == nil && isQEMUPath(vrec.Path) {
+		return func(ctx context.Context, prog *dataplane.Progress) (any, error) {
+			repo, m, err := a.openBackup(ctx, cp)
+			if err != nil {
+				return nil, errFailed("cannot read backup "+b.UUID, err)
+			}
+			defer repo.Close()
+			st, err := a.qemuRevert(ctx, vrec, repo, m, prog, writeBPS)
+			if errors.Is(err, qemu.ErrGuestRunning) {
+				return nil, errRefused("VM running", "%v", err)
+			}
+			if err != nil {
+				return nil, errFailed("revert of volume "+b.VolumeUUID+" failed", err)
+			}
+			return map[string]any{"inventory": toVolumeInventory(vrec), "revert": st}, nil
+		}, nil
+	}
 	vol := a.Host.Volume(b.VolumeUUID)
 	if vol == nil {
 		return nil, errNotFound("volume %s of backup %s is not served here", b.VolumeUUID, b.UUID)

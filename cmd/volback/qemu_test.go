@@ -29,7 +29,7 @@ func TestDaemonQEMUVolume(t *testing.T) {
 		"--export", "type=nbd,id=own,node-name=disk0,name=own,writable=on")
 	uri := "nbd+unix:///own?socket=" + own
 	const bs, vol, vm = "5c4b0a3a24533c4faa9b156a0ef98fdf", "cc7196ba2d993236aceddd9b31f5d19b", "dd7196ba2d993236aceddd9b31f5d19b"
-	d := startDaemon(t, filepath.Join(dir, "state"), "--volume", vol+"=qmp://"+q.QMP+"?node=disk0,type=Root,vm="+vm)
+	d := startDaemon(t, filepath.Join(dir, "state"), "--volume", vol+"=qmp://"+q.QMP+"?node=disk0&nbd="+own+",type=Root,vm="+vm)
 	store := filepath.Join(dir, "store")
 	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+store+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
 		t.Fatalf("add storage: %d %s", r.status, r.body)
@@ -66,6 +66,23 @@ func TestDaemonQEMUVolume(t *testing.T) {
 		}
 		prev = inv["uuid"].(string)
 		t.Logf("backup %d: %s, %v chunks read", i, md["mode"], md["chunksRead"])
+	}
+	// Revert: the disk changed since; RevertVolumeFromVolumeBackup writes
+	// the backup back through an export on QEMU's own NBD server (nbd=),
+	// and the next backup starts the chain over, full.
+	tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x99 2M 3M", uri)
+	r = d.job("PUT", "/volume-backups/"+prev+"/actions", `{"revertVolumeFromVolumeBackup":{"backupStorageUuid":"`+bs+`"}}`, nil)
+	if r.status != 200 || !strings.Contains(string(r.body), `"chunksWritten":`) {
+		t.Fatalf("revert: %d %s", r.status, r.body)
+	}
+	now := filepath.Join(dir, "after-revert.raw")
+	tool(t, time.Minute, "nbdcopy", uri, now)
+	if !sameFiles(t, now, filepath.Join(dir, "live-1.raw")) {
+		t.Fatal("the disk does not hold the backup after the revert")
+	}
+	r = d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, "after-revert", ""), nil)
+	if md := metadata(t, r.obj(t)["inventory"].(map[string]any)); r.status != 200 || md["mode"] != "full" || md["fullReason"] == nil {
+		t.Fatalf("backup after the revert: %d %v", r.status, md)
 	}
 }
 

@@ -29,6 +29,9 @@ type Source struct {
 	// Name is how errors name the process ("VM 0f3c..."); default the
 	// socket's path.
 	Name string
+	// NBD is the Unix socket of an NBD server the process already runs
+	// (Revert exports the disk on it); "" when it runs none.
+	NBD string
 }
 
 func (s Source) who() string {
@@ -151,11 +154,11 @@ func usable(n *blockNode, name string) string {
 
 // Probe connects to the source's QEMU and returns the disk's size.
 func Probe(ctx context.Context, src Source) (int64, error) {
-	c, err := qmp.Dial(ctx, src.QMP, src.who())
+	c, done, err := acquire(ctx, src)
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
+	defer done()
 	n, err := resolve(ctx, c, src.Node)
 	if err != nil {
 		return 0, err
@@ -217,11 +220,11 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 			return nil, fmt.Errorf("the disks of one instant must be in one QEMU process (%s and %s)", src.QMP, m.Source.QMP)
 		}
 	}
-	c, err := qmp.Dial(ctx, src.QMP, src.who())
+	c, done, err := acquire(ctx, src)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	defer done()
 	// Cleanup runs with its own time: a cancelled backup must still leave
 	// QEMU as it found it.
 	cctx := func() (context.Context, context.CancelFunc) {

@@ -436,3 +436,115 @@ while True:
 		prev = rs
 	}
 }
+
+// TestRevert: a disk changed after its backup is reverted through an NBD
+// export QEMU serves of the node: only the chunks that differ are written,
+// the disk holds the backup again, QEMU is left with no export and no
+// NBD server of volback's, and the next backup is full.
+func TestRevert(t *testing.T) {
+	qmptest.Require(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "16M")
+	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 3M", img)
+	d := qmptest.Start(t, "--blockdev", "driver=file,filename="+img+",node-name=file0",
+		"--blockdev", "driver=qcow2,file=file0,node-name=disk0")
+	st, _ := local.Open(filepath.Join(dir, "repo"))
+	repo, err := chunkstore.Init(context.Background(), st, chunkstore.InitOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	src := qemu.Source{QMP: d.QMP, Node: "disk0"}
+	o := qemu.BackupOptions{Chain: "c", StagingDir: dir}
+	res, err := qemu.Backup(context.Background(), repo, src, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := restoreBytes(t, repo, res.Manifest)
+	// Change two chunks through a writable export of QEMU's own. (A QMP
+	// socket takes one client at a time: each command on its own.)
+	sock := filepath.Join(dir, "w.sock")
+	ex := func(cmd string, args map[string]any) {
+		t.Helper()
+		c, err := qmp.Dial(context.Background(), d.QMP, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Execute(context.Background(), cmd, args, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ex("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	ex("block-export-add", map[string]any{"type": "nbd", "id": "w", "node-name": "disk0", "name": "w", "writable": true})
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 512k 64k", "-c", "write -P 0x66 9M 1M", "nbd+unix:///w?socket="+sock)
+	ex("block-export-del", map[string]any{"id": "w"})
+	time.Sleep(100 * time.Millisecond)
+	ex("nbd-server-stop", nil)
+
+	rst, err := qemu.Revert(context.Background(), repo, src, res.Manifest, qemu.RevertOptions{SocketDir: dir})
+	if err != nil {
+		t.Fatalf("revert: %v\n%s", err, d.Log())
+	}
+	if rst.ChunksWritten != 2 || rst.ChunksSame != 14 {
+		t.Errorf("revert: %+v, want 2 chunks written, 14 the same", rst)
+	}
+	// What the disk holds now, read back by a full backup (which must be
+	// full: the chain restarted).
+	again, err := qemu.Backup(context.Background(), repo, src, qemu.BackupOptions{Chain: "c", StagingDir: dir, PrevBitmap: res.Bitmap, BackupOptions: dataplane.BackupOptions{Parent: res.Manifest}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Manifest.Mode != chunkstore.ModeFull || !bytes.Equal(restoreBytes(t, repo, again.Manifest), want) {
+		t.Fatalf("after the revert: mode %s (%s), or the disk does not hold the backup", again.Manifest.Mode, again.FullReason)
+	}
+	c, err := qmp.Dial(context.Background(), d.QMP, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exports []any
+	c.Execute(context.Background(), "query-block-exports", nil, &exports)
+	c.Close()
+	if len(exports) != 0 {
+		t.Errorf("exports left: %v", exports)
+	}
+	// A second server of volback's can start: the revert stopped its own.
+	ex("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+}
+
+// TestConcurrentBackupsShareQMP: backups of two disks of one process run
+// at once (a QMP socket serves one client at a time: they share one
+// connection) and both succeed.
+func TestConcurrentBackupsShareQMP(t *testing.T) {
+	qmptest.Require(t)
+	dir := t.TempDir()
+	var args []string
+	for _, n := range []string{"a", "b"} {
+		img := filepath.Join(dir, n+".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "32M")
+		run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x3"+n[:0]+"1 0 20M", img)
+		args = append(args, "--blockdev", "driver=file,filename="+img+",node-name=file-"+n, "--blockdev", "driver=qcow2,file=file-"+n+",node-name=disk-"+n)
+	}
+	d := qmptest.Start(t, args...)
+	st, _ := local.Open(filepath.Join(dir, "repo"))
+	repo, err := chunkstore.Init(context.Background(), st, chunkstore.InitOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	errs := make(chan error, 2)
+	for _, n := range []string{"a", "b"} {
+		go func(n string) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, err := qemu.Backup(ctx, repo, qemu.Source{QMP: d.QMP, Node: "disk-" + n}, qemu.BackupOptions{Chain: "c-" + n, StagingDir: dir})
+			errs <- err
+		}(n)
+	}
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -261,7 +261,10 @@ func (c *Client) execute(ctx context.Context, cmd string, args any, result any, 
 
 	req := map[string]any{"execute": cmd, "id": id}
 	if args != nil {
-		req["arguments"] = args
+		// A typed nil (a nil map) is no arguments too, not null.
+		if a, err := json.Marshal(args); err == nil && string(a) != "null" {
+			req["arguments"] = json.RawMessage(a)
+		}
 	}
 	b, err := json.Marshal(req)
 	if err != nil {
