@@ -75,6 +75,11 @@ type backupMetadata struct {
 	Target string `json:"target,omitempty"`
 	// SourceAddress is the backup network address connections left from.
 	SourceAddress string `json:"sourceAddress,omitempty"`
+	// Consistency is "application" (the guest's file systems frozen at
+	// the instant, through its agent) or "crash"; with a note saying why
+	// a freeze was not had. Set for disks read through QEMU.
+	Consistency     string `json:"consistency,omitempty"`
+	ConsistencyNote string `json:"consistencyNote,omitempty"`
 }
 
 // metadataOf is the inventory's metadata of a backup's manifest.
@@ -84,7 +89,8 @@ func metadataOf(m *chunkstore.Manifest, seconds float64, bw map[string]int64, ta
 		BytesStored: m.Stats.BytesStored, ChunksTotal: m.Stats.ChunksTotal, ChunksRead: m.Stats.ChunksRead,
 		ChunksNew: m.Stats.ChunksNew, ChunksZero: m.Stats.ChunksZero, ChunksReused: m.Stats.ChunksReused,
 		Seconds: seconds, FullReason: m.Meta["fullReason"], Parallelism: p,
-		Bandwidth: nonZero(bw), Target: target, SourceAddress: source}
+		Bandwidth: nonZero(bw), Target: target, SourceAddress: source,
+		Consistency: m.Meta["consistency"], ConsistencyNote: m.Meta["consistencyNote"]}
 }
 
 func targetOf(spec target.Spec, bs *inventory.BackupStorage) string {

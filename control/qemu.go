@@ -20,7 +20,8 @@ import (
 // recorded with the path qmp:///PATH/TO/qmp.sock?node=NODE[&nbd=SOCK]:
 // volback does not serve it, QEMU does; backups and reverts go through
 // QMP (dataplane/qemu). nbd= names the socket of an NBD server QEMU runs
-// already, on which a revert exports the disk.
+// already, on which a revert exports the disk; agent= the host side of the
+// VM's guest agent channel, so backups freeze the guest's file systems.
 
 const qemuScheme = "qmp://"
 
@@ -35,11 +36,14 @@ func parseQEMUVolume(p, name string) (qemu.Source, string, error) {
 		return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: want qmp:///PATH/TO/qmp.sock?node=NODE", p)
 	}
 	q := u.Query()
-	node, nbdSock := q.Get("node"), q.Get("nbd")
+	node, nbdSock, agent := q.Get("node"), q.Get("nbd"), q.Get("agent")
 	for k := range q {
-		if k != "node" && k != "nbd" {
-			return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: unknown option %q (want node= and nbd=)", p, k)
+		if k != "node" && k != "nbd" && k != "agent" {
+			return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: unknown option %q (want node=, nbd= and agent=)", p, k)
 		}
+	}
+	if agent != "" && !filepath.IsAbs(agent) {
+		return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: agent= is the absolute path of the guest agent channel's Unix socket", p)
 	}
 	if nbdSock != "" && !filepath.IsAbs(nbdSock) {
 		return qemu.Source{}, "", fmt.Errorf("QEMU volume %q: nbd= is the absolute path of the Unix socket of QEMU's own NBD server", p)
@@ -53,7 +57,11 @@ func parseQEMUVolume(p, name string) (qemu.Source, string, error) {
 		nbdSock = filepath.Clean(nbdSock)
 		canonical += "&nbd=" + url.QueryEscape(nbdSock)
 	}
-	return qemu.Source{QMP: sock, Node: node, Name: name, NBD: nbdSock}, canonical, nil
+	if agent != "" {
+		agent = filepath.Clean(agent)
+		canonical += "&agent=" + url.QueryEscape(agent)
+	}
+	return qemu.Source{QMP: sock, Node: node, Name: name, NBD: nbdSock, Agent: agent}, canonical, nil
 }
 
 // qemuSource is the source of a recorded QEMU volume; errors name the VM

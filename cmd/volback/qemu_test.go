@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -136,7 +138,7 @@ func TestDaemonQEMUVmBackup(t *testing.T) {
 			inv := x.(map[string]any)
 			md := metadata(t, inv)
 			want := map[int]string{0: "full", 1: "incremental"}[round]
-			if md["mode"] != want || inv["groupUuid"] == "" {
+			if md["mode"] != want || inv["groupUuid"] == "" || md["consistency"] != "crash" || md["consistencyNote"] != "no guest agent channel" {
 				t.Fatalf("round %d: %v", round, inv)
 			}
 			out := filepath.Join(dir, fmt.Sprintf("out-%d.raw", round))
@@ -153,19 +155,23 @@ func TestDaemonQEMUVmBackup(t *testing.T) {
 // ordered, checksummed blocks to a qcow2 disk QEMU opens itself; the
 // daemon backs the disk up live through QMP twice (full, incremental;
 // the sink reaches QEMU by getfd), and each backup restores to a prefix
-// of the guest's writes holding every block acknowledged before it.
+// of the guest's writes holding every block acknowledged before it. With
+// the guest's agent on a serial channel, the backups freeze the guest
+// around their instant: each is recorded application-consistent and
+// holds exactly the blocks written when the guest froze.
 func TestGuestQEMUSource(t *testing.T) {
 	requireTools(t, "qemu-img")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.qcow2")
 	tool(t, time.Minute, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
-	qmpSock := filepath.Join(dir, "qmp.sock")
+	qmpSock, agentSock := filepath.Join(dir, "qmp.sock"), filepath.Join(dir, "qga.sock")
 	g := startGuestWith(t, "-qmp", "unix:"+qmpSock+",server=on,wait=off",
+		"-chardev", "socket,id=qga0,path="+agentSock+",server=on,wait=off", "-device", "isa-serial,chardev=qga0",
 		"-blockdev", "driver=file,filename="+img+",node-name=file0,cache.direct=on",
 		"-blockdev", "driver=qcow2,file=file0,node-name=disk0",
 		"-device", "nvme,drive=disk0,serial=volback,id=nvme0")
 	const bs, vol, vm = "7c4b0a3a24533c4faa9b156a0ef98fdf", "a17196ba2d993236aceddd9b31f5d19b", "a27196ba2d993236aceddd9b31f5d19b"
-	d := startDaemon(t, filepath.Join(dir, "state"), "--volume", vol+"=qmp://"+qmpSock+"?node=disk0,type=Root,vm="+vm)
+	d := startDaemon(t, filepath.Join(dir, "state"), "--volume", vol+"=qmp://"+qmpSock+"?node=disk0&agent="+agentSock+",type=Root,vm="+vm)
 	store := filepath.Join(dir, "store")
 	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+store+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
 		t.Fatalf("add storage: %d %s", r.status, r.body)
@@ -188,6 +194,27 @@ func TestGuestQEMUSource(t *testing.T) {
 		out := filepath.Join(dir, fmt.Sprintf("out-%d.raw", round))
 		mustRun(t, "restore", "--repo", store, inv["uuid"].(string), out)
 		last = checkPrefix(t, out, acked)
-		t.Logf("backup %d (%s): a prefix of %d blocks, %d acknowledged before it", round, md["mode"], last, acked)
+		if md["consistency"] != "application" {
+			t.Fatalf("backup %d: %v, want application-consistent", round, md)
+		}
+		frozen := frozenAt(t, g)
+		if int64(len(frozen)) != int64(round+1) || frozen[round] != last {
+			t.Fatalf("backup %d holds %d blocks; the guest froze at %v", round, last, frozen)
+		}
+		t.Logf("backup %d (%s, %s): a prefix of %d blocks, %d acknowledged before it, frozen at %d", round, md["mode"], md["consistency"], last, acked, frozen[round])
 	}
+}
+
+var frozenRE = regexp.MustCompile(`(?m)^frozen (\d+)`)
+
+// frozenAt lists the block counts the guest reported at each freeze.
+func frozenAt(t *testing.T, g *guest) []int64 {
+	t.Helper()
+	b, _ := os.ReadFile(g.log)
+	var out []int64
+	for _, m := range frozenRE.FindAllSubmatch(b, -1) {
+		n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+		out = append(out, n)
+	}
+	return out
 }

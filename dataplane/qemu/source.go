@@ -32,6 +32,10 @@ type Source struct {
 	// NBD is the Unix socket of an NBD server the process already runs
 	// (Revert exports the disk on it); "" when it runs none.
 	NBD string
+	// Agent is the host side of the VM's guest agent channel (qemu-ga);
+	// with it, backups freeze the guest's file systems around their
+	// instant and are application-consistent.
+	Agent string
 }
 
 func (s Source) who() string {
@@ -69,6 +73,10 @@ type Result struct {
 	BytesFromQEMU int64
 	// QEMU is the version of the process.
 	QEMU string
+	// Consistency is "application" when the guest's file systems were
+	// frozen at the instant, else "crash"; ConsistencyNote says why a
+	// freeze was not had.
+	Consistency, ConsistencyNote string
 }
 
 // BitmapPrefix starts the name of every bitmap volback adds.
@@ -286,11 +294,15 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 	for i, d := range disks {
 		newBitmaps[i], d.newBitmap = d.newBitmap, ""
 	}
-	if err := c.Execute(ctx, "transaction", args, nil); err != nil {
+	thaw, consistency, note := freeze(ctx, src, c.Name)
+	err = c.Execute(ctx, "transaction", args, nil)
+	thaw() // the instant is taken (or not): the guest writes on
+	if err != nil {
 		return nil, err
 	}
 	for i, d := range disks {
 		d.newBitmap = newBitmaps[i] // it exists now: removed on failure
+		d.res.Consistency, d.res.ConsistencyNote = consistency, note
 	}
 	var total int64
 	for _, d := range disks {
@@ -318,6 +330,47 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 		}
 	}
 	return rs, nil
+}
+
+// freezeTimeout bounds the guest agent's freeze: a guest that does not
+// answer in time gives a crash-consistent backup, not a stalled one.
+const freezeTimeout = 30 * time.Second
+
+// freeze asks the guest agent, if the source has one, to freeze the
+// guest's file systems. It returns the function that thaws them (to call
+// right after the instant, whatever happened) and the consistency the
+// backup will have, with the reason when it is only crash-consistent.
+func freeze(ctx context.Context, src Source, who string) (thaw func(), consistency, note string) {
+	thaw = func() {}
+	if src.Agent == "" {
+		return thaw, "crash", "no guest agent channel"
+	}
+	fctx, cancel := context.WithTimeout(ctx, freezeTimeout)
+	defer cancel()
+	ag, err := qmp.DialAgent(fctx, src.Agent, who+" guest agent")
+	if err != nil {
+		return thaw, "crash", fmt.Sprintf("guest agent: %v", err)
+	}
+	var n int
+	if err := ag.Execute(fctx, "guest-fsfreeze-freeze", nil, &n); err != nil {
+		// A freeze that failed halfway may have frozen some: thaw.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), freezeTimeout)
+		_ = ag.Execute(tctx, "guest-fsfreeze-thaw", nil, nil)
+		cancel()
+		ag.Close()
+		return thaw, "crash", fmt.Sprintf("guest-fsfreeze-freeze: %v", err)
+	}
+	return func() {
+		defer ag.Close()
+		for i := 0; i < 3; i++ {
+			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), freezeTimeout)
+			err := ag.Execute(tctx, "guest-fsfreeze-thaw", nil, nil)
+			cancel()
+			if err == nil {
+				return
+			}
+		}
+	}, "application", ""
 }
 
 // prepareDisk resolves a member's node, decides full or incremental, and
@@ -415,6 +468,10 @@ func (d *disk) chunk(ctx context.Context, repo *chunkstore.Repository) error {
 	}
 	if d.res.FullReason != "" {
 		bo.Meta["fullReason"] = d.res.FullReason
+	}
+	bo.Meta["consistency"] = d.res.Consistency
+	if d.res.ConsistencyNote != "" {
+		bo.Meta["consistencyNote"] = d.res.ConsistencyNote
 	}
 	bo.Changed = d.st.changed()
 	if !d.incremental {

@@ -9,13 +9,21 @@
 // Console lines: "ready", "ack N" (every 16 blocks and at the end),
 // "error ..." (an I/O error: the test fails), "done N" (the disk is full;
 // it then idles).
+//
+// When the guest has a second serial port (/dev/ttyS1), a minimal guest
+// agent answers on it as qemu-ga does over a serial channel: guest-sync,
+// guest-ping, guest-fsfreeze-freeze (the writer stops between two blocks,
+// every acknowledged block durable; the console says "frozen N", N blocks
+// written), guest-fsfreeze-thaw and guest-fsfreeze-status.
 package main
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -52,9 +60,12 @@ func main() {
 	}
 	blocks := size / blockSize
 	buf := aligned(blockSize)
-	say("ready %d", blocks)
 	var n int64
-	for n = 0; n < blocks; n++ {
+	var gate sync.RWMutex // the writer holds it shared per block; a freeze holds it
+	go agent(&gate, &n, say)
+	say("ready %d", blocks)
+	for n < blocks {
+		gate.RLock()
 		fill(buf, uint64(n))
 		if _, err := disk.WriteAt(buf, n*blockSize); err != nil {
 			say("error write %d: %v", n, err)
@@ -67,6 +78,8 @@ func main() {
 		if n%16 == 15 {
 			say("ack %d", n)
 		}
+		n++ // under the gate: a freeze sees whole blocks only
+		gate.RUnlock()
 	}
 	say("ack %d", n-1)
 	say("done %d", n)
@@ -98,6 +111,74 @@ func aligned(n int) []byte {
 		off = blockSize - off
 	}
 	return b[off : off+n]
+}
+
+// agent serves guest agent commands on /dev/ttyS1, if there is one.
+func agent(gate *sync.RWMutex, written *int64, say func(string, ...any)) {
+	tty, err := os.OpenFile("/dev/ttyS1", os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	raw(tty)
+	frozen := false
+	dec := json.NewDecoder(tty)
+	enc := json.NewEncoder(tty)
+	for {
+		var req struct {
+			Execute   string          `json:"execute"`
+			Arguments json.RawMessage `json:"arguments"`
+		}
+		if err := dec.Decode(&req); err != nil {
+			// Garbage (a client's resync byte, line noise): start afresh.
+			dec = json.NewDecoder(tty)
+			continue
+		}
+		var ret any
+		switch req.Execute {
+		case "guest-sync", "guest-sync-delimited":
+			var a struct{ ID int64 }
+			_ = json.Unmarshal(req.Arguments, &a)
+			ret = a.ID
+		case "guest-ping":
+			ret = map[string]any{}
+		case "guest-fsfreeze-freeze":
+			if !frozen {
+				gate.Lock()
+				frozen = true
+				say("frozen %d", *written)
+			}
+			ret = 1
+		case "guest-fsfreeze-thaw":
+			if frozen {
+				frozen = false
+				gate.Unlock()
+				say("thawed")
+			}
+			ret = 1
+		case "guest-fsfreeze-status":
+			ret = map[bool]string{true: "frozen", false: "thawed"}[frozen]
+		default:
+			_ = enc.Encode(map[string]any{"error": map[string]string{"class": "CommandNotFound", "desc": "unknown command " + req.Execute}})
+			continue
+		}
+		_ = enc.Encode(map[string]any{"return": ret})
+	}
+}
+
+// raw puts a serial port in raw mode: no echo, no line editing, no
+// translation.
+func raw(f *os.File) {
+	var t syscall.Termios
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), syscall.TCGETS, uintptr(unsafe.Pointer(&t))); e != 0 {
+		return
+	}
+	t.Iflag &^= syscall.IGNBRK | syscall.BRKINT | syscall.PARMRK | syscall.ISTRIP | syscall.INLCR | syscall.IGNCR | syscall.ICRNL | syscall.IXON
+	t.Oflag &^= syscall.OPOST
+	t.Lflag &^= syscall.ECHO | syscall.ECHONL | syscall.ICANON | syscall.ISIG | syscall.IEXTEN
+	t.Cflag &^= syscall.CSIZE | syscall.PARENB
+	t.Cflag |= syscall.CS8
+	t.Cc[syscall.VMIN], t.Cc[syscall.VTIME] = 1, 0
+	_, _, _ = syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), syscall.TCSETS, uintptr(unsafe.Pointer(&t)))
 }
 
 func halt() {
