@@ -214,3 +214,41 @@ func (a *API) qemuRevert(ctx context.Context, vrec *inventory.Volume, repo *chun
 	}
 	return st, err
 }
+
+// qemuVolumeTagPrefix marks CreateDataVolume's system tag that records a
+// disk QEMU holds instead of creating a file: qemuVolume::qmp:///SOCK?node=NODE.
+const qemuVolumeTagPrefix = "qemuVolume::"
+
+func qemuVolumeTag(tags []string) (string, bool) {
+	for _, t := range tags {
+		if u, ok := strings.CutPrefix(t, qemuVolumeTagPrefix); ok {
+			return u, true
+		}
+	}
+	return "", false
+}
+
+// addQEMUVolume is CreateDataVolume with a qemuVolume tag: QEMU must be
+// reachable and its disk of size want (0: any).
+func (a *API) addQEMUVolume(id, name, disk string, want int64) (JobFunc, error) {
+	src, canonical, err := parseQEMUVolume(disk, "QEMU of volume "+id)
+	if err != nil {
+		return nil, errTag(&TagError{Tag: qemuVolumeTagPrefix + disk, Reason: err.Error()})
+	}
+	return func(ctx context.Context, _ *dataplane.Progress) (any, error) {
+		size, err := qemu.Probe(ctx, src)
+		if err != nil {
+			return nil, errFailed("cannot reach the disk in QEMU", err)
+		}
+		if want > 0 && want != size {
+			return nil, errInvalid("diskSize %d: the disk in QEMU is %d bytes", want, size)
+		}
+		v := &inventory.Volume{UUID: id, Name: name, Path: canonical, Size: size, Type: inventory.VolumeData,
+			State: inventory.StateEnabled, Status: inventory.StatusReady}
+		if err := a.DB.AddVolume(ctx, v); err != nil {
+			return nil, errFailed("cannot record the volume", err)
+		}
+		a.log().Info("QEMU volume recorded", "volume", id, "disk", canonical, "size", size)
+		return map[string]any{"inventory": toVolumeInventory(v)}, nil
+	}, nil
+}

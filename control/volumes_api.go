@@ -67,16 +67,22 @@ func (a *API) createDataVolume(ctx context.Context, c *apiCall) (JobFunc, error)
 	if err := c.Params(&p); err != nil {
 		return nil, err
 	}
-	size, err := intParam(p.DiskSize)
-	if err != nil || size <= 0 || size > 1<<50 {
-		return nil, errInvalid("diskSize must be a positive number of bytes")
-	}
 	if p.Name == "" {
 		return nil, errInvalid("name is required")
 	}
 	id, err := resourceID(p.ResourceUUID)
 	if err != nil {
 		return nil, err
+	}
+	if disk, ok := qemuVolumeTag(c.SystemTags()); ok {
+		// A disk QEMU holds: recorded, not created (diskSize, if given,
+		// must be the disk's).
+		want, _ := intParam(p.DiskSize)
+		return a.addQEMUVolume(id, p.Name, disk, want)
+	}
+	size, err := intParam(p.DiskSize)
+	if err != nil || size <= 0 || size > 1<<50 {
+		return nil, errInvalid("diskSize must be a positive number of bytes")
 	}
 	return func(ctx context.Context, _ *dataplane.Progress) (any, error) {
 		path, err := a.Host.createVolumeFile(id, size)

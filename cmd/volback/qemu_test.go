@@ -218,3 +218,41 @@ func frozenAt(t *testing.T, g *guest) []int64 {
 	}
 	return out
 }
+
+// TestDaemonQEMUVolumeByAPI: CreateDataVolume with the system tag
+// qemuVolume::qmp:///SOCK?node=NODE records a disk QEMU holds (its size
+// from QEMU), which backs up like any volume and deletes without touching
+// the disk; a wrong diskSize or an unreachable QEMU is refused.
+func TestDaemonQEMUVolumeByAPI(t *testing.T) {
+	qmptest.Require(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.qcow2")
+	tool(t, time.Minute, "qemu-img", "create", "-q", "-f", "qcow2", img, "8M")
+	q := qmptest.Start(t, "--blockdev", "driver=file,filename="+img+",node-name=file0", "--blockdev", "driver=qcow2,file=file0,node-name=disk0")
+	d := startDaemon(t, filepath.Join(dir, "state"))
+	const bs, vol = "8c4b0a3a24533c4faa9b156a0ef98fdf", "b17196ba2d993236aceddd9b31f5d19b"
+	store := filepath.Join(dir, "store")
+	if r := d.job("POST", "/backup-storage/image-store", `{"params":{"name":"s","url":"`+store+`","resourceUuid":"`+bs+`"}}`, nil); r.status != 200 {
+		t.Fatalf("add storage: %d %s", r.status, r.body)
+	}
+	tag := func(u string) string { return `"systemTags":["qemuVolume::` + u + `"]` }
+	if r := d.job("POST", "/volumes/data", `{"params":{"name":"q","diskSize":4096,"resourceUuid":"`+vol+`"},`+tag("qmp://"+q.QMP+"?node=disk0")+`}`, nil); r.status == 200 {
+		t.Fatalf("a wrong diskSize was accepted: %s", r.body)
+	}
+	if r := d.job("POST", "/volumes/data", `{"params":{"name":"q","resourceUuid":"`+vol+`"},`+tag("qmp://"+dir+"/nothing.sock?node=disk0")+`}`, nil); r.status == 200 {
+		t.Fatalf("an unreachable QEMU was accepted: %s", r.body)
+	}
+	r := d.job("POST", "/volumes/data", `{"params":{"name":"q","resourceUuid":"`+vol+`"},`+tag("qmp://"+q.QMP+"?node=disk0")+`}`, nil)
+	if r.status != 200 || !strings.Contains(string(r.body), `"size":8388608`) {
+		t.Fatalf("CreateDataVolume with qemuVolume: %d %s", r.status, r.body)
+	}
+	if r := d.job("POST", "/volumes/"+vol+"/volume-backups", backupBody(bs, "q", ""), nil); r.status != 200 {
+		t.Fatalf("backup: %d %s", r.status, r.body)
+	}
+	if r := d.job("DELETE", "/volumes/"+vol, "", nil); r.status != 200 {
+		t.Fatalf("DeleteDataVolume: %d %s", r.status, r.body)
+	}
+	if _, err := os.Stat(img); err != nil {
+		t.Fatalf("deleting the volume touched the disk: %v", err)
+	}
+}

@@ -281,6 +281,10 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 		if d.incremental {
 			backup["sync"], backup["bitmap"], backup["bitmap-mode"] = "bitmap", d.m.Options.PrevBitmap, "never"
 		}
+		if bps := d.m.Options.ReadBytesPerSec; bps > 0 {
+			// volumeReadBandwidth: QEMU's job is what reads the disk.
+			backup["speed"] = bps
+		}
 		actions = append(actions,
 			map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": d.node.NodeName, "name": d.newBitmap, "persistent": d.node.Drv == "qcow2"}},
 			map[string]any{"type": "blockdev-backup", "data": backup})
@@ -473,6 +477,7 @@ func (d *disk) chunk(ctx context.Context, repo *chunkstore.Repository) error {
 	if d.res.ConsistencyNote != "" {
 		bo.Meta["consistencyNote"] = d.res.ConsistencyNote
 	}
+	bo.ReadBytesPerSec = 0 // the limit is QEMU's job's speed; the staging file is local scratch
 	bo.Changed = d.st.changed()
 	if !d.incremental {
 		bo.Parent, bo.Changed = nil, nil

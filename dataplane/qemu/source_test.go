@@ -548,3 +548,22 @@ func TestConcurrentBackupsShareQMP(t *testing.T) {
 		}
 	}
 }
+
+// TestBackupReadBandwidth: volumeReadBandwidth becomes the speed of QEMU's
+// job, which is what reads the disk.
+func TestBackupReadBandwidth(t *testing.T) {
+	f := newFixture(t, "32M")
+	f.write(t, "write -P 0x5a 0 16M")
+	opts := qemu.BackupOptions{Chain: "bw", StagingDir: f.dir}
+	opts.ReadBytesPerSec = 8 << 20
+	start := time.Now()
+	res, err := qemu.Backup(context.Background(), f.repo, f.src, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if took < 1500*time.Millisecond {
+		t.Errorf("16 MiB of data at 8 MiB/s took %s", took)
+	}
+	t.Logf("16 MiB of data, 32 MiB disk, at 8 MiB/s: %s, QEMU sent %d bytes", took.Round(time.Millisecond), res.BytesFromQEMU)
+}
