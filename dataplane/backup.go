@@ -47,6 +47,10 @@ type BackupOptions struct {
 	// chunkstore.Repository.BeginBackup), taken before it chose Parent;
 	// nil means Backup takes and releases its own.
 	Lease *chunkstore.Lease
+	// BeforeManifest, if set, runs once every chunk is durable and before
+	// the manifest is written; an error fails the backup with no manifest
+	// (a source whose own job must succeed first, as QEMU's).
+	BeforeManifest func() error
 }
 
 // Plan says which chunks a backup reads.
@@ -248,6 +252,11 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	// duration includes it; SaveManifest's own sync then finds nothing.
 	if err := repo.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("backup %s of volume %s: %w", id, opts.VolumeID, err)
+	}
+	if opts.BeforeManifest != nil {
+		if err := opts.BeforeManifest(); err != nil {
+			return nil, fmt.Errorf("backup %s of volume %s: %w", id, opts.VolumeID, err)
+		}
 	}
 	m.Finished = now().UTC()
 	m.Stats.DurationNanos = m.Finished.Sub(m.Started).Nanoseconds()

@@ -96,6 +96,22 @@ func benchCommand() *cli.Command {
 				}, os.Stderr)
 			}),
 		}, {
+			Name:  "qemu",
+			Usage: "full backup of one image from a qemu-storage-daemon source and from volback's own export, side by side; then an incremental through QEMU's bitmap",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "dir", Value: "bench-out", Usage: "working directory"},
+				&cli.StringFlag{Name: "size", Value: "2GiB", Usage: "size of the generated image"},
+				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "rounds; the two sources take turns in each"},
+				&cli.Float64Flag{Name: "changed", Value: 1, Usage: "percent of the disk changed before the incremental"},
+				parallelismFlag,
+				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
+			},
+			Action: benchAction(func(c *cli.Context, size int64, _ string) (report, error) {
+				return bench.CompareQEMU(c.Context, bench.QEMUCompareConfig{
+					Dir: c.String("dir"), Size: size, Rounds: c.Int("rounds"), Parallelism: c.Int("parallelism"), ChangedPercent: c.Float64("changed"),
+				}, os.Stderr)
+			}),
+		}, {
 			Name:  "mount",
 			Usage: "sequential read of a backup through volback mount and restic mount, side by side",
 			Flags: []cli.Flag{

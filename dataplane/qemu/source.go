@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/volback/volback/chunkstore"
@@ -211,6 +212,45 @@ type disk struct {
 	jobID       string
 	newBitmap   string
 	res         *Result
+	jobDone     chan struct{} // closed when QEMU's job ended; jobErr says how
+	jobErr      error
+}
+
+// Flow control of a streamed full backup: QEMU's job pauses while this
+// much is staged in memory and not yet cut (unless a chunk reader waits on
+// it, or it is less than 16 chunks), and resumes at half.
+const stagedHigh = 64 << 20
+
+// flowControl pauses and resumes QEMU's job so the staging of a full
+// backup stays bounded, whatever the disk's size. It never pauses the job
+// while a reader waits for a chunk, so it cannot deadlock.
+func (d *disk) flowControl(ctx context.Context, c *qmp.Client) {
+	high := max(stagedHigh, 16*d.st.chunkSize)
+	paused := false
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.jobDone:
+			return
+		case <-t.C:
+		}
+		d.st.mu.Lock()
+		pending, waiting := d.st.pending, d.st.waiting
+		d.st.mu.Unlock()
+		switch {
+		case !paused && pending > high && waiting == 0:
+			if c.Execute(ctx, "block-job-pause", map[string]any{"device": d.jobID}, nil) == nil {
+				paused = true
+			}
+		case paused && (pending < high/2 || waiting > 0):
+			if c.Execute(ctx, "block-job-resume", map[string]any{"device": d.jobID}, nil) == nil {
+				paused = false
+			}
+		}
+	}
 }
 
 // BackupGroup backs up several disks of one QEMU process at one instant:
@@ -309,17 +349,55 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 		d.res.Consistency, d.res.ConsistencyNote = consistency, note
 	}
 	var total int64
+	byJob := map[string]*disk{}
 	for _, d := range disks {
 		total += d.size
+		byJob[d.jobID] = d
+		d.jobDone = make(chan struct{})
 	}
-	if err := waitJobs(ctx, c, jobs, total, events, members[0].Options.Progress, cctx); err != nil {
+	// A full backup is cut into chunks while QEMU sends it, its staging
+	// drained as it goes (flow control pauses QEMU's job when it runs too
+	// far ahead); an incremental one, whose clusters may come in any
+	// order until the job ends, after.
+	var streams errgroup.Group
+	sctx, stopStreams := context.WithCancel(ctx)
+	defer stopStreams()
+	for _, d := range disks {
+		if !d.incremental {
+			streams.Go(func() error { return d.chunk(sctx, repo, true) })
+			go d.flowControl(sctx, c)
+		}
+	}
+	werr := waitJobs(ctx, c, jobs, total, events, members[0].Options.Progress, cctx, func(job string, err error) {
+		if d := byJob[job]; d != nil {
+			d.jobErr = err
+			close(d.jobDone)
+			d.st.end()
+		}
+	})
+	for _, d := range disks { // jobs that never said they ended
+		select {
+		case <-d.jobDone:
+		default:
+			d.jobErr = fmt.Errorf("%s: backup job %s: no end reported", c.Name, d.jobID)
+			close(d.jobDone)
+			d.st.end()
+		}
+	}
+	if werr != nil {
+		stopStreams()
+		_ = streams.Wait()
+		return nil, werr
+	}
+	if err := streams.Wait(); err != nil {
 		return nil, err
 	}
-
-	// QEMU is done; what it sent becomes the backups.
+	// QEMU is done; what it sent becomes the incremental backups.
 	for _, d := range disks {
-		if err := d.chunk(ctx, repo); err != nil {
-			return nil, err
+		if d.incremental {
+			if err := d.chunk(ctx, repo, false); err != nil {
+				return nil, err
+			}
 		}
 		rs = append(rs, d.res)
 	}
@@ -430,6 +508,9 @@ func prepareDisk(ctx context.Context, c *qmp.Client, repo *chunkstore.Repository
 	if d.st, err = newStaging(opts.StagingDir, d.size, repo.ChunkSize()); err != nil {
 		return nil, cleanup, err
 	}
+	if !d.incremental {
+		d.st.inMemory() // streamed: before QEMU sends its first byte
+	}
 	undo = append(undo, func() { d.st.Close() })
 
 	tag := opts.ID[:12]
@@ -462,8 +543,10 @@ func prepareDisk(ctx context.Context, c *qmp.Client, repo *chunkstore.Repository
 	return d, cleanup, nil
 }
 
-// chunk turns what QEMU sent for d into its backup.
-func (d *disk) chunk(ctx context.Context, repo *chunkstore.Repository) error {
+// chunk turns what QEMU sent for d into its backup; streamed, it runs
+// beside QEMU's job, each chunk cut once QEMU sent all of it, and the
+// manifest waits for the job's success.
+func (d *disk) chunk(ctx context.Context, repo *chunkstore.Repository, stream bool) error {
 	opts := d.m.Options
 	bo := opts.BackupOptions
 	bo.Meta = map[string]string{}
@@ -482,7 +565,15 @@ func (d *disk) chunk(ctx context.Context, repo *chunkstore.Repository) error {
 	if !d.incremental {
 		bo.Parent, bo.Changed = nil, nil
 	}
-	view := &overlayView{ctx: ctx, st: d.st, full: !d.incremental}
+	view := &overlayView{ctx: ctx, st: d.st, full: !d.incremental, stream: stream}
+	bo.BeforeManifest = func() error {
+		select {
+		case <-d.jobDone:
+			return d.jobErr
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	if d.incremental {
 		view.parent = dataplane.OpenImage(repo, opts.Parent, dataplane.ImageOptions{})
 		defer view.parent.Close()
@@ -553,7 +644,7 @@ func connectSink(ctx context.Context, c *qmp.Client, srv *nbd.Server, sctx conte
 //
 // Progress counts the bytes the jobs have sent, against their length plus
 // the disks' size (an upper bound of the chunking that follows).
-func waitJobs(ctx context.Context, c *qmp.Client, jobs map[string]bool, size int64, events <-chan qmp.Event, progress *dataplane.Progress, cctx func() (context.Context, context.CancelFunc)) error {
+func waitJobs(ctx context.Context, c *qmp.Client, jobs map[string]bool, size int64, events <-chan qmp.Event, progress *dataplane.Progress, cctx func() (context.Context, context.CancelFunc), onEnd func(job string, err error)) error {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	cancelled := false
@@ -589,6 +680,11 @@ func waitJobs(ctx context.Context, c *qmp.Client, jobs map[string]bool, size int
 			switch ev.Name {
 			case "BLOCK_JOB_COMPLETED":
 				running--
+				if d.Error != "" {
+					onEnd(d.Device, fmt.Errorf("%s: backup job of %s failed: %s", c.Name, d.Device, d.Error))
+				} else {
+					onEnd(d.Device, nil)
+				}
 				if d.Error != "" && failure == nil {
 					failure = fmt.Errorf("%s: backup job of %s failed: %s", c.Name, d.Device, d.Error)
 					// The others are of no use now: cancel them.
@@ -604,6 +700,7 @@ func waitJobs(ctx context.Context, c *qmp.Client, jobs map[string]bool, size int
 				report()
 			case "BLOCK_JOB_CANCELLED":
 				running--
+				onEnd(d.Device, fmt.Errorf("%s: backup job %s cancelled", c.Name, d.Device))
 				if failure == nil && !cancelled && len(jobs) == 1 {
 					failure = fmt.Errorf("%s: backup job %s cancelled by someone else", c.Name, d.Device)
 				} else if failure == nil && !cancelled {
@@ -659,9 +756,16 @@ type overlayView struct {
 	st     *staging
 	parent *dataplane.Image
 	full   bool
+	stream bool // wait for QEMU to send each range; drop it once read
 }
 
 func (v *overlayView) ReadAt(p []byte, off int64) (int, error) {
+	if v.stream {
+		if err := v.st.waitCovered(v.ctx, off, off+int64(len(p))); err != nil {
+			return 0, err
+		}
+		defer v.st.consume(off, off+int64(len(p)))
+	}
 	if v.parent != nil {
 		if err := v.parent.ReadAt(v.ctx, p, off); err != nil {
 			return 0, fmt.Errorf("parent backup at %d: %w", off, err)

@@ -65,6 +65,23 @@ type staging struct {
 	chunks map[int64]*extentSet // by chunk index
 	// written counts the bytes QEMU sent, data and zeros.
 	written, zeroed int64
+
+	// Streaming (full backups): chunks are cut while QEMU still sends.
+	// cond (on mu) wakes readers waiting for a chunk to be complete;
+	// consumed chunks are dropped from the file; pending is what is
+	// staged and not consumed; waiting counts the readers that wait
+	// (flow control never pauses QEMU while one does); ended is set when
+	// QEMU's job is over; late is a write into a consumed chunk.
+	cond *sync.Cond
+	// mem keeps the data of a streamed backup in memory, a buffer per
+	// chunk, instead of the file: it is cut within moments of arriving,
+	// and flow control bounds how much waits.
+	mem      map[int64][]byte
+	consumed map[int64]bool
+	pending  int64
+	waiting  int
+	ended    bool
+	late     error
 }
 
 func newStaging(dir string, size int64, chunkSize int) (*staging, error) {
@@ -78,7 +95,151 @@ func newStaging(dir string, size int64, chunkSize int) (*staging, error) {
 		f.Close()
 		return nil, fmt.Errorf("staging file: %w", err)
 	}
-	return &staging{f: f, size: size, chunkSize: int64(chunkSize), chunks: map[int64]*extentSet{}}, nil
+	s := &staging{f: f, size: size, chunkSize: int64(chunkSize), chunks: map[int64]*extentSet{}, consumed: map[int64]bool{}}
+	s.cond = sync.NewCond(&s.mu)
+	return s, nil
+}
+
+// inMemory makes the staging keep data in memory (streamed backups).
+func (s *staging) inMemory() {
+	s.mu.Lock()
+	s.mem = map[int64][]byte{}
+	s.mu.Unlock()
+}
+
+var chunkBufs sync.Pool // *[]byte of any chunk size
+
+func getBuf(n int64) []byte {
+	if bp, ok := chunkBufs.Get().(*[]byte); ok && int64(cap(*bp)) >= n {
+		return (*bp)[:n]
+	}
+	return make([]byte, n)
+}
+
+func putBuf(b []byte) { chunkBufs.Put(&b) }
+
+// write stores data QEMU sent at off: in the chunk buffers, or the file.
+func (s *staging) write(p []byte, off int64) error {
+	s.mu.Lock()
+	if s.mem == nil {
+		s.mu.Unlock()
+		if _, err := s.f.WriteAt(p, off); err != nil {
+			return fmt.Errorf("staging file: %w", err)
+		}
+		s.mu.Lock()
+	} else {
+		for q, o := p, off; len(q) > 0; {
+			i := o / s.chunkSize
+			n := min(int64(len(q)), (i+1)*s.chunkSize-o)
+			if !s.consumed[i] {
+				b := s.mem[i]
+				if b == nil {
+					b = getBuf(s.chunkLen(i))
+					s.mem[i] = b
+				}
+				copy(b[o-i*s.chunkSize:], q[:n])
+			}
+			q, o = q[n:], o+n
+		}
+	}
+	s.record(off, off+int64(len(p)), false)
+	s.written += int64(len(p))
+	s.mu.Unlock()
+	return nil
+}
+
+// readData copies staged data of [off, off+len(p)) into p; the caller
+// holds mu for the buffers, not for the file.
+func (s *staging) readData(p []byte, off int64) error {
+	if s.mem != nil {
+		for q, o := p, off; len(q) > 0; {
+			i := o / s.chunkSize
+			n := min(int64(len(q)), (i+1)*s.chunkSize-o)
+			if b := s.mem[i]; b != nil {
+				copy(q[:n], b[o-i*s.chunkSize:])
+			} else {
+				clear(q[:n])
+			}
+			q, o = q[n:], o+n
+		}
+		return nil
+	}
+	if _, err := s.f.ReadAt(p, off); err != nil {
+		return fmt.Errorf("staging file: %w", err)
+	}
+	return nil
+}
+
+// chunkLen is the length of chunk i.
+func (s *staging) chunkLen(i int64) int64 { return min(s.chunkSize, s.size-i*s.chunkSize) }
+
+// covered is how many bytes of chunk i QEMU sent; the caller holds mu.
+func (s *staging) covered(i int64) int64 {
+	var n int64
+	if set := s.chunks[i]; set != nil {
+		for _, e := range *set {
+			n += e.end - e.off
+		}
+	}
+	return n
+}
+
+// end says QEMU's job is over: waiting readers get what there is.
+func (s *staging) end() {
+	s.mu.Lock()
+	s.ended = true
+	s.mu.Unlock()
+	s.cond.Broadcast()
+}
+
+// waitCovered waits until QEMU sent all of [off, end) or its job ended.
+func (s *staging) waitCovered(ctx context.Context, off, end int64) error {
+	stop := context.AfterFunc(ctx, s.cond.Broadcast)
+	defer stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.waiting++
+	defer func() { s.waiting-- }()
+	for {
+		if s.late != nil {
+			return s.late
+		}
+		complete := true
+		for c := off / s.chunkSize; c*s.chunkSize < end; c++ {
+			if s.covered(c) < s.chunkLen(c) {
+				complete = false
+				break
+			}
+		}
+		if complete || s.ended {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s.cond.Wait()
+	}
+}
+
+// consume drops the chunks of [off, end) once read: their space goes back
+// to the file system, so a full backup stages only what QEMU sends ahead.
+func (s *staging) consume(off, end int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := off / s.chunkSize; c*s.chunkSize < end; c++ {
+		if s.consumed[c] {
+			continue
+		}
+		s.consumed[c] = true
+		s.pending -= s.covered(c)
+		delete(s.chunks, c)
+		if b := s.mem[c]; b != nil {
+			delete(s.mem, c)
+			putBuf(b)
+		} else if s.mem == nil {
+			_ = unix.Fallocate(int(s.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, c*s.chunkSize, s.chunkLen(c))
+		}
+	}
 }
 
 func (s *staging) Close() error { return s.f.Close() }
@@ -89,12 +250,27 @@ func (s *staging) record(off, end int64, zero bool) {
 	for off < end {
 		i := off / s.chunkSize
 		e := min(end, (i+1)*s.chunkSize)
+		if s.consumed[i] {
+			// Cut already: a write now would be lost. QEMU sends each
+			// range once, so this is a bug to report, never to hide.
+			if s.late == nil {
+				s.late = fmt.Errorf("QEMU wrote [%d, %d) after its chunk was stored", off, e)
+			}
+			off = e
+			continue
+		}
 		set := s.chunks[i]
 		if set == nil {
 			set = &extentSet{}
 			s.chunks[i] = set
 		}
+		before := s.covered(i)
 		set.add(off, e, zero)
+		after := s.covered(i)
+		s.pending += after - before
+		if after == s.chunkLen(i) {
+			s.cond.Broadcast()
+		}
 		off = e
 	}
 }
@@ -127,6 +303,7 @@ func (s *staging) overlay(p []byte, off int64) (covered int64, err error) {
 	end := off + int64(len(p))
 	var parts []extent
 	s.mu.Lock()
+	inMem := s.mem != nil
 	for c := off / s.chunkSize; c*s.chunkSize < end; c++ {
 		if set := s.chunks[c]; set != nil {
 			for _, e := range *set {
@@ -136,16 +313,21 @@ func (s *staging) overlay(p []byte, off int64) (covered int64, err error) {
 			}
 		}
 	}
-	s.mu.Unlock()
+	if !inMem {
+		s.mu.Unlock()
+	}
 	for _, e := range parts {
 		a, b := max(e.off, off), min(e.end, end)
 		dst := p[a-off : b-off]
 		if e.zero {
 			clear(dst)
-		} else if _, err := s.f.ReadAt(dst, a); err != nil {
-			return covered, fmt.Errorf("staging file: %w", err)
+		} else if err := s.readData(dst, a); err != nil {
+			return covered, err
 		}
 		covered += b - a
+	}
+	if inMem {
+		s.mu.Unlock()
 	}
 	return covered, nil
 }
@@ -164,14 +346,7 @@ func (k sink) ReadAt(_ context.Context, p []byte, off int64) error {
 }
 
 func (k sink) WriteAt(_ context.Context, p []byte, off int64, _ bool) error {
-	if _, err := k.st.f.WriteAt(p, off); err != nil {
-		return fmt.Errorf("staging file: %w", err)
-	}
-	k.st.mu.Lock()
-	k.st.record(off, off+int64(len(p)), false)
-	k.st.written += int64(len(p))
-	k.st.mu.Unlock()
-	return nil
+	return k.st.write(p, off)
 }
 
 // Flush has nothing to do: the backup is durable when its manifest is,
@@ -186,8 +361,10 @@ func (k sink) Trim(ctx context.Context, off, length int64, _ bool) error {
 
 func (k sink) Zero(_ context.Context, off, length int64, _ nbd.ZeroFlags) error {
 	// Free what an earlier write of the range took; the extent says zeros.
-	_ = unix.Fallocate(int(k.st.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 	k.st.mu.Lock()
+	if k.st.mem == nil {
+		_ = unix.Fallocate(int(k.st.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	}
 	k.st.record(off, off+length, true)
 	k.st.written += length
 	k.st.zeroed += length
