@@ -72,6 +72,8 @@ type Result struct {
 	FullReason string
 	// BytesFromQEMU is what QEMU's job read from the disk and sent.
 	BytesFromQEMU int64
+	// PeakStaged is the most QEMU had sent that was not cut yet.
+	PeakStaged int64
 	// QEMU is the version of the process.
 	QEMU string
 	// Consistency is "application" when the guest's file systems were
@@ -216,18 +218,25 @@ type disk struct {
 	jobErr      error
 }
 
-// Flow control of a streamed full backup: QEMU's job pauses while this
+// Flow control of a streamed full backup: QEMU's job pauses when this
 // much is staged in memory and not yet cut (unless a chunk reader waits on
-// it, or it is less than 16 chunks), and resumes at half.
-const stagedHigh = 64 << 20
+// it; at least 8 chunks), and resumes at half. What QEMU has in flight
+// when it pauses comes on top (tens of MiB at disk speed).
+const stagedHigh = 32 << 20
+
+// inFlight is how many copies QEMU's full backup job runs at once.
+const inFlight = 8
 
 // flowControl pauses and resumes QEMU's job so the staging of a full
 // backup stays bounded, whatever the disk's size. It never pauses the job
 // while a reader waits for a chunk, so it cannot deadlock.
 func (d *disk) flowControl(ctx context.Context, c *qmp.Client) {
-	high := max(stagedHigh, 16*d.st.chunkSize)
+	high := max(stagedHigh, 8*d.st.chunkSize)
+	d.st.mu.Lock()
+	d.st.high = high
+	d.st.mu.Unlock()
 	paused := false
-	t := time.NewTicker(20 * time.Millisecond)
+	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
@@ -236,6 +245,7 @@ func (d *disk) flowControl(ctx context.Context, c *qmp.Client) {
 		case <-d.jobDone:
 			return
 		case <-t.C:
+		case <-d.st.nudge:
 		}
 		d.st.mu.Lock()
 		pending, waiting := d.st.pending, d.st.waiting
@@ -321,6 +331,11 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 		if d.incremental {
 			backup["sync"], backup["bitmap"], backup["bitmap-mode"] = "bitmap", d.m.Options.PrevBitmap, "never"
 		}
+		if !d.incremental {
+			// Few copies in flight (each up to 1 MiB), so a pause of the
+			// job takes effect within a few MiB (x-perf: QEMU 6.0 on).
+			backup["x-perf"] = map[string]any{"max-workers": inFlight}
+		}
 		if bps := d.m.Options.ReadBytesPerSec; bps > 0 {
 			// volumeReadBandwidth: QEMU's job is what reads the disk.
 			backup["speed"] = bps
@@ -340,6 +355,16 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 	}
 	thaw, consistency, note := freeze(ctx, src, c.Name)
 	err = c.Execute(ctx, "transaction", args, nil)
+	var qe *qmp.Error
+	if errors.As(err, &qe) && strings.Contains(qe.Desc, "x-perf") {
+		// A QEMU without x-perf: the same, without it.
+		for _, a := range actions {
+			if data, ok := a["data"].(map[string]any); ok {
+				delete(data, "x-perf")
+			}
+		}
+		err = c.Execute(ctx, "transaction", args, nil)
+	}
 	thaw() // the instant is taken (or not): the guest writes on
 	if err != nil {
 		return nil, err
@@ -585,6 +610,7 @@ func (d *disk) chunk(ctx context.Context, repo *chunkstore.Repository, stream bo
 	d.res.Manifest = m
 	d.st.mu.Lock()
 	d.res.BytesFromQEMU = d.st.written - d.st.zeroed
+	d.res.PeakStaged = d.st.peak
 	d.st.mu.Unlock()
 	return nil
 }

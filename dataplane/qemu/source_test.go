@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/ratelimit"
 	"github.com/volback/volback/dataplane"
 	"github.com/volback/volback/dataplane/qemu"
 	"github.com/volback/volback/dataplane/qmp"
@@ -566,4 +568,42 @@ func TestBackupReadBandwidth(t *testing.T) {
 		t.Errorf("16 MiB of data at 8 MiB/s took %s", took)
 	}
 	t.Logf("16 MiB of data, 32 MiB disk, at 8 MiB/s: %s, QEMU sent %d bytes", took.Round(time.Millisecond), res.BytesFromQEMU)
+}
+
+// TestStreamedStagingIsBounded: when the repository is slower than QEMU,
+// a full backup pauses QEMU's job instead of staging the whole disk: what
+// waits to be cut stays near the flow-control bound.
+func TestStreamedStagingIsBounded(t *testing.T) {
+	qmptest.Require(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.raw")
+	f, _ := os.Create(img)
+	r := rand.New(rand.NewPCG(5, 6))
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 192; i++ {
+		for j := range buf {
+			buf[j] = byte(r.Uint32())
+		}
+		f.Write(buf)
+	}
+	f.Close()
+	d := qmptest.Start(t, "--blockdev", "driver=file,filename="+img+",node-name=file0", "--blockdev", "driver=raw,file=file0,node-name=disk0")
+	st, _ := local.Open(filepath.Join(dir, "repo"))
+	repo, err := chunkstore.Init(context.Background(), ratelimit.New(st, 48<<20, 0), chunkstore.InitOptions{ChunkSize: 1 << 20, Compression: chunkstore.CompressionNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	res, err := qemu.Backup(context.Background(), repo, qemu.Source{QMP: d.QMP, Node: "disk0"}, qemu.BackupOptions{Chain: "c", StagingDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("192 MiB disk into a 48 MiB/s repository: at most %d MiB staged", res.PeakStaged>>20)
+	if res.PeakStaged > 64<<20 {
+		t.Fatalf("%d MiB staged at once: flow control did not hold QEMU back", res.PeakStaged>>20)
+	}
+	want, _ := os.ReadFile(img)
+	if !bytes.Equal(restoreBytes(t, repo, res.Manifest), want) {
+		t.Fatal("the backup differs from the disk")
+	}
 }

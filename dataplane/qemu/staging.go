@@ -79,9 +79,14 @@ type staging struct {
 	mem      map[int64][]byte
 	consumed map[int64]bool
 	pending  int64
-	waiting  int
-	ended    bool
-	late     error
+	peak     int64 // the most pending ever
+	// nudge wakes flow control at once when pending crosses high (the
+	// QEMU job runs at disk speed: a poll would let it run far ahead).
+	nudge   chan struct{}
+	high    int64
+	waiting int
+	ended   bool
+	late    error
 }
 
 func newStaging(dir string, size int64, chunkSize int) (*staging, error) {
@@ -95,7 +100,7 @@ func newStaging(dir string, size int64, chunkSize int) (*staging, error) {
 		f.Close()
 		return nil, fmt.Errorf("staging file: %w", err)
 	}
-	s := &staging{f: f, size: size, chunkSize: int64(chunkSize), chunks: map[int64]*extentSet{}, consumed: map[int64]bool{}}
+	s := &staging{f: f, size: size, chunkSize: int64(chunkSize), chunks: map[int64]*extentSet{}, consumed: map[int64]bool{}, nudge: make(chan struct{}, 1)}
 	s.cond = sync.NewCond(&s.mu)
 	return s, nil
 }
@@ -268,6 +273,13 @@ func (s *staging) record(off, end int64, zero bool) {
 		set.add(off, e, zero)
 		after := s.covered(i)
 		s.pending += after - before
+		s.peak = max(s.peak, s.pending)
+		if s.high > 0 && s.pending > s.high && s.waiting == 0 {
+			select {
+			case s.nudge <- struct{}{}:
+			default:
+			}
+		}
 		if after == s.chunkLen(i) {
 			s.cond.Broadcast()
 		}
