@@ -226,6 +226,37 @@ func TestBackupFromStorageDaemon(t *testing.T) {
 		t.Fatal("full backup after the bitmap was removed differs")
 	}
 	f.state(t).clean(t, again.Bitmap)
+
+	// A disabled bitmap did not record every write: full.
+	c, err = qmp.Dial(context.Background(), f.d.QMP, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Execute(context.Background(), "block-dirty-bitmap-disable", map[string]any{"node": "disk0", "name": again.Bitmap}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	f.write(t, "write -P 0x23 31M 64k")
+	dis := f.backup(t, again)
+	if dis.Manifest.Mode != chunkstore.ModeFull || !strings.Contains(dis.FullReason, "disabled") {
+		t.Fatalf("after the bitmap was disabled: mode %s, reason %q", dis.Manifest.Mode, dis.FullReason)
+	}
+
+	// A crash leaves the persistent bitmap inconsistent: full. (QEMU
+	// writes a new persistent bitmap into the image at a clean close, and
+	// marks it in use while open: restart once, then crash.)
+	f.d.Restart()
+	f.write(t, "write -P 0x25 33M 64k")
+	f.d.Crash()
+	f.write(t, "write -P 0x24 32M 64k")
+	want = f.disk(t)
+	crashed := f.backup(t, dis)
+	if crashed.Manifest.Mode != chunkstore.ModeFull || !strings.Contains(crashed.FullReason, "inconsistent") {
+		t.Fatalf("after a crash: mode %s, reason %q", crashed.Manifest.Mode, crashed.FullReason)
+	}
+	if !bytes.Equal(restoreBytes(t, f.repo, crashed.Manifest), want) {
+		t.Fatal("full backup after the crash differs")
+	}
 }
 
 // TestBackupCancelledOrFailed: a backup cancelled while QEMU's job runs,

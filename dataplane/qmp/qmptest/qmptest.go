@@ -4,12 +4,15 @@
 package qmptest
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/volback/volback/dataplane/qmp"
 )
 
 // Daemon is a running qemu-storage-daemon.
@@ -58,9 +61,20 @@ func (d *Daemon) start() {
 		d.t.Fatal(err)
 	}
 	logf.Close()
+	// Ready when QMP answers: the daemon has then processed every option
+	// (its block nodes, NBD server and exports exist).
 	for i := 0; ; i++ {
 		if _, err := os.Stat(d.QMP); err == nil {
-			return
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			c, err := qmp.Dial(ctx, d.QMP, "")
+			if err == nil {
+				err = c.Execute(ctx, "query-block-exports", nil, nil)
+				c.Close()
+			}
+			cancel()
+			if err == nil {
+				return
+			}
 		}
 		if i > 1000 {
 			d.Stop()
@@ -96,6 +110,14 @@ func (d *Daemon) Kill() {
 		d.cmd.Wait()
 	}
 	os.Remove(d.QMP)
+}
+
+// Crash kills the daemon, as a crash would, and starts it again with the
+// same arguments.
+func (d *Daemon) Crash() {
+	d.t.Helper()
+	d.Kill()
+	d.start()
 }
 
 // Restart stops the daemon and starts it again with the same arguments.
