@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -384,16 +385,34 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 	// drained as it goes (flow control pauses QEMU's job when it runs too
 	// far ahead); an incremental one, whose clusters may come in any
 	// order until the job ends, after.
+	// A stream that fails cancels the jobs (nothing would drain their
+	// staging: flow control would hold them paused for ever), and its
+	// error is the backup's.
+	jctx, stopJobs := context.WithCancel(ctx)
+	defer stopJobs()
 	var streams errgroup.Group
+	var streamErr error
+	var streamMu sync.Mutex
 	sctx, stopStreams := context.WithCancel(ctx)
 	defer stopStreams()
 	for _, d := range disks {
 		if !d.incremental {
-			streams.Go(func() error { return d.chunk(sctx, repo, true) })
+			streams.Go(func() error {
+				err := d.chunk(sctx, repo, true)
+				if err != nil {
+					streamMu.Lock()
+					if streamErr == nil {
+						streamErr = err
+					}
+					streamMu.Unlock()
+					stopJobs()
+				}
+				return err
+			})
 			go d.flowControl(sctx, c)
 		}
 	}
-	werr := waitJobs(ctx, c, jobs, total, events, members[0].Options.Progress, cctx, func(job string, err error) {
+	werr := waitJobs(jctx, c, jobs, total, events, members[0].Options.Progress, cctx, func(job string, err error) {
 		if d := byJob[job]; d != nil {
 			d.jobErr = err
 			close(d.jobDone)
@@ -412,6 +431,11 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 	if werr != nil {
 		stopStreams()
 		_ = streams.Wait()
+		streamMu.Lock()
+		defer streamMu.Unlock()
+		if streamErr != nil && ctx.Err() == nil {
+			return nil, streamErr
+		}
 		return nil, werr
 	}
 	if err := streams.Wait(); err != nil {
@@ -426,14 +450,18 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 		}
 		rs = append(rs, d.res)
 	}
-	// Durable: the new bitmaps take over, the previous ones go.
+	// Durable: the new bitmaps take over; every other bitmap of the chain
+	// goes (the previous one, and leftovers of runs that died). Never
+	// before: a backup that fails leaves the chain's bitmap as it was.
 	keepNew = true
 	x, cancel := cctx()
 	defer cancel()
 	for _, d := range disks {
 		d.res.Bitmap = d.newBitmap
-		if p := d.m.Options.PrevBitmap; p != "" {
-			_ = c.Execute(x, "block-dirty-bitmap-remove", map[string]any{"node": d.node.NodeName, "name": p}, nil)
+		for _, b := range d.node.DirtyBitmaps {
+			if strings.HasPrefix(b.Name, BitmapPrefix+d.m.Options.Chain+"-") && b.Name != d.newBitmap {
+				_ = c.Execute(x, "block-dirty-bitmap-remove", map[string]any{"node": d.node.NodeName, "name": b.Name}, nil)
+			}
 		}
 	}
 	return rs, nil
@@ -500,13 +528,6 @@ func prepareDisk(ctx context.Context, c *qmp.Client, repo *chunkstore.Repository
 	}
 	if d.size = d.node.Image.VirtualSize; d.size <= 0 {
 		return nil, cleanup, fmt.Errorf("%s: node %s reports no size", c.Name, d.node.NodeName)
-	}
-	// Leftovers of this chain (an earlier run that died) go first: they
-	// would only waste QEMU's memory.
-	for _, b := range d.node.DirtyBitmaps {
-		if strings.HasPrefix(b.Name, BitmapPrefix+opts.Chain+"-") && b.Name != opts.PrevBitmap && !b.Busy {
-			_ = c.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": d.node.NodeName, "name": b.Name}, nil)
-		}
 	}
 	// Marked in the repository before anything of it is trusted: no
 	// collection deletes the parent's chunks or ours meanwhile.

@@ -10,11 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/faulty"
 	"github.com/volback/volback/chunkstore/local"
 	"github.com/volback/volback/chunkstore/ratelimit"
 	"github.com/volback/volback/dataplane"
@@ -163,8 +165,9 @@ func (s qemuState) clean(t *testing.T, bitmaps ...string) {
 	if s.Jobs != 0 {
 		t.Errorf("%d jobs left in QEMU", s.Jobs)
 	}
-	if strings.Join(s.Bitmaps, ",") != strings.Join(bitmaps, ",") {
-		t.Errorf("bitmaps %v, want %v", s.Bitmaps, bitmaps)
+	got, want := slices.Sorted(slices.Values(s.Bitmaps)), slices.Sorted(slices.Values(bitmaps))
+	if !slices.Equal(got, want) {
+		t.Errorf("bitmaps %v, want %v", got, want)
 	}
 }
 
@@ -286,25 +289,35 @@ func TestBackupCancelledOrFailed(t *testing.T) {
 	}
 	f.state(t).clean(t, full.Bitmap)
 
-	// A repository that refuses writes: QEMU's job succeeds, the backup
-	// does not.
-	ro := filepath.Join(f.dir, "ro-repo")
-	st, _ := local.Open(ro)
-	roRepo, err := chunkstore.Init(context.Background(), st, chunkstore.InitOptions{ChunkSize: 1 << 20})
+	// A repository whose writes start failing midway: QEMU's job
+	// succeeds, the backup does not; a full one (streamed) and an
+	// incremental one (cut after the job) alike. (A chain of its own, so
+	// its parents are in that repository.)
+	st, _ := local.Open(filepath.Join(f.dir, "bad-repo"))
+	bad := faulty.New(st)
+	badRepo, err := chunkstore.Init(context.Background(), bad, chunkstore.InitOptions{ChunkSize: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer roRepo.Close()
-	os.Chmod(filepath.Join(ro, "chunks"), 0o500)
-	os.MkdirAll(filepath.Join(ro, "chunks"), 0o500)
-	if os.Geteuid() != 0 {
-		opts.Progress = nil
-		opts.Parent, opts.PrevBitmap = nil, ""
-		if _, err := qemu.Backup(context.Background(), roRepo, f.src, opts); err == nil {
-			t.Error("a backup into a read-only repository succeeded")
-		}
-		f.state(t).clean(t, full.Bitmap)
+	defer badRepo.Close()
+	o := qemu.BackupOptions{Chain: "cbad", StagingDir: f.dir}
+	bad.FailPutAfter = 3
+	if _, err := qemu.Backup(context.Background(), badRepo, f.src, o); !errors.Is(err, faulty.ErrInjected) {
+		t.Fatalf("full backup into a failing repository: %v", err)
 	}
+	f.state(t).clean(t, full.Bitmap)
+	bad.FailPutAfter = 0
+	base, err := qemu.Backup(context.Background(), badRepo, f.src, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.write(t, "write -P 0x62 40M 1M", "write -P 0x63 42M 1M", "write -P 0x64 44M 1M", "write -P 0x65 46M 1M", "write -P 0x66 48M 1M", "write -P 0x67 50M 1M")
+	o.Parent, o.PrevBitmap = base.Manifest, base.Bitmap
+	bad.FailPutAfter = bad.Puts() + 3
+	if _, err := qemu.Backup(context.Background(), badRepo, f.src, o); !errors.Is(err, faulty.ErrInjected) {
+		t.Fatalf("incremental backup into a failing repository: %v", err)
+	}
+	f.state(t).clean(t, full.Bitmap, base.Bitmap)
 
 	want := f.disk(t)
 	next := f.backup(t, full)
