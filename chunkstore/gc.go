@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -254,6 +255,12 @@ type GCOptions struct {
 	// must be before it is removed (stores that are StaleRemovers);
 	// 0 means DefaultTempGrace. It must exceed the longest write.
 	TempGrace time.Duration
+	// TempDir holds the mark's sorted runs when the keys in use outgrow
+	// MarkKeys ("" = the system's temporary directory).
+	TempDir string
+	// MarkKeys bounds the keys the mark holds in memory (16 bytes each)
+	// before it writes a run; 0 means 1Mi keys, 16 MiB.
+	MarkKeys int
 }
 
 // DefaultTempGrace is GCOptions.TempGrace's default.
@@ -380,12 +387,13 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	}
 	rep.StaleMarkers = len(stale)
 
-	// Mark.
+	// Mark: every key a manifest names, in bounded memory (keySet).
 	ids, err := r.ListBackups(ctx)
 	if err != nil {
 		return nil, err
 	}
-	inUse := make(map[Key]struct{})
+	set := newKeySet(opts.TempDir, opts.MarkKeys)
+	defer set.close()
 	// Manifests one at a time (a repository's manifests may not fit in
 	// memory together); every unreadable one is named.
 	var bad []BadManifest
@@ -403,7 +411,9 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		rep.Manifests++
 		for _, k := range m.Chunks {
 			if !k.IsZero() {
-				inUse[k] = struct{}{}
+				if err := set.add(k); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
@@ -412,40 +422,64 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		rep.BadManifests = bad
 		return rep, fmt.Errorf("%s: gc mark: nothing deleted: %w", r.store.Location(), BadManifestsError(bad))
 	}
-
-	// Sweep.
-	var garbage []Key
-	var sizes []int64
-	seen := make(map[Key]struct{}, len(inUse))
-	err = r.ListChunks(ctx, func(k Key, size int64) error {
-		rep.ChunksTotal++
-		if _, ok := inUse[k]; ok {
-			seen[k] = struct{}{}
-			rep.ChunksInUse++
-		} else {
-			garbage = append(garbage, k)
-			sizes = append(sizes, size)
-		}
-		if opts.Progress != nil && rep.ChunksTotal%1024 == 0 {
-			opts.Progress(rep.ChunksTotal)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("gc sweep: %w", err)
+	if err := set.finish(); err != nil {
+		return nil, err
 	}
-	rep.MissingChunks = len(inUse) - len(seen)
-	for i, k := range garbage {
-		if err := l.Err(); err != nil {
-			return rep, fmt.Errorf("gc stopped: its marker cannot be refreshed: %w", err)
+
+	// Sweep, shard by shard (chunks/<kk>/): the keys in use of one shard
+	// in memory, its listing, then its garbage deleted.
+	var inUse []Key
+	var seen []bool
+	for b := 0; b < 256; b++ {
+		if inUse, err = set.shard(byte(b), inUse); err != nil {
+			return nil, err
 		}
-		if !opts.DryRun {
-			if err := r.DeleteChunk(ctx, k); err != nil && !errors.Is(err, ErrNotFound) {
-				return rep, fmt.Errorf("gc sweep: %w", err)
+		seen = slices.Grow(seen[:0], len(inUse))[:len(inUse)]
+		clear(seen)
+		var garbage []Key
+		var sizes []int64
+		prefix := fmt.Sprintf("%s%02x/", chunkPrefix, b)
+		err = r.store.List(ctx, prefix, func(info Info) error {
+			k, err := ParseKey(info.Name[strings.LastIndexByte(info.Name, '/')+1:])
+			if err != nil || int(k[0]) != b {
+				return nil // not a chunk of this shard; leave foreign objects alone
+			}
+			rep.ChunksTotal++
+			if i, ok := binarySearchKey(inUse, k); ok {
+				seen[i] = true
+				rep.ChunksInUse++
+			} else {
+				garbage = append(garbage, k)
+				sizes = append(sizes, info.Size)
+			}
+			if opts.Progress != nil && rep.ChunksTotal%1024 == 0 {
+				opts.Progress(rep.ChunksTotal)
+			}
+			return nil
+		})
+		if errors.Is(err, ErrNotFound) {
+			err = nil // a shard no chunk was ever written to
+		}
+		if err != nil {
+			return nil, fmt.Errorf("gc sweep: %w", err)
+		}
+		for _, ok := range seen {
+			if !ok {
+				rep.MissingChunks++
 			}
 		}
-		rep.ChunksDeleted++
-		rep.BytesDeleted += sizes[i]
+		for i, k := range garbage {
+			if err := l.Err(); err != nil {
+				return rep, fmt.Errorf("gc stopped: its marker cannot be refreshed: %w", err)
+			}
+			if !opts.DryRun {
+				if err := r.DeleteChunk(ctx, k); err != nil && !errors.Is(err, ErrNotFound) {
+					return rep, fmt.Errorf("gc sweep: %w", err)
+				}
+			}
+			rep.ChunksDeleted++
+			rep.BytesDeleted += sizes[i]
+		}
 	}
 	if opts.Progress != nil {
 		opts.Progress(rep.ChunksTotal)
@@ -461,7 +495,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			return rep, fmt.Errorf("gc: %w", err)
 		}
 	}
-	if !opts.DryRun && len(garbage) > 0 {
+	if !opts.DryRun && rep.ChunksDeleted > 0 {
 		if err := r.Sync(ctx); err != nil {
 			return rep, err
 		}

@@ -76,7 +76,11 @@ func (a *API) collect(ctx context.Context, spec target.Spec, prog *dataplane.Pro
 		return nil, err
 	}
 	defer repo.Close()
-	return repo.GC(ctx, chunkstore.GCOptions{Progress: func(n int) {
+	var tmp string // the mark's runs, if any, stay private with the daemon's state
+	if a.Host != nil {
+		tmp = a.Host.StateDir
+	}
+	return repo.GC(ctx, chunkstore.GCOptions{TempDir: tmp, Progress: func(n int) {
 		if prog != nil {
 			prog.SetTotal(int64(n))
 			prog.Add(int64(n) - prog.Done())
