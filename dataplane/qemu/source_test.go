@@ -651,3 +651,31 @@ func TestStreamedStagingIsBounded(t *testing.T) {
 		t.Fatal("the backup differs from the disk")
 	}
 }
+
+// TestTwoChainsAtOnce: two backups of one disk to two chains (two
+// storages) run at the same time, each with its own bitmap and job.
+func TestTwoChainsAtOnce(t *testing.T) {
+	f := newFixture(t, "64M")
+	f.write(t, "write -P 0x5a 0 30M")
+	want := f.disk(t)
+	errs := make(chan error, 2)
+	res := make([]*qemu.Result, 2)
+	for i, chain := range []string{"s1", "s2"} {
+		go func(i int, chain string) {
+			var err error
+			res[i], err = qemu.Backup(context.Background(), f.repo, f.src, qemu.BackupOptions{Chain: chain, StagingDir: f.dir})
+			errs <- err
+		}(i, chain)
+	}
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range res {
+		if !bytes.Equal(restoreBytes(t, f.repo, r.Manifest), want) {
+			t.Fatal("a backup of one of the two chains differs")
+		}
+	}
+	f.state(t).clean(t, res[0].Bitmap, res[1].Bitmap)
+}
