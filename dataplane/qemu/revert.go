@@ -87,7 +87,7 @@ func Revert(ctx context.Context, repo *chunkstore.Repository, src Source, m *chu
 	defer func() {
 		x, cancel := cctx()
 		defer cancel()
-		if derr := c.Execute(x, "block-export-del", map[string]any{"id": export}, nil); derr != nil && err == nil {
+		if derr := removeExport(x, c, export); derr != nil && err == nil {
 			err = derr
 		}
 	}()
@@ -184,4 +184,20 @@ func Revert(ctx context.Context, repo *chunkstore.Repository, src Source, m *chu
 		}
 	}
 	return st, nil
+}
+
+// removeExport deletes a block export of ours. QEMU sees our NBD client's
+// disconnect a moment after we close it, and refuses a safe delete while
+// it is "still in use": it is tried again for a while, then forced (the
+// only client was ours, and it is gone).
+func removeExport(ctx context.Context, c *qmp.Client, id string) error {
+	for i := 0; i < 40; i++ {
+		err := c.Execute(ctx, "block-export-del", map[string]any{"id": id}, nil)
+		var qe *qmp.Error
+		if err == nil || !errors.As(err, &qe) || !strings.Contains(qe.Desc, "in use") {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return c.Execute(ctx, "block-export-del", map[string]any{"id": id, "mode": "hard"}, nil)
 }

@@ -525,8 +525,7 @@ func TestRevert(t *testing.T) {
 	ex("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
 	ex("block-export-add", map[string]any{"type": "nbd", "id": "w", "node-name": "disk0", "name": "w", "writable": true})
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 512k 64k", "-c", "write -P 0x66 9M 1M", "nbd+unix:///w?socket="+sock)
-	ex("block-export-del", map[string]any{"id": "w"})
-	time.Sleep(100 * time.Millisecond)
+	ex("block-export-del", map[string]any{"id": "w", "mode": "hard"}) // qemu-io is gone; QEMU may not know it yet
 	ex("nbd-server-stop", nil)
 
 	rst, err := qemu.Revert(context.Background(), repo, src, res.Manifest, qemu.RevertOptions{SocketDir: dir})
