@@ -82,16 +82,13 @@ func (a *API) qemuParent(ctx context.Context, req *backupRequest, vrec *inventor
 	if req.mode == chunkstore.ModeFull {
 		return nil, "full backup requested"
 	}
-	all, err := a.DB.BackupsWithStatus(ctx, inventory.StatusReady)
+	all, err := a.DB.VolumeBackupsWithStatus(ctx, vrec.UUID, inventory.StatusReady)
 	if err != nil {
 		return nil, fmt.Sprintf("cannot read the inventory: %v", err)
 	}
 	tgt := refTarget(req.spec, req.bs)
 	var last *inventory.VolumeBackup
 	for _, b := range all {
-		if b.VolumeUUID != vrec.UUID {
-			continue
-		}
 		if !slices.ContainsFunc(b.Refs, func(r inventory.BackupStorageRef) bool {
 			return r.BackupStorageUUID == req.bs.UUID && r.Target == tgt
 		}) {

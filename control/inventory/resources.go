@@ -262,6 +262,12 @@ func (d *DB) BackupsWithStatus(ctx context.Context, statuses ...Status) ([]*Volu
 	return d.loadBackups(ctx, ` WHERE status IN (`+placeholders(len(statuses))+`)`, args...)
 }
 
+// VolumeBackupsWithStatus lists one volume's backups in a status, with
+// their refs, oldest first.
+func (d *DB) VolumeBackupsWithStatus(ctx context.Context, volumeUUID string, status Status) ([]*VolumeBackup, error) {
+	return d.loadBackups(ctx, ` WHERE volume_uuid = ? AND status = ?`, volumeUUID, status)
+}
+
 // CreatingBackups lists the backups left in Creating, with their refs:
 // at start, those a previous run did not settle.
 func (d *DB) CreatingBackups(ctx context.Context) ([]*VolumeBackup, error) {

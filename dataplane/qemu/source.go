@@ -290,14 +290,17 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 		return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	}
 	var disks []*disk
-	keepNew := false
+	// added: the transaction made the new bitmaps; keepNew: the backups
+	// are durable and they take over. Otherwise they go.
+	added, keepNew := false, false
 	defer func() {
+		if !added || keepNew {
+			return
+		}
 		x, cancel := cctx()
 		defer cancel()
 		for _, d := range disks {
-			if d.newBitmap != "" && !keepNew {
-				_ = c.Execute(x, "block-dirty-bitmap-remove", map[string]any{"node": d.node.NodeName, "name": d.newBitmap}, nil)
-			}
+			_ = c.Execute(x, "block-dirty-bitmap-remove", map[string]any{"node": d.node.NodeName, "name": d.newBitmap}, nil)
 		}
 	}()
 	seen := map[string]bool{}
@@ -350,10 +353,6 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 	// refuses it beside block-dirty-bitmap-add; waitJobs cancels the
 	// other jobs when one fails instead.)
 	args := map[string]any{"actions": actions}
-	newBitmaps := make([]string, len(disks))
-	for i, d := range disks {
-		newBitmaps[i], d.newBitmap = d.newBitmap, ""
-	}
 	thaw, consistency, note := freeze(ctx, src, c.Name)
 	err = c.Execute(ctx, "transaction", args, nil)
 	var qe *qmp.Error
@@ -370,8 +369,8 @@ func BackupGroup(ctx context.Context, repo *chunkstore.Repository, members []Mem
 	if err != nil {
 		return nil, err
 	}
-	for i, d := range disks {
-		d.newBitmap = newBitmaps[i] // it exists now: removed on failure
+	added = true
+	for _, d := range disks {
 		d.res.Consistency, d.res.ConsistencyNote = consistency, note
 	}
 	var total int64

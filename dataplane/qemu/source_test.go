@@ -21,7 +21,6 @@ import (
 	"github.com/volback/volback/chunkstore/ratelimit"
 	"github.com/volback/volback/dataplane"
 	"github.com/volback/volback/dataplane/qemu"
-	"github.com/volback/volback/dataplane/qmp"
 	"github.com/volback/volback/dataplane/qmp/qmptest"
 )
 
@@ -125,19 +124,13 @@ type qemuState struct {
 
 func (f *fixture) state(t *testing.T) qemuState {
 	t.Helper()
-	ctx := context.Background()
-	c, err := qmp.Dial(ctx, f.d.QMP, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	var nodes []struct {
 		NodeName     string `json:"node-name"`
 		DirtyBitmaps []struct {
 			Name string `json:"name"`
 		} `json:"dirty-bitmaps"`
 	}
-	if err := c.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+	if err := f.d.Execute("query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		t.Fatal(err)
 	}
 	var s qemuState
@@ -150,7 +143,7 @@ func (f *fixture) state(t *testing.T) qemuState {
 		}
 	}
 	var jobs []any
-	c.Execute(ctx, "query-block-jobs", nil, &jobs)
+	f.d.Execute("query-block-jobs", nil, &jobs)
 	s.Jobs = len(jobs)
 	return s
 }
@@ -211,14 +204,9 @@ func TestBackupFromStorageDaemon(t *testing.T) {
 	}
 
 	// The bitmap removed behind volback's back: full, saying why.
-	c, err := qmp.Dial(context.Background(), f.d.QMP, "")
-	if err != nil {
+	if err := f.d.Execute("block-dirty-bitmap-remove", map[string]any{"node": "disk0", "name": after.Bitmap}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Execute(context.Background(), "block-dirty-bitmap-remove", map[string]any{"node": "disk0", "name": after.Bitmap}, nil); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
 	f.write(t, "write -P 0x22 30M 64k")
 	want = f.disk(t)
 	again := f.backup(t, after)
@@ -231,14 +219,9 @@ func TestBackupFromStorageDaemon(t *testing.T) {
 	f.state(t).clean(t, again.Bitmap)
 
 	// A disabled bitmap did not record every write: full.
-	c, err = qmp.Dial(context.Background(), f.d.QMP, "")
-	if err != nil {
+	if err := f.d.Execute("block-dirty-bitmap-disable", map[string]any{"node": "disk0", "name": again.Bitmap}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Execute(context.Background(), "block-dirty-bitmap-disable", map[string]any{"node": "disk0", "name": again.Bitmap}, nil); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
 	f.write(t, "write -P 0x23 31M 64k")
 	dis := f.backup(t, again)
 	if dis.Manifest.Mode != chunkstore.ModeFull || !strings.Contains(dis.FullReason, "disabled") {
@@ -513,12 +496,7 @@ func TestRevert(t *testing.T) {
 	sock := filepath.Join(dir, "w.sock")
 	ex := func(cmd string, args map[string]any) {
 		t.Helper()
-		c, err := qmp.Dial(context.Background(), d.QMP, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := c.Execute(context.Background(), cmd, args, nil); err != nil {
+		if err := d.Execute(cmd, args, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -544,13 +522,8 @@ func TestRevert(t *testing.T) {
 	if again.Manifest.Mode != chunkstore.ModeFull || !bytes.Equal(restoreBytes(t, repo, again.Manifest), want) {
 		t.Fatalf("after the revert: mode %s (%s), or the disk does not hold the backup", again.Manifest.Mode, again.FullReason)
 	}
-	c, err := qmp.Dial(context.Background(), d.QMP, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var exports []any
-	c.Execute(context.Background(), "query-block-exports", nil, &exports)
-	c.Close()
+	d.Execute("query-block-exports", nil, &exports)
 	if len(exports) != 0 {
 		t.Errorf("exports left: %v", exports)
 	}

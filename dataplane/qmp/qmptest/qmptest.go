@@ -64,17 +64,8 @@ func (d *Daemon) start() {
 	// Ready when QMP answers: the daemon has then processed every option
 	// (its block nodes, NBD server and exports exist).
 	for i := 0; ; i++ {
-		if _, err := os.Stat(d.QMP); err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			c, err := qmp.Dial(ctx, d.QMP, "")
-			if err == nil {
-				err = c.Execute(ctx, "query-block-exports", nil, nil)
-				c.Close()
-			}
-			cancel()
-			if err == nil {
-				return
-			}
+		if _, err := os.Stat(d.QMP); err == nil && d.Execute("query-block-exports", nil, nil) == nil {
+			return
 		}
 		if i > 1000 {
 			d.Stop()
@@ -125,6 +116,20 @@ func (d *Daemon) Restart() {
 	d.t.Helper()
 	d.Stop()
 	d.start()
+}
+
+// Execute runs one QMP command on a connection of its own (a QMP socket
+// serves one client at a time: none may be held across a test's other
+// steps).
+func (d *Daemon) Execute(cmd string, args, result any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := qmp.Dial(ctx, d.QMP, "")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Execute(ctx, cmd, args, result)
 }
 
 // Log is what the daemon printed.
