@@ -2,18 +2,18 @@ package storetest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/volback/volback/bench/peer"
 )
 
 // need finds a server binary. Under CI=true a missing one fails the test
@@ -183,76 +183,74 @@ type S3Server struct {
 	Endpoint             string
 	AccessKey, SecretKey string
 	Dir                  string
-	addr                 string
-	bin                  string
-	cmd                  *exec.Cmd
-	exited               chan struct{}
+	v                    *peer.Versity
 }
 
 // StartS3 starts a versitygw for the test; it is stopped at cleanup.
 func StartS3(t testing.TB) *S3Server {
 	t.Helper()
-	gopath := os.Getenv("GOPATH")
-	if gopath == "" {
-		home, _ := os.UserHomeDir()
-		gopath = filepath.Join(home, "go")
+	v, err := peer.StartVersity(context.Background(), t.TempDir(), t.TempDir())
+	if err != nil {
+		missing(t, err)
+		t.Fatal(err)
 	}
-	bin := need(t, "versitygw", filepath.Join(gopath, "bin", "versitygw"))
-	port := FreePort(t)
-	s := &S3Server{AccessKey: "volbacktest", SecretKey: "volbacktestsecret", Dir: t.TempDir(), bin: bin,
-		addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	s.Endpoint = "http://" + s.addr
-	s.Start(t)
-	t.Cleanup(s.Stop)
-	return s
+	t.Cleanup(v.Stop)
+	return &S3Server{Endpoint: v.Endpoint, AccessKey: v.AccessKey, SecretKey: v.SecretKey, Dir: v.Dir, v: v}
+}
+
+// missing skips the test (or fails it under CI=true) if err says a
+// server's binary is not installed.
+func missing(t testing.TB, err error) {
+	t.Helper()
+	if !errors.Is(err, peer.ErrNotInstalled) {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal(err)
+	}
+	t.Skip(err)
 }
 
 // Start (re)starts the gateway on the same address and directory.
 func (s *S3Server) Start(t testing.TB) {
 	t.Helper()
-	s.cmd = exec.Command(s.bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--port", s.addr, "posix", s.Dir)
-	var out strings.Builder
-	s.cmd.Stdout, s.cmd.Stderr = &out, &out
-	if err := s.cmd.Start(); err != nil {
+	if err := s.v.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	s.exited = make(chan struct{})
-	go func(c *exec.Cmd, ch chan struct{}) { _ = c.Wait(); close(ch) }(s.cmd, s.exited)
-	waitListening(t, s.addr, 30*time.Second, func() bool {
-		select {
-		case <-s.exited:
-			return true
-		default:
-			return false
-		}
-	})
 }
 
 // Stop kills the gateway.
-func (s *S3Server) Stop() {
-	if s.cmd == nil || s.cmd.Process == nil {
-		return
+func (s *S3Server) Stop() { s.v.Stop() }
+
+// StartSeaweedFS starts a SeaweedFS cluster for the test (one master,
+// three volume servers with every volume on two of them, a filer, the S3
+// gateway); it is stopped at cleanup.
+func StartSeaweedFS(t testing.TB) *peer.SeaweedFS {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := peer.StartSeaweedFS(ctx, peer.SeaweedFSOptions{Dir: t.TempDir()})
+	if err != nil {
+		missing(t, err)
+		t.Fatal(err)
 	}
-	_ = s.cmd.Process.Kill()
-	<-s.exited
-	s.cmd = nil
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(c.Logs())
+		}
+		c.Close()
+	})
+	return c
 }
 
 // Client returns an S3 client for the gateway, for test setup.
-func (s *S3Server) Client() *s3.Client {
-	return s3.New(s3.Options{
-		Region: "us-east-1", BaseEndpoint: aws.String(s.Endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
-	})
-}
+func (s *S3Server) Client() *s3.Client { return s.v.Client() }
 
 // NewBucket creates a bucket.
 func (s *S3Server) NewBucket(t testing.TB, name string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
-		t.Fatalf("create bucket %s: %v", name, err)
+	if err := s.v.NewBucket(context.Background(), name); err != nil {
+		t.Fatal(err)
 	}
 }
 
