@@ -495,6 +495,14 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			return rep, fmt.Errorf("gc: %w", err)
 		}
 	}
+	if !opts.DryRun {
+		// Claims of exclusive creates whose writers died (ClaimCreate).
+		n, err := RemoveStaleClaims(ctx, r.store)
+		rep.TempsRemoved += n
+		if err != nil {
+			return rep, fmt.Errorf("gc: stale claims: %w", err)
+		}
+	}
 	if !opts.DryRun && rep.ChunksDeleted > 0 {
 		if err := r.Sync(ctx); err != nil {
 			return rep, err

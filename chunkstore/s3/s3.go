@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 
 	"github.com/volback/volback/chunkstore"
 )
@@ -67,6 +68,16 @@ type Options struct {
 	// request fails, so a server that accepts connections and then stalls
 	// fails the backup instead of hanging it (default 60 s).
 	Timeout time.Duration
+	// ConditionalOnly makes exclusive creates (repository config,
+	// manifests, key slots) trust the server's If-None-Match alone. By
+	// default each takes a claim first (chunkstore.ClaimCreate), which
+	// stays exclusive on engines that answer every racing conditional put
+	// with success, for one PUT, one LIST, one HEAD and one DELETE more
+	// per create. For engines verified to enforce it under concurrency.
+	ConditionalOnly bool
+	// APIOptions are added to the S3 client's middleware (tests: a server
+	// that ignores a header is emulated by removing it).
+	APIOptions []func(*middleware.Stack) error
 	// HTTPClient replaces the default client (tests); LocalAddr and
 	// Timeout are then the caller's business.
 	HTTPClient aws.HTTPClient
@@ -182,6 +193,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		if o.HTTPClient != nil {
 			so.HTTPClient = o.HTTPClient
 		}
+		so.APIOptions = append(so.APIOptions, o.APIOptions...)
 	})
 	if _, err := s.c.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(o.Bucket)}); err != nil {
 		return nil, s.wrap("open bucket", err)
@@ -267,22 +279,41 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 }
 
 // PutIfAbsent stores data only if name does not exist, else returns
-// chunkstore.ErrExists: a conditional create (If-None-Match: *). A server
-// that does not implement it gets a check and a plain put, which leaves
-// a window for a racing writer; such servers are named in the log by the
-// caller's error if two configs ever differ.
+// chunkstore.ErrExists: a conditional create (If-None-Match: *), inside a
+// claim (chunkstore.ClaimCreate) unless Options.ConditionalOnly is set and
+// the server has conditional puts.
 func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
 	if err := chunkstore.ValidName(name); err != nil {
 		return err
 	}
+	if s.o.ConditionalOnly {
+		if err := s.create(ctx, name, data, false); !errors.Is(err, errNoCAS) {
+			return err
+		}
+	}
+	return chunkstore.ClaimCreate(ctx, s, name, func(ctx context.Context) error { return s.create(ctx, name, data, true) })
+}
+
+// errNoCAS: the server has no conditional put (remembered in noCAS).
+var errNoCAS = errors.New("conditional put not implemented")
+
+// create is one conditional put. On a server without them it returns
+// errNoCAS, unless the caller holds a claim on name (claimed), which makes
+// a plain put safe.
+func (s *Store) create(ctx context.Context, name string, data []byte, claimed bool) error {
 	in := &s3.PutObjectInput{
 		Bucket: aws.String(s.o.Bucket), Key: aws.String(s.key(name)),
 		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+	}
+	if s.o.StorageClass != "" {
+		in.StorageClass = types.StorageClass(s.o.StorageClass)
 	}
 	if !s.noCAS.Load() {
 		in.IfNoneMatch = aws.String("*")
 		_, err := s.c.PutObject(ctx, in)
 		switch st := status(err); {
+		case err == nil:
+			return nil
 		case st == http.StatusPreconditionFailed || st == http.StatusConflict || apiCode(err) == "ConditionalRequestConflict":
 			return fmt.Errorf("%s: %s: %w", s.loc, name, chunkstore.ErrExists)
 		case st == http.StatusNotImplemented || apiCode(err) == "NotImplemented":
@@ -291,10 +322,8 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 			return s.wrap("create "+name, err)
 		}
 	}
-	if _, err := s.Stat(ctx, name); err == nil {
-		return fmt.Errorf("%s: %s: %w", s.loc, name, chunkstore.ErrExists)
-	} else if !errors.Is(err, chunkstore.ErrNotFound) {
-		return err
+	if !claimed {
+		return errNoCAS
 	}
 	in.IfNoneMatch = nil
 	in.Body = bytes.NewReader(data)

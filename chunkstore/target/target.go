@@ -34,7 +34,8 @@ type Spec struct {
 	// or http(s)://ENDPOINT/BUCKET/PREFIX (s3).
 	URL string `json:"url"`
 	// Options: kernel mount options (nfs) or region=,endpoint=,
-	// path-style,storage-class=,profile=,timeout=,instance-metadata (s3);
+	// path-style,storage-class=,profile=,timeout=,instance-metadata,
+	// create=claim|conditional (s3);
 	// comma-separated.
 	Options string `json:"options,omitempty"`
 	// Key names the daemon's key file that opens the repository if it is
@@ -148,6 +149,8 @@ func (s Spec) s3Options() (s3store.Options, error) {
 			o.Profile = v
 		case (k == "instance-metadata" || k == "imds") && !hasVal:
 			o.InstanceMetadata = true
+		case k == "create" && (v == "claim" || v == "conditional"):
+			o.ConditionalOnly = v == "conditional"
 		case k == "timeout" && hasVal:
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {

@@ -43,6 +43,14 @@ func TestSpecsRoundTrip(t *testing.T) {
 			}
 		}
 	}
+	// Exclusive creates take claims unless the operator vouches for the
+	// engine's If-None-Match.
+	for opts, want := range map[string]bool{"": false, "create=claim": false, "create=conditional": true} {
+		o, err := (Spec{Kind: S3, URL: "s3://b/p", Options: opts}).s3Options()
+		if err != nil || o.ConditionalOnly != want {
+			t.Errorf("options %q: ConditionalOnly %v (%v), want %v", opts, o.ConditionalOnly, err, want)
+		}
+	}
 	sp, err := ParseURL("nfs://127.0.0.1:2049/e/p?mountport=20048&nolock")
 	if err != nil || sp.URL != "127.0.0.1:/e/p" || sp.Options != "port=2049,mountport=20048,nolock" {
 		t.Fatalf("nfs url with a port: %+v %v", sp, err)
@@ -56,6 +64,7 @@ func TestBadSpecs(t *testing.T) {
 	}{
 		{Spec{Kind: S3, URL: "s3://b/p", Options: "region=x,frob=1"}, "not supported: frob=1"},
 		{Spec{Kind: S3, URL: "s3://b/p", Options: "secret-key=abc"}, "credentials do not belong"},
+		{Spec{Kind: S3, URL: "s3://b/p", Options: "create=maybe"}, "not supported: create=maybe"},
 		{Spec{Kind: S3, URL: "http://key:secret@h/b"}, "credentials do not belong"},
 		{Spec{Kind: S3, URL: "ftp://h/b"}, "want s3://"},
 		{Spec{Kind: S3, URL: "s3:///p"}, "want s3://"},
