@@ -71,6 +71,13 @@ func TestEncryptedRepositoryRevealsNothing(t *testing.T) {
 	if err := r.SaveManifest(ctx, m); err != nil {
 		t.Fatal(err)
 	}
+	// The backup index holds the manifest's fields too.
+	if rep, err := r.GC(ctx, chunkstore.GCOptions{}); err != nil || !rep.IndexWritten {
+		t.Fatalf("gc: %+v %v", rep, err)
+	}
+	if ms, _, st, err := r.Summaries(ctx, false); err != nil || st.FromIndex != 1 || ms[0].Meta["name"] != name {
+		t.Fatalf("listing from the sealed index: %+v %v", st, err)
+	}
 	r.Close()
 
 	// Names an attacker could compute from known content: unkeyed hashes,

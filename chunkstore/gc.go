@@ -285,7 +285,15 @@ type GCReport struct {
 	// be put back (the next collection of a full repository would fail).
 	ReserveUsed  bool   `json:"reserveUsed,omitempty"`
 	ReserveError string `json:"reserveError,omitempty"`
+	// IndexWritten says the collection wrote a backup index (listings
+	// then read it instead of every manifest).
+	IndexWritten bool `json:"indexWritten,omitempty"`
 }
+
+// maxIndexedByGC bounds the summaries a collection keeps for the index it
+// writes (about 0.5 KiB each): beyond, the mark phase stays within its
+// memory bound and listings write the index themselves.
+const maxIndexedByGC = 200_000
 
 // Add sums o into r: the report of collecting several repositories.
 func (r *GCReport) Add(o *GCReport) {
@@ -394,28 +402,40 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	}
 	set := newKeySet(opts.TempDir, opts.MarkKeys)
 	defer set.close()
-	// Manifests one at a time (a repository's manifests may not fit in
-	// memory together); every unreadable one is named.
+	// Manifests several at a time (each read is a round trip), their keys
+	// added under a lock; none is kept, as a repository's manifests may not
+	// fit in memory together, only its summary for the index. Every
+	// unreadable one is named.
 	var bad []BadManifest
-	for _, id := range ids {
-		m, err := r.LoadManifest(ctx, id)
+	var summaries []*Manifest
+	var mu sync.Mutex
+	err = r.eachManifest(ctx, ids, func(id string, m *Manifest, err error) error {
+		mu.Lock()
+		defer mu.Unlock()
 		switch {
 		case errors.Is(err, ErrNotFound):
-			continue // deleted since the listing: its chunks may go
+			return nil // deleted since the listing: its chunks may go
 		case errors.Is(err, ErrBadManifest):
 			bad = append(bad, BadManifest{ID: id, Error: err.Error()})
-			continue
+			return nil
 		case err != nil:
-			return nil, fmt.Errorf("gc mark: %w", err)
+			return fmt.Errorf("gc mark: %w", err)
 		}
 		rep.Manifests++
+		if len(ids) <= maxIndexedByGC {
+			summaries = append(summaries, summaryOf(m))
+		}
 		for _, k := range m.Chunks {
 			if !k.IsZero() {
 				if err := set.add(k); err != nil {
-					return nil, err
+					return err
 				}
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(bad) > 0 {
 		// Deleting with a manifest unread could delete its chunks.
@@ -424,6 +444,11 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	}
 	if err := set.finish(); err != nil {
 		return nil, err
+	}
+	if !opts.DryRun && len(ids) <= maxIndexedByGC {
+		// Every manifest was just read: listings can start from here. An
+		// index that cannot be written costs listings time, not data.
+		rep.IndexWritten = r.WriteIndex(ctx, summaries) == nil
 	}
 
 	// Sweep, shard by shard (chunks/<kk>/): the keys in use of one shard

@@ -465,25 +465,6 @@ func (r *Repository) LoadManifest(ctx context.Context, id string) (*Manifest, er
 	return m, nil
 }
 
-// LoadManifests loads the manifests of ids, as a listing does: one deleted
-// since the listing is left out, an unreadable one is named in bad and the
-// others still load; a store failure stops it.
-func (r *Repository) LoadManifests(ctx context.Context, ids []string) (ms []*Manifest, bad []BadManifest, err error) {
-	for _, id := range ids {
-		m, err := r.LoadManifest(ctx, id)
-		switch {
-		case errors.Is(err, ErrNotFound):
-		case errors.Is(err, ErrBadManifest):
-			bad = append(bad, BadManifest{ID: id, Error: err.Error()})
-		case err != nil:
-			return ms, bad, err
-		default:
-			ms = append(ms, m)
-		}
-	}
-	return ms, bad, nil
-}
-
 // BadManifestsError is the error of an operation that must read every
 // manifest and found some unreadable.
 func BadManifestsError(bad []BadManifest) error {

@@ -101,6 +101,38 @@ func (a *API) importBackups(ctx context.Context, bs *inventory.BackupStorage, sp
 	tgt := refTarget(spec, bs)
 	added = []any{}
 	bad = []chunkstore.BadManifest{}
+	// summary reads what an unknown backup's record needs: its manifest,
+	// or, once many are unknown (a fresh daemon taking over a repository),
+	// the backup index, which answers for thousands in a few requests.
+	var summaries map[string]*chunkstore.Manifest
+	var badSummaries map[string]string
+	unknown := 0
+	summary := func(bid string) (*chunkstore.Manifest, error) {
+		if unknown++; unknown <= chunkstore.IndexAfter {
+			return repo.LoadManifest(ctx, bid)
+		}
+		if summaries == nil {
+			ms, bad, _, err := repo.Summaries(ctx, true)
+			if err != nil {
+				return nil, err
+			}
+			summaries = make(map[string]*chunkstore.Manifest, len(ms))
+			for _, m := range ms {
+				summaries[m.ID] = m
+			}
+			badSummaries = map[string]string{}
+			for _, b := range bad {
+				badSummaries[b.ID] = b.Error
+			}
+		}
+		if m, ok := summaries[bid]; ok {
+			return m, nil
+		}
+		if e, ok := badSummaries[bid]; ok {
+			return nil, fmt.Errorf("%s: %w", e, chunkstore.ErrBadManifest)
+		}
+		return nil, fmt.Errorf("backup %s: %w", bid, chunkstore.ErrNotFound)
+	}
 	for _, bid := range ids {
 		prog.Add(1)
 		if known, err := a.DB.GetVolumeBackup(ctx, bid); err == nil {
@@ -117,7 +149,7 @@ func (a *API) importBackups(ctx context.Context, bs *inventory.BackupStorage, sp
 		} else if !isNotFound(err) {
 			return nil, nil, 0, nil, err
 		}
-		m, err := repo.LoadManifest(ctx, bid)
+		m, err := summary(bid)
 		if errors.Is(err, chunkstore.ErrNotFound) {
 			continue // deleted since the listing
 		}

@@ -26,11 +26,10 @@ func lsCommand() *cli.Command {
 				return err
 			}
 			defer r.Close()
-			ids, err := r.ListBackups(c.Context)
-			if err != nil {
-				return err
-			}
-			ms, bad, err := r.LoadManifests(c.Context, ids)
+			// Summaries: the backup index and the manifests it lacks; the
+			// index is rewritten (if the credentials allow) once many
+			// manifests were read beyond it.
+			ms, bad, _, err := r.Summaries(c.Context, true)
 			if err != nil {
 				return err
 			}
