@@ -88,7 +88,7 @@ func StartSeaweedFS(ctx context.Context, o SeaweedFSOptions) (_ *SeaweedFS, err 
 	masterAddr := fmt.Sprintf("127.0.0.1:%d.%d", mport, mgrpc)
 	c.master = &proc{name: "seaweedfs master", bin: bin, log: filepath.Join(o.Dir, "master.log"),
 		addr: fmt.Sprintf("127.0.0.1:%d", mport),
-		args: []string{"master", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-port=" + strconv.Itoa(mport),
+		args: []string{"-logdir=" + o.Dir, "master", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-port=" + strconv.Itoa(mport),
 			"-port.grpc=" + strconv.Itoa(mgrpc), "-mdir=" + mdir, "-peers=none",
 			"-defaultReplication=" + o.Replication, "-volumeSizeLimitMB=" + strconv.Itoa(o.VolumeSizeLimitMB)}}
 	if err := c.master.start(ctx, 60*time.Second); err != nil {
@@ -102,7 +102,7 @@ func StartSeaweedFS(ctx context.Context, o SeaweedFSOptions) (_ *SeaweedFS, err 
 		}
 		p := &proc{name: fmt.Sprintf("seaweedfs volume server %d", i), bin: bin,
 			log: filepath.Join(o.Dir, fmt.Sprintf("volume%d.log", i)), addr: fmt.Sprintf("127.0.0.1:%d", port),
-			args: []string{"volume", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-port=" + strconv.Itoa(port),
+			args: []string{"-logdir=" + o.Dir, "volume", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-port=" + strconv.Itoa(port),
 				"-port.grpc=" + strconv.Itoa(grpc), "-dir=" + dir, "-mserver=" + masterAddr, "-max=100",
 				"-dataCenter=dc1", "-rack=rack1", "-minFreeSpace=64MiB"}}
 		c.volumes = append(c.volumes, p)
@@ -120,7 +120,7 @@ func StartSeaweedFS(ctx context.Context, o SeaweedFSOptions) (_ *SeaweedFS, err 
 	}
 	c.filer = &proc{name: "seaweedfs filer", bin: bin, log: filepath.Join(o.Dir, "filer.log"),
 		addr: fmt.Sprintf("127.0.0.1:%d", fport),
-		args: []string{"filer", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-port=" + strconv.Itoa(fport),
+		args: []string{"-logdir=" + o.Dir, "filer", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-port=" + strconv.Itoa(fport),
 			"-port.grpc=" + strconv.Itoa(fgrpc), "-master=" + masterAddr, "-defaultStoreDir=" + fdir,
 			"-localSocket=" + filepath.Join(o.Dir, "filer.sock")}}
 	if err := c.filer.start(ctx, 60*time.Second); err != nil {
@@ -141,7 +141,7 @@ func StartSeaweedFS(ctx context.Context, o SeaweedFSOptions) (_ *SeaweedFS, err 
 	}
 	c.gateway = &proc{name: "seaweedfs s3 gateway", bin: bin, log: filepath.Join(o.Dir, "s3.log"),
 		addr: fmt.Sprintf("127.0.0.1:%d", sport),
-		args: []string{"s3", "-ip.bind=127.0.0.1", "-port=" + strconv.Itoa(sport), "-port.grpc=" + strconv.Itoa(sgrpc),
+		args: []string{"-logdir=" + o.Dir, "s3", "-ip.bind=127.0.0.1", "-port=" + strconv.Itoa(sport), "-port.grpc=" + strconv.Itoa(sgrpc),
 			"-port.iceberg=0", "-port.lance=0", "-filer=" + fmt.Sprintf("127.0.0.1:%d.%d", fport, fgrpc),
 			"-config=" + confPath, "-localSocket=" + filepath.Join(o.Dir, "s3.sock")}}
 	if err := c.gateway.start(ctx, 60*time.Second); err != nil {

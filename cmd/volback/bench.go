@@ -112,6 +112,21 @@ func benchCommand() *cli.Command {
 				}, os.Stderr)
 			}),
 		}, {
+			Name:  "s3",
+			Usage: "full backup and restore of one image to the local disk, a versitygw and a three-volume-server SeaweedFS cluster, side by side",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "dir", Value: "bench-out", Usage: "working directory"},
+				&cli.StringFlag{Name: "size", Value: "2GiB", Usage: "size of the generated image"},
+				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "rounds; the targets take turns in each"},
+				parallelismFlag,
+				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
+			},
+			Action: benchAction(func(c *cli.Context, size int64, _ string) (report, error) {
+				return bench.CompareS3(c.Context, bench.S3CompareConfig{
+					Dir: c.String("dir"), Size: size, Rounds: c.Int("rounds"), Parallelism: c.Int("parallelism"),
+				}, os.Stderr)
+			}),
+		}, {
 			Name:  "mount",
 			Usage: "sequential read of a backup through volback mount and restic mount, side by side",
 			Flags: []cli.Flag{

@@ -19,7 +19,7 @@ import (
 )
 
 type daemonProc struct {
-	t       *testing.T
+	t       testing.TB
 	cmd     *exec.Cmd
 	state   string
 	base    string // http://host:port/zstack/v1
@@ -27,7 +27,7 @@ type daemonProc struct {
 	logPath string
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -37,7 +37,7 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func startDaemon(t *testing.T, state string, extra ...string) *daemonProc {
+func startDaemon(t testing.TB, state string, extra ...string) *daemonProc {
 	t.Helper()
 	addr := freePort(t)
 	logPath := filepath.Join(t.TempDir(), "daemon.log")
