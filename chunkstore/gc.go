@@ -396,7 +396,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	rep.StaleMarkers = len(stale)
 
 	// Mark: every key a manifest names, in bounded memory (keySet).
-	ids, err := r.ListBackups(ctx)
+	ids, sizes, err := r.listManifests(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -409,7 +409,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	var bad []BadManifest
 	var summaries []*Manifest
 	var mu sync.Mutex
-	err = r.eachManifest(ctx, ids, func(id string, m *Manifest, err error) error {
+	err = r.eachManifest(ctx, ids, sizes, func(id string, m *Manifest, err error) error {
 		mu.Lock()
 		defer mu.Unlock()
 		switch {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // The backup index: what listing backups needs, without reading every
@@ -68,7 +70,7 @@ type SummaryStats struct {
 // write is reported in the stats, not as an error).
 func (r *Repository) Summaries(ctx context.Context, write bool) ([]*Manifest, []BadManifest, SummaryStats, error) {
 	var st SummaryStats
-	ids, err := r.ListBackups(ctx)
+	ids, sizes, err := r.listManifests(ctx)
 	if err != nil {
 		return nil, nil, st, err
 	}
@@ -87,7 +89,7 @@ func (r *Repository) Summaries(ctx context.Context, write bool) ([]*Manifest, []
 	st.FromIndex = len(out)
 	var mu sync.Mutex
 	var bad []BadManifest
-	err = r.eachManifest(ctx, missing, func(id string, m *Manifest, err error) error {
+	err = r.eachManifest(ctx, missing, sizes, func(id string, m *Manifest, err error) error {
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
@@ -122,11 +124,14 @@ func summaryOf(m *Manifest) *Manifest {
 	return &s
 }
 
-// eachManifest reads the manifests of ids, loadWorkers at a time, and
-// calls fn (from several goroutines) with each; fn's error stops it.
-func (r *Repository) eachManifest(ctx context.Context, ids []string, fn func(id string, m *Manifest, err error) error) error {
+// eachManifest reads the manifests of ids, up to loadWorkers at a time and
+// never more than manifestBudget bytes of them (as listed) at once, since
+// one manifest of a large volume decodes to tens of megabytes; it calls fn
+// (from several goroutines) with each; fn's error stops it.
+func (r *Repository) eachManifest(ctx context.Context, ids []string, sizes map[string]int64, fn func(id string, m *Manifest, err error) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	budget := semaphore.NewWeighted(manifestBudget)
 	next := make(chan string)
 	var wg sync.WaitGroup
 	for range min(loadWorkers, len(ids)) {
@@ -134,7 +139,13 @@ func (r *Repository) eachManifest(ctx context.Context, ids []string, fn func(id 
 		go func() {
 			defer wg.Done()
 			for id := range next {
+				// One manifest larger than the budget still goes, alone.
+				w := min(max(sizes[id], 1), manifestBudget)
+				if err := budget.Acquire(ctx, w); err != nil {
+					continue // cancelled: drain
+				}
 				m, err := r.LoadManifest(ctx, id)
+				budget.Release(w)
 				if ferr := fn(id, m, err); ferr != nil {
 					cancel(ferr)
 				}
@@ -156,6 +167,10 @@ func (r *Repository) eachManifest(ctx context.Context, ids []string, fn func(id 
 	}
 	return nil
 }
+
+// manifestBudget bounds the stored bytes of the manifests read at once
+// (they decode to about four times as much).
+const manifestBudget = 4 << 20
 
 // readIndex returns the summaries of the newest readable index object, by
 // backup id, and its name; none if there is none.

@@ -504,16 +504,24 @@ func (r *Repository) DeleteManifest(ctx context.Context, id string) error {
 
 // ListBackups returns the ids of all backups in the repository.
 func (r *Repository) ListBackups(ctx context.Context) ([]string, error) {
+	ids, _, err := r.listManifests(ctx)
+	return ids, err
+}
+
+// listManifests lists the backups' ids and their manifests' stored sizes.
+func (r *Repository) listManifests(ctx context.Context) ([]string, map[string]int64, error) {
 	var ids []string
+	sizes := map[string]int64{}
 	err := r.store.List(ctx, manifestPrefix, func(info Info) error {
 		id := strings.TrimPrefix(info.Name, manifestPrefix)
 		if ValidID(id) == nil {
 			ids = append(ids, id)
+			sizes[id] = info.Size
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: list backups: %w", r.store.Location(), err)
+		return nil, nil, fmt.Errorf("%s: list backups: %w", r.store.Location(), err)
 	}
-	return ids, nil
+	return ids, sizes, nil
 }
