@@ -288,6 +288,9 @@ type GCReport struct {
 	// IndexWritten says the collection wrote a backup index (listings
 	// then read it instead of every manifest).
 	IndexWritten bool `json:"indexWritten,omitempty"`
+	// MarkRuns is how many sorted runs of keys the mark wrote to its
+	// temporary directory (0: the keys in use fit in its buffer).
+	MarkRuns int `json:"markRuns,omitempty"`
 }
 
 // maxIndexedByGC bounds the summaries a collection keeps for the index it
@@ -402,6 +405,19 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	}
 	set := newKeySet(opts.TempDir, opts.MarkKeys)
 	defer set.close()
+	// One volume's backups name mostly the same keys: read one after the
+	// other, their duplicates meet in the key set's buffer and are dropped
+	// there, so the runs on disk grow with the distinct keys, not with the
+	// number of backups. The index says which volume each backup is of.
+	if known, _ := r.readIndex(ctx); len(known) > 0 {
+		order := func(id string) string {
+			if s, ok := known[id]; ok {
+				return s.VolumeID + "\x00" + s.Started.UTC().Format(time.RFC3339Nano)
+			}
+			return "\xff" // not in the index: last
+		}
+		slices.SortStableFunc(ids, func(a, b string) int { return strings.Compare(order(a), order(b)) })
+	}
 	// Manifests several at a time (each read is a round trip), their keys
 	// added under a lock; none is kept, as a repository's manifests may not
 	// fit in memory together, only its summary for the index. Every
@@ -445,6 +461,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	if err := set.finish(); err != nil {
 		return nil, err
 	}
+	rep.MarkRuns = len(set.runs)
 	if !opts.DryRun && len(ids) <= maxIndexedByGC {
 		// Every manifest was just read: listings can start from here. An
 		// index that cannot be written costs listings time, not data.

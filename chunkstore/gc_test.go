@@ -23,8 +23,19 @@ func saveBackup(t *testing.T, r *chunkstore.Repository, chunks ...[]byte) string
 	return saveBackupAs(t, r, chunkstore.NewID(), chunks...)
 }
 
+// saveBackupOf is saveBackup of a named volume.
+func saveBackupOf(t *testing.T, r *chunkstore.Repository, volume string, chunks ...[]byte) string {
+	t.Helper()
+	return saveBackupFull(t, r, chunkstore.NewID(), volume, chunks...)
+}
+
 // saveBackupAs is saveBackup under a given id.
 func saveBackupAs(t *testing.T, r *chunkstore.Repository, id string, chunks ...[]byte) string {
+	t.Helper()
+	return saveBackupFull(t, r, id, "vol", chunks...)
+}
+
+func saveBackupFull(t *testing.T, r *chunkstore.Repository, id, volume string, chunks ...[]byte) string {
 	t.Helper()
 	ctx := context.Background()
 	l, err := r.BeginBackup(ctx, id)
@@ -33,7 +44,7 @@ func saveBackupAs(t *testing.T, r *chunkstore.Repository, id string, chunks ...[
 	}
 	defer func() { _ = l.Release(ctx) }()
 	m := &chunkstore.Manifest{
-		Version: chunkstore.FormatVersion, ID: id, VolumeID: "vol", Mode: "full",
+		Version: chunkstore.FormatVersion, ID: id, VolumeID: volume, Mode: "full",
 		Size: int64(len(chunks)) * int64(r.ChunkSize()), ChunkSize: r.ChunkSize(),
 		Started: time.Now().UTC(), Finished: time.Now().UTC(),
 	}
@@ -374,5 +385,43 @@ func TestGCMarkSpills(t *testing.T) {
 		if has, _ := r.HasChunk(ctx, r.Key(d)); !has {
 			t.Fatal("a chunk in use was deleted")
 		}
+	}
+}
+
+// TestGCMarksChainsTogether: with the index, a collection reads each
+// volume's backups one after the other, so their shared keys meet in the
+// mark's buffer: 60 backups of 3 volumes (40 chunks, 2 new each time, 234
+// distinct) through a buffer of 200 keys write runs of distinct keys only,
+// where the same backups in the order of their random ids write many.
+func TestGCMarksChainsTogether(t *testing.T) {
+	ctx := context.Background()
+	r := localRepo(t)
+	cs := r.ChunkSize()
+	vols := make([][][]byte, 3)
+	for v := range vols {
+		for i := range 40 {
+			vols[v] = append(vols[v], randomBytes(uint64(1000*v+i), cs))
+		}
+	}
+	for n := range 20 {
+		for v := range vols {
+			vols[v][n%40] = randomBytes(uint64(100000+1000*v+n), cs)
+			vols[v][(n+20)%40] = randomBytes(uint64(200000+1000*v+n), cs)
+			saveBackupOf(t, r, fmt.Sprint("vol", v), vols[v]...)
+		}
+	}
+	first, err := r.GC(ctx, chunkstore.GCOptions{MarkKeys: 200, TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := r.GC(ctx, chunkstore.GCOptions{MarkKeys: 200, TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("runs written: %d without the index, %d with it", first.MarkRuns, second.MarkRuns)
+	// By volume the runs hold distinct keys, each run more than half the
+	// buffer: at most 234/100+1.
+	if second.MarkRuns > second.ChunksInUse/100+1 || first.MarkRuns <= second.MarkRuns || second.ChunksInUse != first.ChunksInUse {
+		t.Fatalf("mark runs: %d in listing order, %d by volume; chunks in use %d and %d", first.MarkRuns, second.MarkRuns, first.ChunksInUse, second.ChunksInUse)
 	}
 }

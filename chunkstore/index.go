@@ -126,44 +126,64 @@ func summaryOf(m *Manifest) *Manifest {
 
 // eachManifest reads the manifests of ids, up to loadWorkers at a time and
 // never more than manifestBudget bytes of them (as listed) at once, since
-// one manifest of a large volume decodes to tens of megabytes; it calls fn
-// (from several goroutines) with each; fn's error stops it.
+// one manifest of a large volume decodes to tens of megabytes, and calls fn
+// with each in the order of ids, from the calling goroutine (the mark
+// relies on the order); fn's error stops it.
 func (r *Repository) eachManifest(ctx context.Context, ids []string, sizes map[string]int64, fn func(id string, m *Manifest, err error) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	ctx, cancel := context.WithCancel(ctx)
+	type result struct {
+		m   *Manifest
+		err error
+	}
+	// The budget is taken in the order of ids and given back once fn is
+	// done with a manifest, so the next one fn needs always holds its
+	// share: no wait can go round in a circle.
 	budget := semaphore.NewWeighted(manifestBudget)
-	next := make(chan string)
+	weight := func(id string) int64 { return min(max(sizes[id], 1), manifestBudget) }
+	slots := make([]chan result, len(ids))
+	for i := range slots {
+		slots[i] = make(chan result, 1)
+	}
+	next := make(chan int)
 	var wg sync.WaitGroup
 	for range min(loadWorkers, len(ids)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for id := range next {
-				// One manifest larger than the budget still goes, alone.
-				w := min(max(sizes[id], 1), manifestBudget)
-				if err := budget.Acquire(ctx, w); err != nil {
-					continue // cancelled: drain
-				}
-				m, err := r.LoadManifest(ctx, id)
-				budget.Release(w)
-				if ferr := fn(id, m, err); ferr != nil {
-					cancel(ferr)
-				}
+			for i := range next {
+				m, err := r.LoadManifest(ctx, ids[i])
+				slots[i] <- result{m, err}
 			}
 		}()
 	}
-	for _, id := range ids {
-		select {
-		case next <- id:
-			continue
-		case <-ctx.Done():
+	go func() {
+		defer close(next)
+		for i, id := range ids {
+			if budget.Acquire(ctx, weight(id)) != nil {
+				return
+			}
+			select {
+			case next <- i:
+			case <-ctx.Done():
+				return
+			}
 		}
-		break
-	}
-	close(next)
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && ctx.Err() != nil {
-		return err
+	}()
+	// On the way out the producer and the workers are stopped, then
+	// waited for.
+	defer func() { cancel(); wg.Wait() }()
+	for i, id := range ids {
+		var res result
+		select {
+		case res = <-slots[i]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		err := fn(id, res.m, res.err)
+		budget.Release(weight(id))
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package chunkstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -206,5 +207,53 @@ func TestGCWritesTheIndex(t *testing.T) {
 	ms, _, st, err := r.Summaries(ctx, false)
 	if err != nil || len(ms) != 200 || st.Read != 0 {
 		t.Fatalf("listing after gc: %d, %+v, %v", len(ms), st, err)
+	}
+}
+
+// failingGets fails every manifest read after the first few.
+type failingGets struct {
+	chunkstore.Store
+	mu   sync.Mutex
+	left int
+}
+
+func (s *failingGets) Get(ctx context.Context, name string) ([]byte, error) {
+	if strings.HasPrefix(name, "manifests/") {
+		s.mu.Lock()
+		s.left--
+		left := s.left
+		s.mu.Unlock()
+		if left < 0 {
+			return nil, fmt.Errorf("%s: %w", name, chunkstore.Transient(errors.New("connection reset")))
+		}
+	}
+	return s.Store.Get(ctx, name)
+}
+
+// TestManifestReadFailure: a store that fails midway fails the listing and
+// the collection with its error, promptly, whatever is in flight.
+func TestManifestReadFailure(t *testing.T) {
+	ctx := context.Background()
+	st := &failingGets{Store: mem.New(), left: 1 << 30}
+	r, err := chunkstore.Init(ctx, st, chunkstore.InitOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	manyBackups(t, r, 500)
+	for _, run := range []func() error{
+		func() error { _, _, _, err := r.Summaries(ctx, true); return err },
+		func() error { _, err := r.GC(ctx, chunkstore.GCOptions{}); return err },
+	} {
+		st.left = 40
+		done := make(chan error, 1)
+		go func() { done <- run() }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "connection reset") {
+				t.Fatalf("with reads failing: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a failing read left the reading hung")
+		}
 	}
 }

@@ -56,7 +56,13 @@ func (s *keySet) add(k Key) error {
 	s.buf = append(s.buf, k)
 	s.n++
 	if len(s.buf) >= s.max {
-		return s.flush()
+		// Manifests of one volume's chain name mostly the same keys: a
+		// full buffer deduplicated often shrinks to a fraction, and only
+		// one still more than half full is worth a run on disk.
+		s.buf = sortKeys(s.buf)
+		if len(s.buf) > s.max/2 {
+			return s.flush()
+		}
 	}
 	return nil
 }

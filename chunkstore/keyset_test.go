@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"testing"
 	"time"
 )
@@ -24,6 +25,49 @@ func randomKeys(n int, seed uint64) []Key {
 
 // TestKeySetRuns: with a small buffer the set spills into several runs and
 // gives back, shard by shard, exactly the distinct keys added, sorted.
+// TestKeySetDuplicates: 30 manifests of one chain, each naming the same
+// 5,000 keys but 50, stay in a buffer of 20,000 keys: duplicates are
+// dropped when it fills, and no run is written.
+func TestKeySetDuplicates(t *testing.T) {
+	base := randomKeys(5000, 3)
+	s := newKeySet(t.TempDir(), 20000)
+	want := map[Key]bool{}
+	for m := range 30 {
+		ks := slices.Clone(base)
+		copy(ks, randomKeys(50, uint64(100+m)))
+		for _, k := range ks {
+			want[k] = true
+			if err := s.add(k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.runs) != 0 {
+		t.Fatalf("%d runs written for %d distinct keys in a buffer of 20000", len(s.runs), len(want))
+	}
+	got := 0
+	var buf []Key
+	for b := range 256 {
+		var err error
+		if buf, err = s.shard(byte(b), buf); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range buf {
+			if !want[k] {
+				t.Fatalf("key %v never added", k)
+			}
+			got++
+		}
+	}
+	if got != len(want) {
+		t.Fatalf("%d keys back, %d distinct added", got, len(want))
+	}
+	s.close()
+}
+
 func TestKeySetRuns(t *testing.T) {
 	for _, max := range []int{0, 1000} {
 		keys := randomKeys(20000, 1)
