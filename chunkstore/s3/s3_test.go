@@ -24,8 +24,14 @@ import (
 
 func open(t testing.TB, srv *storetest.S3Server, bucket, prefix string, mod ...func(*s3store.Options)) *s3store.Store {
 	t.Helper()
-	o := s3store.Options{Bucket: bucket, Prefix: prefix, Endpoint: srv.Endpoint, PathStyle: true, Region: "us-east-1",
-		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey}
+	return openAt(t, srv.Endpoint, srv.AccessKey, srv.SecretKey, bucket, prefix, mod...)
+}
+
+// openAt opens a store on the gateway at endpoint.
+func openAt(t testing.TB, endpoint, access, secret, bucket, prefix string, mod ...func(*s3store.Options)) *s3store.Store {
+	t.Helper()
+	o := s3store.Options{Bucket: bucket, Prefix: prefix, Endpoint: endpoint, PathStyle: true, Region: "us-east-1",
+		AccessKeyID: access, SecretAccessKey: secret}
 	for _, m := range mod {
 		m(&o)
 	}

@@ -21,16 +21,7 @@ import (
 
 func openWeed(t testing.TB, c *peer.SeaweedFS, bucket, prefix string, mod ...func(*s3store.Options)) *s3store.Store {
 	t.Helper()
-	o := s3store.Options{Bucket: bucket, Prefix: prefix, Endpoint: c.Endpoint, PathStyle: true, Region: "us-east-1",
-		AccessKeyID: c.AccessKey, SecretAccessKey: c.SecretKey}
-	for _, m := range mod {
-		m(&o)
-	}
-	s, err := s3store.Open(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return openAt(t, c.Endpoint, c.AccessKey, c.SecretKey, bucket, prefix, mod...)
 }
 
 // ignoreIfNoneMatch makes the server see plain puts: an engine that
