@@ -1,0 +1,121 @@
+package dataplane_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/mem"
+	"github.com/volback/volback/dataplane"
+)
+
+// lyingDisk is a file system (a FUSE loopback) whose files store a
+// flipped byte at one offset while the writer is told all went well: the
+// page cache holds what was written, the disk something else, as a bad
+// cable or firmware would leave it.
+type lyingDisk struct {
+	*fs.LoopbackNode
+	at    int64
+	fired *atomic.Int32
+}
+
+// WrapChild makes every node of the tree a lying one.
+func (n *lyingDisk) WrapChild(ctx context.Context, ops fs.InodeEmbedder) fs.InodeEmbedder {
+	return &lyingDisk{LoopbackNode: ops.(*fs.LoopbackNode), at: n.at, fired: n.fired}
+}
+
+func (n *lyingDisk) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	inode, fh, fl, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	if lf, ok := fh.(*fs.LoopbackFile); ok {
+		fh = &lyingFile{LoopbackFile: lf, at: n.at, fired: n.fired}
+	}
+	return inode, fh, fl, errno
+}
+
+type lyingFile struct {
+	*fs.LoopbackFile
+	at    int64
+	fired *atomic.Int32
+}
+
+// PassthroughFd: no kernel passthrough, every write comes to Write.
+func (f *lyingFile) PassthroughFd() (int, bool) { return 0, false }
+
+func (f *lyingFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.at >= off && f.at < off+int64(len(data)) {
+		data = bytes.Clone(data)
+		data[f.at-off] ^= 0xff
+		f.fired.Add(1)
+	}
+	return f.LoopbackFile.Write(ctx, data, off)
+}
+
+func mountLyingDisk(t *testing.T, at int64) (string, *atomic.Int32) {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("FUSE needs /dev/fuse and root, which CI has")
+		}
+		t.Skip("FUSE needs /dev/fuse and root")
+	}
+	backing, mnt := t.TempDir(), t.TempDir()
+	var fired atomic.Int32
+	root, err := fs.NewLoopbackRoot(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootNode := &lyingDisk{LoopbackNode: root.(*fs.LoopbackNode), at: at, fired: &fired}
+	rootNode.RootData.RootNode = rootNode
+	srv, err := fs.Mount(mnt, rootNode, &fs.Options{MountOptions: fuse.MountOptions{FsName: "lying-disk", MaxWrite: 1 << 20,
+		// The kernel keeps what it cached whatever the attributes say, as
+		// a local disk's page cache would.
+		ExplicitDataCacheControl: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Unmount() })
+	return mnt, &fired
+}
+
+// TestRestoreChecksTheDisk: a restore's verification reads what the disk
+// holds, not what the page cache kept of the writes: onto a disk that
+// stores one flipped byte and reports success, the default restore fails
+// naming the chunk and leaves no file; only --no-verify "succeeds".
+func TestRestoreChecksTheDisk(t *testing.T) {
+	ctx := context.Background()
+	repo, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := image(21, 24*testChunk)
+	m, err := dataplane.Backup(ctx, repo, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := int64(5*testChunk + 100)
+	mnt, fired := mountLyingDisk(t, bad)
+	target := filepath.Join(mnt, "restored.raw")
+	_, err = dataplane.Restore(ctx, repo, m, target, dataplane.RestoreOptions{})
+	if fired.Load() == 0 {
+		t.Fatal("the lying disk never saw the write it corrupts")
+	}
+	if err == nil || !strings.Contains(err.Error(), "verify: chunk at offset 327680") {
+		t.Fatalf("restore onto a disk that corrupts chunk 5: %v, want the verification to name offset 327680", err)
+	}
+	if _, serr := os.Stat(target); !os.IsNotExist(serr) {
+		t.Fatalf("a restore that failed its verification left %s: %v", target, serr)
+	}
+	st, err := dataplane.Restore(ctx, repo, m, target, dataplane.RestoreOptions{SkipVerify: true})
+	if err != nil || st.Verified {
+		t.Fatalf("unverified restore: %+v, %v", st, err)
+	}
+}
