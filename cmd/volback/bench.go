@@ -112,6 +112,25 @@ func benchCommand() *cli.Command {
 				}, os.Stderr)
 			}),
 		}, {
+			Name:  "all",
+			Usage: "the benchmark report: the machine's limits, full backup and restore beside restic and borg, backup by parallelismDegree; Markdown, JSON and SVG charts in --out",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "dir", Value: "bench-out", Usage: "working directory"},
+				&cli.StringFlag{Name: "out", Value: "bench-report", Usage: "where report.md, report.json and the charts go"},
+				&cli.BoolFlag{Name: "quick", Usage: "a 64 MiB image and one round: checks the harness, measures nothing"},
+				&cli.StringFlag{Name: "size", Value: "2GiB", Usage: "size of the generated image (64MiB with --quick unless given)"},
+				&cli.IntFlag{Name: "rounds", Usage: "rounds of each measurement (default 3, 1 with --quick)"},
+			},
+			Action: benchAction(func(c *cli.Context, size int64, self string) (report, error) {
+				if c.Bool("quick") && !c.IsSet("size") {
+					size = 0
+				}
+				return bench.RunAll(c.Context, bench.AllConfig{
+					Dir: c.String("dir"), Out: c.String("out"), Quick: c.Bool("quick"), Size: size,
+					Rounds: c.Int("rounds"), Volback: self,
+				}, os.Stderr)
+			}),
+		}, {
 			Name:  "s3",
 			Usage: "full backup and restore of one image to the local disk, a versitygw and a three-volume-server SeaweedFS cluster, side by side",
 			Flags: []cli.Flag{

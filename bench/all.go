@@ -1,0 +1,507 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/dustin/go-humanize"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/dataplane"
+)
+
+// AllConfig configures RunAll, the whole benchmark report.
+type AllConfig struct {
+	Dir     string // working directory: images, repositories, restores
+	Out     string // where the report, JSON and charts go
+	Quick   bool   // small image, one round: the harness checked, not the machine
+	Size    int64  // image size (default 2 GiB, 64 MiB quick)
+	Rounds  int    // rounds of each measurement (default 3, 1 quick)
+	Volback string // this binary, which the timed runs execute
+}
+
+// Stat is a measurement's rounds and their median, minimum and maximum.
+type Stat struct {
+	Median float64   `json:"median"`
+	Min    float64   `json:"min"`
+	Max    float64   `json:"max"`
+	Rounds []float64 `json:"rounds"`
+}
+
+func statOf(xs []float64) Stat {
+	if len(xs) == 0 {
+		return Stat{}
+	}
+	return Stat{Median: median(xs), Min: slices.Min(xs), Max: slices.Max(xs), Rounds: xs}
+}
+
+// Limits are the machine's, measured in the same run.
+type Limits struct {
+	CachedReadMiBps float64 `json:"cachedReadMibPerSecond"` // the image, from the page cache
+	DiskWriteMiBps  float64 `json:"diskWriteMibPerSecond"`  // O_DIRECT writes then fsync, in the working directory
+	XXHashMiBps     float64 `json:"xxhashMibPerSecondPerCore"`
+	ZstdMiBps       float64 `json:"zstdMibPerSecondPerCore"` // text, at the repository's level
+}
+
+// RestoreRun is one tool's restores of the image.
+type RestoreRun struct {
+	Tool    string `json:"tool"`
+	Mode    string `json:"mode"`
+	Seconds Stat   `json:"seconds"`
+	Error   string `json:"error,omitempty"`
+}
+
+// ParallelRun is volback's full backup at one parallelismDegree.
+type ParallelRun struct {
+	Target      string  `json:"target"`
+	Parallelism int     `json:"parallelism"`
+	Seconds     Stat    `json:"seconds"`
+	MiBps       float64 `json:"mibPerSecond"`
+}
+
+// AllReport is RunAll's result.
+type AllReport struct {
+	When    time.Time `json:"when"`
+	Machine string    `json:"machine"`
+	CPUs    int       `json:"cpus"`
+	Size    int64     `json:"size"`
+	Rounds  int       `json:"rounds"`
+	Quick   bool      `json:"quick"`
+	Limits  Limits    `json:"limits"`
+	// Backup is the full backup by each tool, side by side.
+	Backup *BackupCompareResult `json:"backup"`
+	// FloorSeconds is the bytes volback stored at the disk write rate;
+	// FloorRatio volback's median over it.
+	FloorSeconds float64       `json:"floorSeconds"`
+	FloorRatio   float64       `json:"floorRatio"`
+	Restore      []RestoreRun  `json:"restore"`
+	VerifyCost   float64       `json:"verifyCost"` // verified over unverified, paired rounds
+	Parallel     []ParallelRun `json:"parallel"`
+	Notes        []string      `json:"notes"`
+	Charts       []string      `json:"charts"`
+}
+
+// RunAll measures the machine's limits, then volback beside the tools
+// users would pick instead: the full backup (restic, borg), the restore
+// (verified and not; restic, borg), the full backup at each
+// parallelismDegree; and writes report.md, report.json and SVG charts to
+// cfg.Out. A baseline that is not installed is skipped with a note.
+func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, error) {
+	if cfg.Size == 0 {
+		cfg.Size = 2 << 30
+		if cfg.Quick {
+			cfg.Size = 64 << 20
+		}
+	}
+	if cfg.Rounds <= 0 {
+		cfg.Rounds = 3
+		if cfg.Quick {
+			cfg.Rounds = 1
+		}
+	}
+	if cfg.Volback == "" {
+		return nil, fmt.Errorf("no volback binary given")
+	}
+	for _, d := range []string{cfg.Dir, cfg.Out} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	rep := &AllReport{When: time.Now().UTC(), Machine: machine(), CPUs: runtime.NumCPU(), Size: cfg.Size, Rounds: cfg.Rounds, Quick: cfg.Quick}
+	pars := []int{1, 2, 4, 8}
+	if cfg.Quick {
+		pars = []int{1, 2}
+	}
+	steps := 5
+	step := 0
+	progress := func(what string) {
+		step++
+		fmt.Fprintf(log, "[%d/%d] %s\n", step, steps, what)
+	}
+	img := filepath.Join(cfg.Dir, "all-image.raw")
+	progress(fmt.Sprintf("generating a %s image, measuring the machine's limits", humanize.IBytes(uint64(cfg.Size))))
+	if err := GenerateImage(ctx, img, ImageSpec{Size: cfg.Size, Seed: 42}); err != nil {
+		return nil, err
+	}
+	lim, err := measureLimits(ctx, img, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("limits: %w", err)
+	}
+	rep.Limits = lim
+
+	tools := []string{ToolVolback}
+	for _, t := range []string{ToolRestic, ToolBorg} {
+		if _, err := exec.LookPath(t); err != nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s is not installed: its backup and restore are skipped (scripts/bench installs it)", t))
+			continue
+		}
+		tools = append(tools, t)
+	}
+	progress(fmt.Sprintf("full backup by %s, %d rounds", strings.Join(tools, ", "), cfg.Rounds))
+	b, err := CompareBackup(ctx, BackupCompareConfig{Dir: cfg.Dir, Image: img, Tools: tools, Volback: cfg.Volback, Rounds: cfg.Rounds}, io.Discard)
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	rep.Backup = b
+	for _, r := range b.Runs {
+		if r.Tool == ToolVolback && r.Error == "" && lim.DiskWriteMiBps > 0 {
+			rep.FloorSeconds = float64(r.RepoBytes) / (lim.DiskWriteMiBps * (1 << 20))
+			rep.FloorRatio = r.Seconds / rep.FloorSeconds
+		}
+	}
+
+	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(tools, ", "), cfg.Rounds))
+	rs, cost, err := measureRestores(ctx, cfg, tools, img)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	rep.Restore, rep.VerifyCost = rs, cost
+
+	progress(fmt.Sprintf("full backup at parallelismDegree %v, local ImageStore", pars))
+	for _, p := range pars {
+		var secs []float64
+		for range cfg.Rounds {
+			s, err := timedBackup(ctx, filepath.Join(cfg.Dir, "all-par"), img, cfg.Size, p)
+			if err != nil {
+				return nil, fmt.Errorf("parallelism %d: %w", p, err)
+			}
+			secs = append(secs, s)
+		}
+		st := statOf(secs)
+		rep.Parallel = append(rep.Parallel, ParallelRun{Target: "local", Parallelism: p, Seconds: st, MiBps: float64(cfg.Size) / st.Median / (1 << 20)})
+	}
+	rep.Notes = append(rep.Notes, "the NFS and S3 targets at each parallelismDegree: `volback bench s3` and `scripts/bench targets`; the NBD export and QEMU sources: `volback bench nbd`, `volback bench qemu`")
+
+	progress("writing the report and charts to " + cfg.Out)
+	charts, err := writeCharts(rep, cfg.Out)
+	if err != nil {
+		return nil, fmt.Errorf("charts: %w", err)
+	}
+	rep.Charts = charts
+	if err := writeReport(rep, cfg.Out); err != nil {
+		return nil, err
+	}
+	os.Remove(img)
+	return rep, nil
+}
+
+// machine describes this machine for the report.
+func machine() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	var si syscall.Sysinfo_t
+	mem := ""
+	if syscall.Sysinfo(&si) == nil {
+		mem = ", " + humanize.IBytes(si.Totalram*uint64(si.Unit)) + " RAM"
+	}
+	return fmt.Sprintf("%d x %s%s, %s/%s", runtime.NumCPU(), cpu, mem, runtime.GOOS, runtime.GOARCH)
+}
+
+// measureLimits reads the image from the cache, writes with O_DIRECT and
+// fsync, and hashes and compresses on one core.
+func measureLimits(ctx context.Context, img string, cfg AllConfig) (Limits, error) {
+	var l Limits
+	f, err := os.Open(img)
+	if err != nil {
+		return l, err
+	}
+	buf := make([]byte, 4<<20)
+	_, _ = io.CopyBuffer(io.Discard, f, buf) // warm
+	start := time.Now()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return l, err
+	}
+	n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf)
+	f.Close()
+	if err != nil {
+		return l, err
+	}
+	l.CachedReadMiBps = float64(n) / time.Since(start).Seconds() / (1 << 20)
+
+	// The disk: as much as the image, O_DIRECT, then fsync.
+	path := filepath.Join(cfg.Dir, "all-disk-write.raw")
+	os.Remove(path)
+	w, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_DIRECT, 0o600)
+	if err != nil {
+		return l, err
+	}
+	defer os.Remove(path)
+	ab := chunkstore.AlignedBuffer(4<<20, 4<<20)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range ab {
+		ab[i] = byte(r.Uint32())
+	}
+	start = time.Now()
+	var written int64
+	for written < cfg.Size {
+		if ctx.Err() != nil {
+			w.Close()
+			return l, ctx.Err()
+		}
+		if _, err := w.Write(ab); err != nil {
+			w.Close()
+			return l, err
+		}
+		written += int64(len(ab))
+	}
+	if err := w.Sync(); err != nil {
+		w.Close()
+		return l, err
+	}
+	l.DiskWriteMiBps = float64(written) / time.Since(start).Seconds() / (1 << 20)
+	w.Close()
+
+	data := make([]byte, 64<<20)
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	start = time.Now()
+	var sum uint64
+	for range 8 {
+		sum += xxhash.Sum64(data)
+	}
+	_ = sum
+	l.XXHashMiBps = 8 * 64 / time.Since(start).Seconds()
+
+	text := make([]byte, 32<<20)
+	fillText(r, text)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return l, err
+	}
+	defer enc.Close()
+	out := make([]byte, 0, len(text))
+	start = time.Now()
+	for off := 0; off < len(text); off += 4 << 20 {
+		out = enc.EncodeAll(text[off:off+4<<20], out[:0])
+	}
+	l.ZstdMiBps = 32 / time.Since(start).Seconds()
+	return l, nil
+}
+
+// measureRestores restores the image from each tool's repository (left by
+// CompareBackup), volback verified and not in turns, the rest after.
+func measureRestores(ctx context.Context, cfg AllConfig, tools []string, img string) ([]RestoreRun, float64, error) {
+	out := filepath.Join(cfg.Dir, "all-restored")
+	repo := filepath.Join(cfg.Dir, "repo-"+ToolVolback)
+	id, err := lastBackup(ctx, repo)
+	if err != nil {
+		return nil, 0, err
+	}
+	type job struct {
+		run  *RestoreRun
+		args []string
+		env  []string
+		dir  bool // restores into a directory
+	}
+	runs := []*RestoreRun{{Tool: ToolVolback, Mode: "verified (default)"}, {Tool: ToolVolback, Mode: "--no-verify"}}
+	jobs := []job{
+		{runs[0], []string{cfg.Volback, "--quiet", "restore", "--repo", repo, id, out}, os.Environ(), false},
+		{runs[1], []string{cfg.Volback, "--quiet", "restore", "--no-verify", "--repo", repo, id, out}, os.Environ(), false},
+	}
+	for _, t := range tools {
+		switch t {
+		case ToolRestic:
+			r := &RestoreRun{Tool: t, Mode: "restore latest"}
+			runs = append(runs, r)
+			jobs = append(jobs, job{r, []string{"restic", "restore", "latest", "--repo", filepath.Join(cfg.Dir, "repo-restic"), "--target", out},
+				append(os.Environ(), "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(cfg.Dir, "restic-cache")), true})
+		case ToolBorg:
+			r := &RestoreRun{Tool: t, Mode: "extract"}
+			runs = append(runs, r)
+			jobs = append(jobs, job{r, []string{"borg", "extract", filepath.Join(cfg.Dir, "repo-borg") + "::bench"},
+				append(os.Environ(), "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_BASE_DIR="+filepath.Join(cfg.Dir, "borg-base")), true})
+		}
+	}
+	secs := make([][]float64, len(jobs))
+	for range cfg.Rounds {
+		for i, j := range jobs {
+			if j.run.Error != "" {
+				continue
+			}
+			if err := os.RemoveAll(out); err != nil {
+				return nil, 0, err
+			}
+			args := j.args
+			if j.dir {
+				if err := os.MkdirAll(out, 0o755); err != nil {
+					return nil, 0, err
+				}
+			}
+			syscall.Sync()
+			start := time.Now()
+			cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+			cmd.Env = j.env
+			if j.dir {
+				cmd.Dir = out
+			}
+			if b, err := cmd.CombinedOutput(); err != nil {
+				j.run.Error = fmt.Sprintf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(b)))
+				continue
+			}
+			secs[i] = append(secs[i], time.Since(start).Seconds())
+		}
+	}
+	os.RemoveAll(out)
+	var res []RestoreRun
+	for i, r := range runs {
+		r.Seconds = statOf(secs[i])
+		res = append(res, *r)
+	}
+	var cost []float64
+	for k := range min(len(secs[0]), len(secs[1])) {
+		cost = append(cost, secs[0][k]/secs[1][k])
+	}
+	if len(cost) == 0 {
+		return res, 0, nil
+	}
+	return res, median(cost), nil
+}
+
+// lastBackup returns the id of a backup in the local repository at dir.
+func lastBackup(ctx context.Context, dir string) (string, error) {
+	st, err := local.Open(dir)
+	if err != nil {
+		return "", err
+	}
+	r, err := chunkstore.Open(ctx, st)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	ids, err := r.ListBackups(ctx)
+	if err != nil || len(ids) == 0 {
+		return "", fmt.Errorf("no backup in %s: %v", dir, err)
+	}
+	return ids[0], nil
+}
+
+// timedBackup is one full backup of img into a fresh local repository.
+func timedBackup(ctx context.Context, dir, img string, size int64, parallelism int) (float64, error) {
+	repo, err := freshRepo(ctx, dir)
+	if err != nil {
+		return 0, err
+	}
+	defer repo.Close()
+	f, err := os.Open(img)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	syscall.Sync()
+	start := time.Now()
+	if _, err := dataplane.Backup(ctx, repo, f, size, dataplane.BackupOptions{VolumeID: "bench", Parallelism: parallelism}); err != nil {
+		return 0, err
+	}
+	return time.Since(start).Seconds(), nil
+}
+
+// writeReport writes report.json and report.md.
+func writeReport(r *AllReport, out string) error {
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "report.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(out, "report.md"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := r.WriteMarkdown(f); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// WriteTable prints the report as Markdown (the CLI's table form).
+func (r *AllReport) WriteTable(w io.Writer) error { return r.WriteMarkdown(w) }
+
+// WriteMarkdown writes the report's tables.
+func (r *AllReport) WriteMarkdown(w io.Writer) error {
+	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
+	quick := ""
+	if r.Quick {
+		quick = " (--quick: the harness checked, not the machine)"
+	}
+	p("# volback benchmark report%s\n\n", quick)
+	p("%s; %s image (half random, a quarter text, a quarter zeros); %d rounds, figures are medians [min-max]; %s.\n\n",
+		r.Machine, humanize.IBytes(uint64(r.Size)), r.Rounds, r.When.Format(time.RFC3339))
+	p("## The machine's limits, in this run\n\n| what | MiB/s |\n|---|---|\n")
+	p("| cached read of the image | %.0f |\n| disk write, O_DIRECT + fsync | %.0f |\n| xxhash, one core | %.0f |\n| zstd (text), one core | %.0f |\n\n",
+		r.Limits.CachedReadMiBps, r.Limits.DiskWriteMiBps, r.Limits.XXHashMiBps, r.Limits.ZstdMiBps)
+	p("## Full backup\n\n| tool | seconds | MiB/s | stored | x volback | settings |\n|---|---|---|---|---|---|\n")
+	for _, t := range r.Backup.Runs {
+		if t.Error != "" {
+			p("| %s | failed: %s | | | | |\n", t.Tool, oneLine(t.Error))
+			continue
+		}
+		st := statOf(t.RoundSeconds)
+		p("| %s | %.2f [%.2f-%.2f] | %.0f | %s | %.2f | %s |\n", t.Tool, st.Median, st.Min, st.Max, t.MiBps,
+			humanize.IBytes(uint64(t.RepoBytes)), t.VolbackSpeedup, t.Settings)
+	}
+	if r.FloorSeconds > 0 {
+		p("\nThe disk floor for what volback stored: %.2f s (its bytes at the disk write rate); volback at %.2fx it.\n", r.FloorSeconds, r.FloorRatio)
+	}
+	p("\n## Restore\n\n| tool | mode | seconds |\n|---|---|---|\n")
+	for _, x := range r.Restore {
+		if x.Error != "" {
+			p("| %s | %s | failed: %s |\n", x.Tool, x.Mode, oneLine(x.Error))
+			continue
+		}
+		p("| %s | %s | %.2f [%.2f-%.2f] |\n", x.Tool, x.Mode, x.Seconds.Median, x.Seconds.Min, x.Seconds.Max)
+	}
+	if r.VerifyCost > 0 {
+		p("\nA verified restore costs %.2fx an unverified one (median of paired rounds).\n", r.VerifyCost)
+	}
+	p("\n## Full backup by parallelismDegree\n\n| target | parallelismDegree | seconds | MiB/s |\n|---|---|---|---|\n")
+	for _, x := range r.Parallel {
+		p("| %s | %d | %.2f [%.2f-%.2f] | %.0f |\n", x.Target, x.Parallelism, x.Seconds.Median, x.Seconds.Min, x.Seconds.Max, x.MiBps)
+	}
+	if len(r.Charts) > 0 {
+		p("\n## Charts\n\n")
+		for _, c := range r.Charts {
+			p("![%s](%s)\n\n", strings.TrimSuffix(c, ".svg"), c)
+		}
+	}
+	if len(r.Notes) > 0 {
+		p("## Notes\n\n")
+		for _, n := range r.Notes {
+			p("- %s\n", n)
+		}
+	}
+	return nil
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	s = strings.ReplaceAll(s, "|", "/")
+	if len(s) > 160 {
+		s = s[:160] + "..."
+	}
+	return s
+}

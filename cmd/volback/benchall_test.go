@@ -1,0 +1,56 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/volback/volback/bench"
+)
+
+// TestBenchAllQuick: `volback bench all --quick` (what CI runs so the
+// harness never rots) writes the Markdown report, its JSON and the SVG
+// charts, every section measured.
+func TestBenchAllQuick(t *testing.T) {
+	dir, out := t.TempDir(), t.TempDir()
+	r := mustRun(t, "--quiet", "bench", "all", "--quick", "--dir", dir, "--out", out)
+	if !strings.Contains(r.stdout, "## Full backup") {
+		t.Fatalf("bench all printed:\n%s", r.stdout)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.AllReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	l := rep.Limits
+	if !rep.Quick || rep.Size != 64<<20 || l.CachedReadMiBps <= 0 || l.DiskWriteMiBps <= 0 || l.XXHashMiBps <= 0 || l.ZstdMiBps <= 0 {
+		t.Fatalf("limits: %+v (quick %v, size %d)", l, rep.Quick, rep.Size)
+	}
+	if len(rep.Backup.Runs) == 0 || rep.Backup.Runs[0].Tool != "volback" || rep.Backup.Runs[0].Error != "" || rep.Backup.Runs[0].Seconds <= 0 || rep.FloorRatio <= 0 {
+		t.Fatalf("backup: %+v, floor ratio %v", rep.Backup.Runs, rep.FloorRatio)
+	}
+	if len(rep.Restore) < 2 || rep.Restore[0].Error != "" || rep.Restore[1].Error != "" || rep.Restore[0].Seconds.Median <= 0 || rep.VerifyCost <= 0 {
+		t.Fatalf("restore: %+v, verify cost %v", rep.Restore, rep.VerifyCost)
+	}
+	if len(rep.Parallel) != 2 || rep.Parallel[1].MiBps <= 0 {
+		t.Fatalf("parallelism: %+v", rep.Parallel)
+	}
+	md, err := os.ReadFile(filepath.Join(out, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"backup.svg", "restore.svg", "parallelism.svg"} {
+		svg, err := os.ReadFile(filepath.Join(out, c))
+		if err != nil || !strings.Contains(string(svg), "<svg") {
+			t.Fatalf("chart %s: %v", c, err)
+		}
+		if !strings.Contains(string(md), "("+c+")") {
+			t.Errorf("report.md does not show %s", c)
+		}
+	}
+}
