@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -28,7 +29,9 @@ import (
 // list then finds the name taken. Writers that see each other withdraw and
 // retry after a random pause, so one of them soon goes on alone.
 //
-// Claims are named claims/NAME/TIME-TOKEN. One older than ClaimStale (by
+// Claims are named claims/HASH.TIME-TOKEN, HASH standing for the name
+// (flat: no directory per name for a posix-backed gateway to make and
+// remove under racing writers). One older than ClaimStale (by
 // the reader's clock) belongs to a writer that died and is ignored; a
 // writer gives up on its claim once ClaimTimeout has passed since it put
 // it, so a live claim is never mistaken for a stale one unless the clocks
@@ -56,7 +59,7 @@ func ClaimCreate(ctx context.Context, st Store, name string, create func(ctx con
 	if err := ValidName(name); err != nil {
 		return err
 	}
-	dir := claimPrefix + name + "/"
+	dir := claimsOf(name)
 	pause := claimPause
 	for attempt := 0; attempt < claimAttempts; attempt++ {
 		if attempt > 0 {
@@ -114,6 +117,12 @@ func ClaimCreate(ctx context.Context, st Store, name string, create func(ctx con
 	return Transient(fmt.Errorf("%s: %s: %w (%d attempts)", st.Location(), name, ErrContended, claimAttempts))
 }
 
+// claimsOf is the prefix of the claims on name.
+func claimsOf(name string) string {
+	h := sha256.Sum256([]byte(name))
+	return claimPrefix + hex.EncodeToString(h[:16]) + "."
+}
+
 func putClaim(ctx context.Context, st Store, dir string) (string, error) {
 	var tok [12]byte
 	if _, err := rand.Read(tok[:]); err != nil {
@@ -155,6 +164,7 @@ func onlyClaim(ctx context.Context, st Store, dir, mine string) (bool, error) {
 // claimTime reads the time a claim was put from its name.
 func claimTime(name string) (time.Time, bool) {
 	base := name[strings.LastIndexByte(name, '/')+1:]
+	base = base[strings.LastIndexByte(base, '.')+1:]
 	ts, _, ok := strings.Cut(base, "-")
 	if !ok {
 		return time.Time{}, false

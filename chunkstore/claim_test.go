@@ -106,14 +106,14 @@ func TestClaimStaleAndContended(t *testing.T) {
 	ctx := context.Background()
 	st := mem.New()
 	old := time.Now().Add(-chunkstore.ClaimStale - time.Minute).UnixNano()
-	if err := st.Put(ctx, fmt.Sprintf("claims/config/%d-dead", old), nil); err != nil {
+	if err := st.Put(ctx, fmt.Sprintf("%s%d-dead", chunkstore.ClaimsOf("config"), old), nil); err != nil {
 		t.Fatal(err)
 	}
 	created := false
 	if err := chunkstore.ClaimCreate(ctx, st, "config", func(context.Context) error { created = true; return st.Put(ctx, "config", []byte("x")) }); err != nil || !created {
 		t.Fatalf("create beside a stale claim: %v (created %v)", err, created)
 	}
-	live := fmt.Sprintf("claims/manifests/b/%d-alive", time.Now().UnixNano())
+	live := fmt.Sprintf("%s%d-alive", chunkstore.ClaimsOf("manifests/b"), time.Now().UnixNano())
 	if err := st.Put(ctx, live, nil); err != nil {
 		t.Fatal(err)
 	}

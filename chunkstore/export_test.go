@@ -9,3 +9,6 @@ func ShortClaimPauses() func() {
 	claimPause, claimMaxPause = time.Millisecond, 10*time.Millisecond
 	return func() { claimPause, claimMaxPause = p, m }
 }
+
+// ClaimsOf is the prefix of the claims on name.
+var ClaimsOf = claimsOf
