@@ -25,8 +25,10 @@ const (
 	// ToolVolbackEncrypted is volback into an encrypted repository: its
 	// cost is the ratio to ToolVolback.
 	ToolVolbackEncrypted = "volback-encrypted"
-	ToolRestic           = "restic"
-	ToolBorg             = "borg"
+	// ToolVolbackLZ4 is volback into a repository compressed with LZ4.
+	ToolVolbackLZ4 = "volback-lz4"
+	ToolRestic     = "restic"
+	ToolBorg       = "borg"
 )
 
 // BackupCompareConfig configures CompareBackup.
@@ -180,7 +182,7 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 	var setup [][]string
 	var backup []string
 	switch tool {
-	case ToolVolback, ToolVolbackEncrypted:
+	case ToolVolback, ToolVolbackEncrypted, ToolVolbackLZ4:
 		bin := cfg.Volback
 		if bin == "" {
 			return run, errors.New("no volback binary given")
@@ -188,6 +190,10 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		run.Version = "this build"
 		run.Settings = fmt.Sprintf("chunk %s, zstd, %d workers", humanize.IBytes(uint64(cfg.ChunkSize)), cfg.Parallelism)
 		setup = [][]string{{bin, "--quiet", "repo", "init", "--repo", repo, "--chunk-size", fmt.Sprint(cfg.ChunkSize)}}
+		if tool == ToolVolbackLZ4 {
+			run.Settings = strings.Replace(run.Settings, "zstd", "lz4", 1)
+			setup[0] = append(setup[0], "--compression", "lz4")
+		}
 		if tool == ToolVolbackEncrypted {
 			env = append(env, "VOLBACK_PASSWORD=bench")
 			run.Settings += ", AES-256-GCM, keyed BLAKE3 names, argon2id key (its derivation counted)"
@@ -207,7 +213,7 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		setup = [][]string{{"borg", "init", "--encryption", "none", repo}}
 		backup = []string{"borg", "create", repo + "::bench", img}
 	default:
-		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, restic or borg)", tool)
+		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-lz4, restic or borg)", tool)
 	}
 	for _, args := range setup {
 		if _, _, err := runTimed(ctx, env, args); err != nil {

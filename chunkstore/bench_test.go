@@ -51,7 +51,13 @@ func BenchmarkIsZero(b *testing.B) {
 }
 
 func BenchmarkEncode(b *testing.B) {
-	c, err := newCodec(CompressionZstd, 4<<20)
+	for _, comp := range []Compression{CompressionZstd, CompressionLZ4} {
+		b.Run(string(comp), func(b *testing.B) { benchmarkEncode(b, comp) })
+	}
+}
+
+func benchmarkEncode(b *testing.B, comp Compression) {
+	c, err := newCodec(comp, 4<<20)
 	if err != nil {
 		b.Fatal(err)
 	}

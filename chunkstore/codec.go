@@ -3,15 +3,17 @@ package chunkstore
 import (
 	"encoding/binary"
 	"fmt"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
 )
 
 // Encoded chunk layout: the payload, then a 12-byte trailer (integers
 // little-endian):
 //
-//	payload   the chunk as is, or one zstd frame
-//	+0  1     codec: 0 = stored as is, 1 = zstd
+//	payload   the chunk as is, one zstd frame, or one LZ4 block
+//	+0  1     codec: 0 = stored as is, 1 = zstd, 2 = LZ4 (block format)
 //	+1  3     reserved, zero
 //	+4  4     length of the decoded chunk
 //	+8  4     magic "VBC1"
@@ -25,23 +27,28 @@ const (
 	chunkTrailerSize = 12
 	codecRaw         = 0
 	codecZstd        = 1
+	codecLZ4         = 2
 )
 
 // Compression names a repository's chunk compression.
 type Compression string
 
+// Compressions: zstd (the default, its fastest level) stores text in about
+// a quarter of its size at some 200 MiB/s a core; LZ4 in about three
+// eighths at twice that, for hosts whose backups are bound by the CPU.
 const (
 	CompressionNone Compression = "none"
 	CompressionZstd Compression = "zstd"
+	CompressionLZ4  Compression = "lz4"
 )
 
 // ParseCompression validates a compression name.
 func ParseCompression(s string) (Compression, error) {
 	switch Compression(s) {
-	case CompressionNone, CompressionZstd:
+	case CompressionNone, CompressionZstd, CompressionLZ4:
 		return Compression(s), nil
 	}
-	return "", fmt.Errorf("unknown compression %q (want zstd or none)", s)
+	return "", fmt.Errorf("unknown compression %q (want zstd, lz4 or none)", s)
 }
 
 // CorruptChunkError reports a chunk whose stored form does not decode to
@@ -64,6 +71,7 @@ type codec struct {
 	maxChunk    int
 	enc         *zstd.Encoder
 	dec         *zstd.Decoder
+	lz4         sync.Pool // *lz4.Compressor: its hash table is one caller's
 }
 
 func newCodec(c Compression, maxChunk int) (*codec, error) {
@@ -113,6 +121,9 @@ func appendTrailer(b []byte, c byte, n int) []byte {
 // sample is tried first, so incompressible chunks cost almost no
 // compression time.
 func (c *codec) compress(scratch, data []byte) []byte {
+	if c.compression == CompressionLZ4 {
+		return c.compressLZ4(scratch, data)
+	}
 	if c.compression != CompressionZstd || !c.worthCompressing(scratch, data) {
 		return nil
 	}
@@ -123,6 +134,36 @@ func (c *codec) compress(scratch, data []byte) []byte {
 		return nil
 	}
 	return appendTrailer(out, codecZstd, len(data))
+}
+
+// compressLZ4 is compress for LZ4: the block must fit in what saving
+// 1/64 of the chunk leaves, or the chunk is stored as is; a sample decides
+// first for large chunks, as for zstd.
+func (c *codec) compressLZ4(scratch, data []byte) []byte {
+	lc, _ := c.lz4.Get().(*lz4.Compressor)
+	if lc == nil {
+		lc = new(lz4.Compressor)
+	}
+	defer c.lz4.Put(lc)
+	if len(data) > 2*sampleSize {
+		mid := len(data)/2 - sampleSize/2
+		probe := scratch[:cap(scratch)]
+		if len(probe) < sampleSize*7/8 {
+			probe = make([]byte, sampleSize*7/8)
+		}
+		if n, err := lc.CompressBlock(data[mid:mid+sampleSize], probe[:sampleSize*7/8]); n == 0 || err != nil {
+			return nil
+		}
+	}
+	limit := len(data) - len(data)/64
+	if cap(scratch) < limit+chunkTrailerSize {
+		scratch = make([]byte, 0, limit+chunkTrailerSize)
+	}
+	n, err := lc.CompressBlock(data, scratch[:limit])
+	if n == 0 || err != nil {
+		return nil
+	}
+	return appendTrailer(scratch[:n], codecLZ4, len(data))
 }
 
 // encode returns the encoded form of data in dst's storage (reallocated if
@@ -180,6 +221,18 @@ func (c *codec) decode(keyOf func([]byte) Key, key Key, dst, enc []byte) ([]byte
 		if len(out) != n {
 			return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("decoded %d bytes, trailer says %d", len(out), n)}
 		}
+	case codecLZ4:
+		if cap(dst) < n {
+			dst = make([]byte, 0, n)
+		}
+		m, err := lz4.UncompressBlock(payload, dst[:n])
+		if err != nil {
+			return nil, &CorruptChunkError{Key: key, Reason: "lz4: " + err.Error()}
+		}
+		if m != n {
+			return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("decoded %d bytes, trailer says %d", m, n)}
+		}
+		out = dst[:n]
 	default:
 		return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("unknown codec %d", tr[0])}
 	}

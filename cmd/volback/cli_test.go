@@ -323,7 +323,7 @@ func TestCLIErrors(t *testing.T) {
 		{"not a repository", []string{"ls", "--repo", filepath.Join(dir, "empty")}, "repo init"},
 		{"init twice", []string{"repo", "init", "--repo", repo}, "already exists"},
 		{"bad chunk size", []string{"repo", "init", "--repo", filepath.Join(dir, "r2"), "--chunk-size", "3MiB"}, "power of two"},
-		{"bad compression", []string{"repo", "init", "--repo", filepath.Join(dir, "r3"), "--compression", "lz4"}, "lz4"},
+		{"bad compression", []string{"repo", "init", "--repo", filepath.Join(dir, "r3"), "--compression", "brotli"}, "brotli"},
 		{"unknown backup", []string{"restore", "--repo", repo, "0123456789abcdef0123456789abcdef", filepath.Join(dir, "x")}, "0123456789abcdef0123456789abcdef"},
 		{"malformed backup id", []string{"verify", "--repo", repo, "../../etc"}, "invalid id"},
 		{"restore over a file", []string{"restore", "--repo", repo, b.ID, img}, "--force"},
