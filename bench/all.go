@@ -86,13 +86,16 @@ type AllReport struct {
 	Backup *BackupCompareResult `json:"backup"`
 	// FloorSeconds is the bytes volback stored at the disk write rate;
 	// FloorRatio volback's median over it.
-	FloorSeconds float64       `json:"floorSeconds"`
-	FloorRatio   float64       `json:"floorRatio"`
-	Restore      []RestoreRun  `json:"restore"`
-	VerifyCost   float64       `json:"verifyCost"` // verified over unverified, paired rounds
-	Parallel     []ParallelRun `json:"parallel"`
-	Notes        []string      `json:"notes"`
-	Charts       []string      `json:"charts"`
+	FloorSeconds float64 `json:"floorSeconds"`
+	FloorRatio   float64 `json:"floorRatio"`
+	// Floors is each volback variant's time over its own floor (what it
+	// stored at the disk write rate).
+	Floors     map[string]float64 `json:"floors"`
+	Restore    []RestoreRun       `json:"restore"`
+	VerifyCost float64            `json:"verifyCost"` // verified over unverified, paired rounds
+	Parallel   []ParallelRun      `json:"parallel"`
+	Notes      []string           `json:"notes"`
+	Charts     []string           `json:"charts"`
 }
 
 // RunAll measures the machine's limits, then volback beside the tools
@@ -157,14 +160,18 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		return nil, fmt.Errorf("backup: %w", err)
 	}
 	rep.Backup = b
+	rep.Floors = map[string]float64{}
 	for _, r := range b.Runs {
-		if r.Tool == ToolVolback && r.Error == "" && lim.DiskWriteMiBps > 0 {
-			rep.FloorSeconds = float64(r.RepoBytes) / (lim.DiskWriteMiBps * (1 << 20))
-			rep.FloorRatio = r.Seconds / rep.FloorSeconds
+		if strings.HasPrefix(r.Tool, ToolVolback) && r.Error == "" && lim.DiskWriteMiBps > 0 {
+			floor := float64(r.RepoBytes) / (lim.DiskWriteMiBps * (1 << 20))
+			rep.Floors[r.Tool] = r.Seconds / floor
+			if r.Tool == ToolVolback {
+				rep.FloorSeconds, rep.FloorRatio = floor, r.Seconds/floor
+			}
 		}
 	}
 
-	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(tools, ", "), cfg.Rounds))
+	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(slices.DeleteFunc(slices.Clone(tools), func(t string) bool { return t == ToolVolbackLZ4 }), ", "), cfg.Rounds))
 	rs, cost, err := measureRestores(ctx, cfg, tools, img)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
@@ -465,7 +472,11 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 			humanize.IBytes(uint64(t.RepoBytes)), t.VolbackSpeedup, t.Settings)
 	}
 	if r.FloorSeconds > 0 {
-		p("\nThe disk floor for what volback stored: %.2f s (its bytes at the disk write rate); volback at %.2fx it.\n", r.FloorSeconds, r.FloorRatio)
+		p("\nThe disk floor for what volback stored: %.2f s (its bytes at the disk write rate); volback at %.2fx it", r.FloorSeconds, r.FloorRatio)
+		if f, ok := r.Floors[ToolVolbackLZ4]; ok {
+			p(", volback-lz4 at %.2fx its own", f)
+		}
+		p(".\n")
 	}
 	p("\n## Restore\n\n| tool | mode | seconds |\n|---|---|---|\n")
 	for _, x := range r.Restore {
