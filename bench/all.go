@@ -94,8 +94,10 @@ type AllReport struct {
 	Restore    []RestoreRun       `json:"restore"`
 	VerifyCost float64            `json:"verifyCost"` // verified over unverified, paired rounds
 	Parallel   []ParallelRun      `json:"parallel"`
-	Notes      []string           `json:"notes"`
-	Charts     []string           `json:"charts"`
+	// NBD is the export side by side with nbdkit and the go-nbd server.
+	NBD    *NBDResult `json:"nbd,omitempty"`
+	Notes  []string   `json:"notes"`
+	Charts []string   `json:"charts"`
 }
 
 // RunAll measures the machine's limits, then volback beside the tools
@@ -129,7 +131,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 	if cfg.Quick {
 		pars = []int{1, 2}
 	}
-	steps := 5
+	steps := 6
 	step := 0
 	progress := func(what string) {
 		step++
@@ -191,7 +193,34 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		st := statOf(secs)
 		rep.Parallel = append(rep.Parallel, ParallelRun{Target: "local", Parallelism: p, Seconds: st, MiBps: float64(cfg.Size) / st.Median / (1 << 20)})
 	}
-	rep.Notes = append(rep.Notes, "the NFS and S3 targets at each parallelismDegree: `volback bench s3` and `scripts/bench targets`; the NBD export and QEMU sources: `volback bench nbd`, `volback bench qemu`")
+	rep.Notes = append(rep.Notes, "the NFS and S3 targets at each parallelismDegree: `volback bench s3` and `scripts/bench targets`; QEMU sources: `volback bench qemu`; live backups under guest writes: `volback bench nbd --live`")
+
+	servers := []string{ServerVolback, ServerGoNBD}
+	if _, err := exec.LookPath("nbdkit"); err == nil {
+		servers = append(servers, ServerNbdkit)
+	} else {
+		rep.Notes = append(rep.Notes, "nbdkit is not installed: the NBD comparison runs without it")
+	}
+	if _, err := exec.LookPath("nbdcopy"); err != nil {
+		rep.Notes = append(rep.Notes, "nbdcopy (libnbd-bin) is not installed: the NBD export is not measured")
+		steps--
+	} else {
+		if _, err := exec.LookPath("fio"); err != nil {
+			rep.Notes = append(rep.Notes, "fio is not installed: no 4 KiB random-write IOPS (scripts/bench nbd installs it)")
+		}
+		progress(fmt.Sprintf("NBD export: %s, nbdcopy write and read, fio 4 KiB random writes at QD32", strings.Join(servers, ", ")))
+		nsize, fio := min(cfg.Size, 1<<30), 10*time.Second
+		if cfg.Quick {
+			fio = 2 * time.Second
+		}
+		nb, err := CompareNBD(ctx, NBDConfig{Dir: cfg.Dir, Size: nsize, Rounds: cfg.Rounds, Servers: servers, Volback: cfg.Volback, FioRuntime: fio}, io.Discard)
+		if err != nil {
+			return nil, fmt.Errorf("nbd: %w", err)
+		}
+		rep.NBD = nb
+		os.Remove(filepath.Join(cfg.Dir, "nbd-src.raw"))
+		os.Remove(filepath.Join(cfg.Dir, "nbd-target.raw"))
+	}
 
 	progress("writing the report and charts to " + cfg.Out)
 	charts, err := writeCharts(rep, cfg.Out)
@@ -492,6 +521,23 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	p("\n## Full backup by parallelismDegree\n\n| target | parallelismDegree | seconds | MiB/s |\n|---|---|---|---|\n")
 	for _, x := range r.Parallel {
 		p("| %s | %d | %.2f [%.2f-%.2f] | %.0f |\n", x.Target, x.Parallelism, x.Seconds.Median, x.Seconds.Min, x.Seconds.Max, x.MiBps)
+	}
+	if r.NBD != nil {
+		p("\n## NBD export (%s, nbdcopy with %d connections; fio QD32)\n\n| server | write MiB/s | read MiB/s | 4 KiB random writes, IOPS |\n|---|---|---|---|\n",
+			humanize.IBytes(uint64(r.NBD.Size)), r.NBD.Connections)
+		for _, sv := range r.NBD.Servers {
+			cell := func(xs []float64) string {
+				if len(xs) == 0 {
+					return "-"
+				}
+				st := statOf(xs)
+				return fmt.Sprintf("%.0f [%.0f-%.0f]", st.Median, st.Min, st.Max)
+			}
+			p("| %s | %s | %s | %s |\n", sv.Server, cell(sv.WriteMiBps), cell(sv.ReadMiBps), cell(sv.RandWriteIOPS))
+			for _, e := range sv.Errors {
+				p("|  | failed: %s | | |\n", oneLine(e))
+			}
+		}
 	}
 	if len(r.Charts) > 0 {
 		p("\n## Charts\n\n")

@@ -12,7 +12,8 @@ import (
 
 // TestBenchAllQuick: `volback bench all --quick` (what CI runs so the
 // harness never rots) writes the Markdown report, its JSON and the SVG
-// charts, every section measured.
+// charts, every section measured (the NBD export beside go-nbd and
+// nbdkit included).
 func TestBenchAllQuick(t *testing.T) {
 	dir, out := t.TempDir(), t.TempDir()
 	r := mustRun(t, "--quiet", "bench", "all", "--quick", "--dir", dir, "--out", out)
@@ -39,6 +40,10 @@ func TestBenchAllQuick(t *testing.T) {
 	}
 	if len(rep.Parallel) != 2 || rep.Parallel[1].MiBps <= 0 {
 		t.Fatalf("parallelism: %+v", rep.Parallel)
+	}
+	requireTools(t, "nbdcopy")
+	if rep.NBD == nil || len(rep.NBD.Servers) < 2 || rep.NBD.Servers[0].Server != "volback" || len(rep.NBD.Servers[0].WriteMiBps) != 1 || len(rep.NBD.Servers[0].ReadMiBps) != 1 {
+		t.Fatalf("nbd: %+v", rep.NBD)
 	}
 	md, err := os.ReadFile(filepath.Join(out, "report.md"))
 	if err != nil {
