@@ -65,6 +65,22 @@ type RestoreRun struct {
 	Error   string `json:"error,omitempty"`
 }
 
+// IncrementalRun is one tool's backup after a share of the image changed
+// since its previous backup.
+type IncrementalRun struct {
+	Tool           string  `json:"tool"`
+	ChangedPercent float64 `json:"changedPercent"`
+	Seconds        float64 `json:"seconds"`
+	BytesRead      int64   `json:"bytesRead,omitempty"` // volback: read from the volume
+	Error          string  `json:"error,omitempty"`
+}
+
+// Incremental backup ways.
+const (
+	IncVolbackCBT  = "volback (changed-block map)"
+	IncVolbackRead = "volback (full read, dedup)"
+)
+
 // ParallelRun is volback's full backup at one parallelismDegree.
 type ParallelRun struct {
 	Target      string  `json:"target"`
@@ -94,6 +110,8 @@ type AllReport struct {
 	Restore    []RestoreRun       `json:"restore"`
 	VerifyCost float64            `json:"verifyCost"` // verified over unverified, paired rounds
 	Parallel   []ParallelRun      `json:"parallel"`
+	// Incremental is each tool's backup after 1% and 10% changed.
+	Incremental []IncrementalRun `json:"incremental"`
 	// NBD is the export side by side with nbdkit and the go-nbd server.
 	NBD    *NBDResult `json:"nbd,omitempty"`
 	Notes  []string   `json:"notes"`
@@ -131,7 +149,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 	if cfg.Quick {
 		pars = []int{1, 2}
 	}
-	steps := 6
+	steps := 7
 	step := 0
 	progress := func(what string) {
 		step++
@@ -179,6 +197,13 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	rep.Restore, rep.VerifyCost = rs, cost
+
+	progress("incremental backups after 1% and 10% changed: volback with its changed-block map and by a full read" + strings.Join(append([]string{""}, tools[2:]...), ", "))
+	inc, err := measureIncrementals(ctx, cfg, tools, img)
+	if err != nil {
+		return nil, fmt.Errorf("incremental: %w", err)
+	}
+	rep.Incremental = inc
 
 	progress(fmt.Sprintf("full backup at parallelismDegree %v, local ImageStore", pars))
 	for _, p := range pars {
@@ -416,6 +441,113 @@ func measureRestores(ctx context.Context, cfg AllConfig, tools []string, img str
 	return res, median(cost), nil
 }
 
+// measureIncrementals changes 1%, then 10% more, of the image in 64 KiB
+// writes at random places, the same writes going to a live volume that
+// holds a copy of it, and after each measures: volback's incremental
+// through the volume's changed-block map; volback's backup of the file
+// (every byte read, unchanged chunks deduplicated); restic and borg
+// backing the file up again into the repositories of the full backups.
+func measureIncrementals(ctx context.Context, cfg AllConfig, tools []string, img string) ([]IncrementalRun, error) {
+	livePath := filepath.Join(cfg.Dir, "all-live.raw")
+	if err := copyFile(img, livePath); err != nil {
+		return nil, err
+	}
+	defer os.Remove(livePath)
+	v, err := dataplane.OpenLiveVolume("bench", livePath, dataplane.VolumeOptions{StateDir: cfg.Dir})
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	liveRepo, err := freshRepo(ctx, filepath.Join(cfg.Dir, "all-live-repo"))
+	if err != nil {
+		return nil, err
+	}
+	defer liveRepo.Close()
+	if _, err := v.Backup(ctx, liveRepo, dataplane.LiveBackupOptions{Chain: "bench", Mode: chunkstore.ModeFull, SpillDir: cfg.Dir}); err != nil {
+		return nil, err
+	}
+	st, err := local.Open(filepath.Join(cfg.Dir, "repo-"+ToolVolback))
+	if err != nil {
+		return nil, err
+	}
+	fileRepo, err := chunkstore.Open(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	defer fileRepo.Close()
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []IncrementalRun
+	r := rand.New(rand.NewPCG(5, 6))
+	const block = 64 << 10
+	buf := make([]byte, block)
+	for _, pct := range []float64{1, 10} {
+		for n := int64(0); n < int64(float64(cfg.Size)*pct/100); n += block {
+			off := r.Int64N(cfg.Size/block) * block
+			for i := range buf {
+				buf[i] = byte(r.Uint32())
+			}
+			if _, err := f.WriteAt(buf, off); err != nil {
+				return nil, err
+			}
+			if err := v.WriteAt(ctx, buf, off, false); err != nil {
+				return nil, err
+			}
+		}
+		if err := f.Sync(); err != nil {
+			return nil, err
+		}
+		if err := v.Flush(ctx); err != nil {
+			return nil, err
+		}
+		syscall.Sync()
+		start := time.Now()
+		m, err := v.Backup(ctx, liveRepo, dataplane.LiveBackupOptions{Chain: "bench", SpillDir: cfg.Dir})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, IncrementalRun{Tool: IncVolbackCBT, ChangedPercent: pct, Seconds: time.Since(start).Seconds(), BytesRead: m.Stats.BytesRead})
+		start = time.Now()
+		m, err = dataplane.Backup(ctx, fileRepo, f, cfg.Size, dataplane.BackupOptions{VolumeID: "bench"})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, IncrementalRun{Tool: IncVolbackRead, ChangedPercent: pct, Seconds: time.Since(start).Seconds(), BytesRead: m.Stats.BytesRead})
+		for _, t := range tools {
+			var env, args []string
+			switch t {
+			case ToolRestic:
+				env = append(os.Environ(), "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(cfg.Dir, "restic-cache"))
+				args = []string{"restic", "backup", "--quiet", "--repo", filepath.Join(cfg.Dir, "repo-restic"), img}
+			case ToolBorg:
+				env = append(os.Environ(), "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_BASE_DIR="+filepath.Join(cfg.Dir, "borg-base"))
+				args = []string{"borg", "create", filepath.Join(cfg.Dir, "repo-borg") + fmt.Sprintf("::inc%.0f", pct), img}
+			default:
+				continue
+			}
+			run := IncrementalRun{Tool: t, ChangedPercent: pct}
+			d, _, err := runTimed(ctx, env, args)
+			if err != nil {
+				run.Error = err.Error()
+			}
+			run.Seconds = d.Seconds()
+			out = append(out, run)
+		}
+	}
+	return out, nil
+}
+
+func copyFile(from, to string) error {
+	out, err := exec.Command("cp", "--sparse=always", from, to).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("cp %s %s: %v: %s", from, to, err, out)
+	}
+	return nil
+}
+
 // lastBackup returns the id of a backup in the local repository at dir.
 func lastBackup(ctx context.Context, dir string) (string, error) {
 	st, err := local.Open(dir)
@@ -517,6 +649,20 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	}
 	if r.VerifyCost > 0 {
 		p("\nA verified restore costs %.2fx an unverified one (median of paired rounds).\n", r.VerifyCost)
+	}
+	if len(r.Incremental) > 0 {
+		p("\n## Incremental backup after a share of the image changed (64 KiB writes at random places)\n\n| tool | changed | seconds | read from the volume |\n|---|---|---|---|\n")
+		for _, x := range r.Incremental {
+			if x.Error != "" {
+				p("| %s | %.0f%% | failed: %s | |\n", x.Tool, x.ChangedPercent, oneLine(x.Error))
+				continue
+			}
+			read := ""
+			if x.BytesRead > 0 {
+				read = humanize.IBytes(uint64(x.BytesRead))
+			}
+			p("| %s | %.0f%% | %.2f | %s |\n", x.Tool, x.ChangedPercent, x.Seconds, read)
+		}
 	}
 	p("\n## Full backup by parallelismDegree\n\n| target | parallelismDegree | seconds | MiB/s |\n|---|---|---|---|\n")
 	for _, x := range r.Parallel {

@@ -53,6 +53,38 @@ func writeCharts(r *AllReport, out string) ([]string, error) {
 	if err := bars("restore.svg", fmt.Sprintf("restore of %s", humanSize(r.Size)), "seconds", labels, secs); err != nil {
 		return nil, err
 	}
+	if len(r.Incremental) > 0 {
+		p := plot.New()
+		p.Title.Text = "incremental backup time by share changed"
+		p.X.Label.Text = "percent of the image changed"
+		p.Y.Label.Text = "seconds"
+		byTool := map[string]plotter.XYs{}
+		var order []string
+		for _, x := range r.Incremental {
+			if x.Error != "" {
+				continue
+			}
+			if _, ok := byTool[x.Tool]; !ok {
+				order = append(order, x.Tool)
+			}
+			byTool[x.Tool] = append(byTool[x.Tool], plotter.XY{X: x.ChangedPercent, Y: x.Seconds})
+		}
+		for i, t := range order {
+			l, s, err := plotter.NewLinePoints(byTool[t])
+			if err != nil {
+				return nil, err
+			}
+			l.Color, s.Color, s.Shape = plotutil.Color(i), plotutil.Color(i), plotutil.Shape(i)
+			p.Add(l, s)
+			p.Legend.Add(t, l, s)
+		}
+		p.Legend.Top = true
+		p.Y.Min = 0
+		if err := p.Save(140*vg.Millimeter, 90*vg.Millimeter, filepath.Join(out, "incremental.svg")); err != nil {
+			return nil, err
+		}
+		names = append(names, "incremental.svg")
+	}
 	if len(r.Parallel) > 0 {
 		p := plot.New()
 		p.Title.Text = "full backup throughput by parallelismDegree"

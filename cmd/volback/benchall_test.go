@@ -38,6 +38,18 @@ func TestBenchAllQuick(t *testing.T) {
 	if len(rep.Restore) < 2 || rep.Restore[0].Error != "" || rep.Restore[1].Error != "" || rep.Restore[0].Seconds.Median <= 0 || rep.VerifyCost <= 0 {
 		t.Fatalf("restore: %+v, verify cost %v", rep.Restore, rep.VerifyCost)
 	}
+	cbt := 0
+	for _, x := range rep.Incremental {
+		if x.Error != "" {
+			t.Errorf("incremental %s at %.0f%%: %s", x.Tool, x.ChangedPercent, x.Error)
+		}
+		if x.Tool == bench.IncVolbackCBT && x.Seconds > 0 && x.BytesRead > 0 && x.BytesRead <= rep.Size {
+			cbt++
+		}
+	}
+	if cbt != 2 {
+		t.Fatalf("incremental: %+v", rep.Incremental)
+	}
 	if len(rep.Parallel) != 2 || rep.Parallel[1].MiBps <= 0 {
 		t.Fatalf("parallelism: %+v", rep.Parallel)
 	}
@@ -49,7 +61,7 @@ func TestBenchAllQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []string{"backup.svg", "restore.svg", "parallelism.svg"} {
+	for _, c := range []string{"backup.svg", "restore.svg", "incremental.svg", "parallelism.svg"} {
 		svg, err := os.ReadFile(filepath.Join(out, c))
 		if err != nil || !strings.Contains(string(svg), "<svg") {
 			t.Fatalf("chart %s: %v", c, err)
