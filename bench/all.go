@@ -112,6 +112,9 @@ type AllReport struct {
 	Parallel   []ParallelRun      `json:"parallel"`
 	// Incremental is each tool's backup after 1% and 10% changed.
 	Incremental []IncrementalRun `json:"incremental"`
+	// Mount is the sequential read through volback's FUSE mount and
+	// restic's.
+	Mount *MountCompareResult `json:"mount,omitempty"`
 	// NBD is the export side by side with nbdkit and the go-nbd server.
 	NBD    *NBDResult `json:"nbd,omitempty"`
 	Notes  []string   `json:"notes"`
@@ -149,7 +152,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 	if cfg.Quick {
 		pars = []int{1, 2}
 	}
-	steps := 7
+	steps := 8
 	step := 0
 	progress := func(what string) {
 		step++
@@ -219,6 +222,22 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		rep.Parallel = append(rep.Parallel, ParallelRun{Target: "local", Parallelism: p, Seconds: st, MiBps: float64(cfg.Size) / st.Median / (1 << 20)})
 	}
 	rep.Notes = append(rep.Notes, "the NFS and S3 targets at each parallelismDegree: `volback bench s3` and `scripts/bench targets`; QEMU sources: `volback bench qemu`; live backups under guest writes: `volback bench nbd --live`")
+
+	if _, err := exec.LookPath("fusermount3"); err != nil || os.Geteuid() != 0 {
+		rep.Notes = append(rep.Notes, "FUSE mounts need fusermount3 and root here: the mount read is not measured")
+		steps--
+	} else {
+		mtools := []string{ToolVolback}
+		if slices.Contains(tools, ToolRestic) {
+			mtools = append(mtools, ToolRestic)
+		}
+		progress("sequential read through the FUSE mount: " + strings.Join(mtools, ", "))
+		mr, err := CompareMount(ctx, MountCompareConfig{Dir: cfg.Dir, Image: img, Size: cfg.Size, Tools: mtools, Volback: cfg.Volback, Rounds: cfg.Rounds}, io.Discard)
+		if err != nil {
+			return nil, fmt.Errorf("mount: %w", err)
+		}
+		rep.Mount = mr
+	}
 
 	servers := []string{ServerVolback, ServerGoNBD}
 	if _, err := exec.LookPath("nbdkit"); err == nil {
@@ -667,6 +686,16 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	p("\n## Full backup by parallelismDegree\n\n| target | parallelismDegree | seconds | MiB/s |\n|---|---|---|---|\n")
 	for _, x := range r.Parallel {
 		p("| %s | %d | %.2f [%.2f-%.2f] | %.0f |\n", x.Target, x.Parallelism, x.Seconds.Median, x.Seconds.Min, x.Seconds.Max, x.MiBps)
+	}
+	if r.Mount != nil {
+		p("\n## Sequential read of the image through a FUSE mount of its backup (MB/s)\n\n| tool | first byte, s | fresh, page cache dropped | repository cached | re-read |\n|---|---|---|---|---|\n")
+		for _, m := range r.Mount.Runs {
+			if m.Error != "" {
+				p("| %s | failed: %s | | | |\n", m.Tool, oneLine(m.Error))
+				continue
+			}
+			p("| %s | %.2f | %.0f | %.0f | %.0f |\n", m.Tool, m.FirstByteSeconds, m.ColdMBps, m.WarmMBps, m.CachedMBps)
+		}
 	}
 	if r.NBD != nil {
 		p("\n## NBD export (%s, nbdcopy with %d connections; fio QD32)\n\n| server | write MiB/s | read MiB/s | 4 KiB random writes, IOPS |\n|---|---|---|---|\n",

@@ -53,7 +53,10 @@ func TestBenchAllQuick(t *testing.T) {
 	if len(rep.Parallel) != 2 || rep.Parallel[1].MiBps <= 0 {
 		t.Fatalf("parallelism: %+v", rep.Parallel)
 	}
-	requireTools(t, "nbdcopy")
+	requireTools(t, "nbdcopy", "fusermount3")
+	if rep.Mount == nil || len(rep.Mount.Runs) == 0 || rep.Mount.Runs[0].Tool != "volback" || rep.Mount.Runs[0].Error != "" || rep.Mount.Runs[0].ColdMBps <= 0 {
+		t.Fatalf("mount: %+v", rep.Mount)
+	}
 	if rep.NBD == nil || len(rep.NBD.Servers) < 2 || rep.NBD.Servers[0].Server != "volback" || len(rep.NBD.Servers[0].WriteMiBps) != 1 || len(rep.NBD.Servers[0].ReadMiBps) != 1 {
 		t.Fatalf("nbd: %+v", rep.NBD)
 	}
