@@ -139,7 +139,9 @@ func (a *API) revertJob(ctx context.Context, id string, p revertParams) (JobFunc
 			return nil, errFailed("cannot read backup "+b.UUID, err)
 		}
 		defer repo.Close()
-		st, err := vol.Revert(ctx, repo, m, dataplane.RevertOptions{Progress: prog, WriteBytesPerSec: writeBPS})
+		// Checked on the disk unless forced beside attached clients,
+		// whose writes would read as damage.
+		st, err := vol.Revert(ctx, repo, m, dataplane.RevertOptions{Progress: prog, WriteBytesPerSec: writeBPS, Verify: !p.Force})
 		if err != nil {
 			return nil, errFailed("revert of volume "+b.VolumeUUID+" failed", err)
 		}

@@ -16,6 +16,10 @@ type RevertOptions struct {
 	// WriteBytesPerSec limits the writes to the volume (ZStack's
 	// volumeWriteBandwidth); 0 is no limit. Zeroed ranges count too.
 	WriteBytesPerSec int64
+	// Verify reads each rewritten chunk back from the disk (flushed, its
+	// pages dropped) and checks it against the backup. Only for a volume
+	// no client writes meanwhile: a guest's write would read as damage.
+	Verify bool
 }
 
 // RevertStats says what a revert changed.
@@ -75,6 +79,11 @@ func (v *Volume) Revert(ctx context.Context, repo *chunkstore.Repository, m *chu
 			if err := v.Zero(ctx, off, int64(n), ZeroOptions{}); err != nil {
 				return fmt.Errorf("volume %s offset %d: %w", v.ID, off, err)
 			}
+			if opts.Verify {
+				if err := checkOnDisk(repo, v.f, false, cur, off, want); err != nil {
+					return fmt.Errorf("volume %s: %w", v.ID, err)
+				}
+			}
 		} else {
 			if !chunkstore.IsZero(cur) && repo.Key(cur) == want {
 				same.Add(1)
@@ -92,6 +101,11 @@ func (v *Volume) Revert(ctx context.Context, repo *chunkstore.Repository, m *chu
 			}
 			if err := v.WriteAt(ctx, data, off, false); err != nil {
 				return fmt.Errorf("volume %s offset %d: %w", v.ID, off, err)
+			}
+			if opts.Verify {
+				if err := checkOnDisk(repo, v.f, false, data, off, want); err != nil {
+					return fmt.Errorf("volume %s: %w", v.ID, err)
+				}
 			}
 		}
 		written.Add(1)
