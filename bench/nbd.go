@@ -5,16 +5,22 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/volback/volback/nbd"
 )
 
 // NBD servers CompareNBD can run.
@@ -44,7 +50,13 @@ type NBDServerResult struct {
 	WriteMiBps    []float64 `json:"writeMiBps"`
 	ReadMiBps     []float64 `json:"readMiBps"`
 	RandWriteIOPS []float64 `json:"randWriteIops"`
-	Errors        []string  `json:"errors,omitempty"`
+	// Measured with volback's own NBD client (no fio needed): 4 KiB
+	// random writes at queue depth 32, and the latency of 4 KiB writes at
+	// queue depth 1, median and 99th percentile, in microseconds.
+	QD32IOPS []float64 `json:"qd32Iops"`
+	QD1P50us []float64 `json:"qd1P50Microseconds"`
+	QD1P99us []float64 `json:"qd1P99Microseconds"`
+	Errors   []string  `json:"errors,omitempty"`
 }
 
 // LiveBackupResult compares write throughput without and during a backup.
@@ -72,8 +84,10 @@ type NBDResult struct {
 }
 
 type nbdServer struct {
-	cmd *exec.Cmd
-	uri string
+	cmd    *exec.Cmd
+	uri    string
+	sock   string
+	export string
 }
 
 func (s *nbdServer) stop() {
@@ -125,7 +139,11 @@ func startNBDServer(ctx context.Context, cfg NBDConfig, name, file string) (*nbd
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return &nbdServer{cmd: cmd, uri: uri}, nil
+	export := "bench"
+	if name == ServerNbdkit {
+		export = ""
+	}
+	return &nbdServer{cmd: cmd, uri: uri, sock: sock, export: export}, nil
 }
 
 // timedRun runs a command with a timeout and returns its wall time.
@@ -200,6 +218,13 @@ func CompareNBD(ctx context.Context, cfg NBDConfig, log io.Writer) (*NBDResult, 
 			} else {
 				r.ReadMiBps = append(r.ReadMiBps, mib/d.Seconds())
 			}
+			if iops, p50, p99, err := clientWrites(ctx, srv, cfg.Size); err != nil {
+				r.Errors = append(r.Errors, "4 KiB writes: "+err.Error())
+			} else {
+				r.QD32IOPS = append(r.QD32IOPS, iops)
+				r.QD1P50us = append(r.QD1P50us, p50)
+				r.QD1P99us = append(r.QD1P99us, p99)
+			}
 			if _, err := exec.LookPath("fio"); err == nil {
 				iops, err := fioRandWrite(ctx, srv.uri, cfg.Size, cfg.FioRuntime)
 				if err != nil {
@@ -222,6 +247,59 @@ func CompareNBD(ctx context.Context, cfg NBDConfig, log io.Writer) (*NBDResult, 
 		res.Live = live
 	}
 	return res, nil
+}
+
+// clientWrites measures 4 KiB writes at random aligned offsets through
+// volback's NBD client: IOPS with 32 in flight for two seconds, then the
+// latency of 2,000 one at a time (p50, p99 in microseconds).
+func clientWrites(ctx context.Context, srv *nbdServer, size int64) (iops, p50, p99 float64, err error) {
+	c, err := nbd.Dial(ctx, "unix", srv.sock, srv.export, nbd.ClientOptions{})
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer c.Close()
+	const block = 4096
+	blocks := size / block
+	var ops atomic.Int64
+	var first atomic.Value
+	deadline := time.Now().Add(2 * time.Second)
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 9))
+			buf := make([]byte, block)
+			for i := range buf {
+				buf[i] = byte(r.Uint32())
+			}
+			for time.Now().Before(deadline) {
+				if err := c.WriteAt(ctx, buf, r.Int64N(blocks)*block, false); err != nil {
+					first.CompareAndSwap(nil, err)
+					return
+				}
+				ops.Add(1)
+			}
+		}()
+	}
+	start := time.Now()
+	wg.Wait()
+	if e, ok := first.Load().(error); ok {
+		return 0, 0, 0, e
+	}
+	iops = float64(ops.Load()) / time.Since(start).Seconds()
+	r := rand.New(rand.NewPCG(77, 78))
+	buf := make([]byte, block)
+	lat := make([]float64, 2000)
+	for i := range lat {
+		t := time.Now()
+		if err := c.WriteAt(ctx, buf, r.Int64N(blocks)*block, false); err != nil {
+			return 0, 0, 0, err
+		}
+		lat[i] = float64(time.Since(t).Microseconds())
+	}
+	slices.Sort(lat)
+	return iops, lat[len(lat)/2], lat[len(lat)*99/100], nil
 }
 
 func lastOf(xs []float64, format string) string {

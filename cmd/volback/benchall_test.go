@@ -57,7 +57,8 @@ func TestBenchAllQuick(t *testing.T) {
 	if rep.Mount == nil || len(rep.Mount.Runs) == 0 || rep.Mount.Runs[0].Tool != "volback" || rep.Mount.Runs[0].Error != "" || rep.Mount.Runs[0].ColdMBps <= 0 {
 		t.Fatalf("mount: %+v", rep.Mount)
 	}
-	if rep.NBD == nil || len(rep.NBD.Servers) < 2 || rep.NBD.Servers[0].Server != "volback" || len(rep.NBD.Servers[0].WriteMiBps) != 1 || len(rep.NBD.Servers[0].ReadMiBps) != 1 {
+	if rep.NBD == nil || len(rep.NBD.Servers) < 2 || rep.NBD.Servers[0].Server != "volback" || len(rep.NBD.Servers[0].WriteMiBps) != 1 || len(rep.NBD.Servers[0].ReadMiBps) != 1 ||
+		len(rep.NBD.Servers[0].QD32IOPS) != 1 || rep.NBD.Servers[0].QD1P50us[0] <= 0 || rep.NBD.Servers[0].QD1P99us[0] < rep.NBD.Servers[0].QD1P50us[0] {
 		t.Fatalf("nbd: %+v", rep.NBD)
 	}
 	md, err := os.ReadFile(filepath.Join(out, "report.md"))
