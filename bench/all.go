@@ -407,12 +407,12 @@ func measureRestores(ctx context.Context, cfg AllConfig, tools []string, img str
 			r := &RestoreRun{Tool: t, Mode: "restore latest"}
 			runs = append(runs, r)
 			jobs = append(jobs, job{r, []string{"restic", "restore", "latest", "--repo", filepath.Join(cfg.Dir, "repo-restic"), "--target", out},
-				append(os.Environ(), "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(cfg.Dir, "restic-cache")), true})
+				baselineEnv(cfg.Dir, t), true})
 		case ToolBorg:
 			r := &RestoreRun{Tool: t, Mode: "extract"}
 			runs = append(runs, r)
 			jobs = append(jobs, job{r, []string{"borg", "extract", filepath.Join(cfg.Dir, "repo-borg") + "::bench"},
-				append(os.Environ(), "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_BASE_DIR="+filepath.Join(cfg.Dir, "borg-base")), true})
+				baselineEnv(cfg.Dir, t), true})
 		}
 	}
 	secs := make([][]float64, len(jobs))
@@ -536,19 +536,17 @@ func measureIncrementals(ctx context.Context, cfg AllConfig, tools []string, img
 		}
 		out = append(out, IncrementalRun{Tool: IncVolbackRead, ChangedPercent: pct, Seconds: time.Since(start).Seconds(), BytesRead: m.Stats.BytesRead})
 		for _, t := range tools {
-			var env, args []string
+			var args []string
 			switch t {
 			case ToolRestic:
-				env = append(os.Environ(), "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(cfg.Dir, "restic-cache"))
 				args = []string{"restic", "backup", "--quiet", "--repo", filepath.Join(cfg.Dir, "repo-restic"), img}
 			case ToolBorg:
-				env = append(os.Environ(), "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_BASE_DIR="+filepath.Join(cfg.Dir, "borg-base"))
 				args = []string{"borg", "create", filepath.Join(cfg.Dir, "repo-borg") + fmt.Sprintf("::inc%.0f", pct), img}
 			default:
 				continue
 			}
 			run := IncrementalRun{Tool: t, ChangedPercent: pct}
-			d, _, err := runTimed(ctx, env, args)
+			d, _, err := runTimed(ctx, baselineEnv(cfg.Dir, t), args)
 			if err != nil {
 				run.Error = err.Error()
 			}

@@ -53,67 +53,71 @@ func writeCharts(r *AllReport, out string) ([]string, error) {
 	if err := bars("restore.svg", fmt.Sprintf("restore of %s", humanSize(r.Size)), "seconds", labels, secs); err != nil {
 		return nil, err
 	}
-	if len(r.Incremental) > 0 {
-		p := plot.New()
-		p.Title.Text = "incremental backup time by share changed"
-		p.X.Label.Text = "percent of the image changed"
-		p.Y.Label.Text = "seconds"
-		byTool := map[string]plotter.XYs{}
-		var order []string
-		for _, x := range r.Incremental {
-			if x.Error != "" {
-				continue
-			}
-			if _, ok := byTool[x.Tool]; !ok {
-				order = append(order, x.Tool)
-			}
-			byTool[x.Tool] = append(byTool[x.Tool], plotter.XY{X: x.ChangedPercent, Y: x.Seconds})
+	var inc series
+	for _, x := range r.Incremental {
+		if x.Error == "" {
+			inc.add(x.Tool, x.ChangedPercent, x.Seconds)
 		}
-		for i, t := range order {
-			l, s, err := plotter.NewLinePoints(byTool[t])
-			if err != nil {
-				return nil, err
-			}
-			l.Color, s.Color, s.Shape = plotutil.Color(i), plotutil.Color(i), plotutil.Shape(i)
-			p.Add(l, s)
-			p.Legend.Add(t, l, s)
-		}
-		p.Legend.Top = true
-		p.Y.Min = 0
-		if err := p.Save(140*vg.Millimeter, 90*vg.Millimeter, filepath.Join(out, "incremental.svg")); err != nil {
-			return nil, err
-		}
+	}
+	if err := inc.save(filepath.Join(out, "incremental.svg"), "incremental backup time by share changed",
+		"percent of the image changed", "seconds", true, 140, 90); err != nil {
+		return nil, err
+	}
+	if len(inc.order) > 0 {
 		names = append(names, "incremental.svg")
 	}
-	if len(r.Parallel) > 0 {
-		p := plot.New()
-		p.Title.Text = "full backup throughput by parallelismDegree"
-		p.X.Label.Text = "parallelismDegree"
-		p.Y.Label.Text = "MiB/s"
-		byTarget := map[string]plotter.XYs{}
-		var order []string
-		for _, x := range r.Parallel {
-			if _, ok := byTarget[x.Target]; !ok {
-				order = append(order, x.Target)
-			}
-			byTarget[x.Target] = append(byTarget[x.Target], plotter.XY{X: float64(x.Parallelism), Y: x.MiBps})
-		}
-		for i, t := range order {
-			l, s, err := plotter.NewLinePoints(byTarget[t])
-			if err != nil {
-				return nil, err
-			}
-			l.Color, s.Color, s.Shape = plotutil.Color(i), plotutil.Color(i), plotutil.Shape(i)
-			p.Add(l, s)
-			p.Legend.Add(t, l, s)
-		}
-		p.Y.Min = 0
-		if err := p.Save(120*vg.Millimeter, 80*vg.Millimeter, filepath.Join(out, "parallelism.svg")); err != nil {
-			return nil, err
-		}
+	var par series
+	for _, x := range r.Parallel {
+		par.add(x.Target, float64(x.Parallelism), x.MiBps)
+	}
+	if err := par.save(filepath.Join(out, "parallelism.svg"), "full backup throughput by parallelismDegree",
+		"parallelismDegree", "MiB/s", false, 120, 80); err != nil {
+		return nil, err
+	}
+	if len(par.order) > 0 {
 		names = append(names, "parallelism.svg")
 	}
 	return names, nil
+}
+
+// series is the lines of a chart, by name, in the order first seen.
+type series struct {
+	order []string
+	xys   map[string]plotter.XYs
+}
+
+func (s *series) add(name string, x, y float64) {
+	if s.xys == nil {
+		s.xys = map[string]plotter.XYs{}
+	}
+	if _, ok := s.xys[name]; !ok {
+		s.order = append(s.order, name)
+	}
+	s.xys[name] = append(s.xys[name], plotter.XY{X: x, Y: y})
+}
+
+// save draws the lines, each with its points and a legend entry, to path
+// (w x h millimetres); an empty series draws nothing.
+func (s *series) save(path, title, xlabel, ylabel string, legendTop bool, w, h vg.Length) error {
+	if len(s.order) == 0 {
+		return nil
+	}
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = xlabel
+	p.Y.Label.Text = ylabel
+	for i, name := range s.order {
+		l, pts, err := plotter.NewLinePoints(s.xys[name])
+		if err != nil {
+			return err
+		}
+		l.Color, pts.Color, pts.Shape = plotutil.Color(i), plotutil.Color(i), plotutil.Shape(i)
+		p.Add(l, pts)
+		p.Legend.Add(name, l, pts)
+	}
+	p.Legend.Top = legendTop
+	p.Y.Min = 0
+	return p.Save(w*vg.Millimeter, h*vg.Millimeter, path)
 }
 
 func humanSize(n int64) string {

@@ -201,13 +201,13 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		}
 		backup = []string{bin, "--quiet", "backup", "--repo", repo, "--parallelism", fmt.Sprint(cfg.Parallelism), img}
 	case ToolRestic:
-		env = append(env, "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(cfg.Dir, "restic-cache"))
+		env = baselineEnv(cfg.Dir, ToolRestic)
 		run.Version = toolVersion(ctx, "restic", "version")
 		run.Settings = "defaults (content-defined chunks, SHA-256, AES, compression auto)"
 		setup = [][]string{{"restic", "init", "--repo", repo}}
 		backup = []string{"restic", "backup", "--quiet", "--repo", repo, img}
 	case ToolBorg:
-		env = append(env, "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_BASE_DIR="+filepath.Join(cfg.Dir, "borg-base"))
+		env = baselineEnv(cfg.Dir, ToolBorg)
 		run.Version = toolVersion(ctx, "borg", "--version")
 		run.Settings = "--encryption none, default lz4 compression"
 		setup = [][]string{{"borg", "init", "--encryption", "none", repo}}
@@ -232,6 +232,19 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 	run.MaxRSS = rss
 	run.RepoBytes = diskUsage(repo)
 	return run, nil
+}
+
+// baselineEnv is the environment restic or borg runs with here: the
+// benchmark's password, caches under dir.
+func baselineEnv(dir, tool string) []string {
+	env := os.Environ()
+	switch tool {
+	case ToolRestic:
+		return append(env, "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(dir, "restic-cache"))
+	case ToolBorg:
+		return append(env, "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_BASE_DIR="+filepath.Join(dir, "borg-base"))
+	}
+	return env
 }
 
 func median(xs []float64) float64 {

@@ -136,7 +136,7 @@ func measureMount(ctx context.Context, cfg MountCompareConfig, tool, img string,
 			return m[0], nil
 		}
 	case ToolRestic:
-		env = append(env, "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(cfg.Dir, "restic-cache"))
+		env = baselineEnv(cfg.Dir, ToolRestic)
 		run.Version = toolVersion(ctx, "restic", "version")
 		if _, _, err := runTimed(ctx, env, []string{"restic", "init", "--repo", repo}); err != nil {
 			return run, err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/mem"
+	"github.com/volback/volback/chunkstore/storetest"
 )
 
 // opCounter counts a store's requests by kind and name prefix, e.g.
@@ -63,53 +64,10 @@ func (c *opCounter) Delete(ctx context.Context, name string) error {
 	return c.Store.Delete(ctx, name)
 }
 
-// manyBackups saves n manifests of a 1 GiB volume (256 chunks, all one
-// stored chunk), straight through the repository.
+// manyBackups saves n manifests of 256-chunk volumes.
 func manyBackups(t testing.TB, r *chunkstore.Repository, n int) []string {
 	t.Helper()
-	ctx := context.Background()
-	data := make([]byte, r.ChunkSize())
-	data[0] = 1
-	k := r.Key(data)
-	if _, err := r.PutChunk(ctx, k, data); err != nil {
-		t.Fatal(err)
-	}
-	chunks := make([]chunkstore.Key, 256)
-	for i := range chunks {
-		chunks[i] = k
-	}
-	ids := make([]string, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	next := make(chan int)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				ids[i] = chunkstore.NewID()
-				m := &chunkstore.Manifest{Version: chunkstore.FormatVersion, ID: ids[i], VolumeID: fmt.Sprintf("vol-%d", i%10),
-					Mode: chunkstore.ModeFull, Size: 256 * int64(r.ChunkSize()), ChunkSize: r.ChunkSize(),
-					Started: time.Unix(int64(i), 0).UTC(), Finished: time.Unix(int64(i)+1, 0).UTC(),
-					Meta: map[string]string{"name": fmt.Sprint("backup-", i)}, Chunks: chunks}
-				if err := r.SaveManifest(ctx, m); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		t.Fatal(err)
-	default:
-	}
-	return ids
+	return storetest.SaveManifests(t, r, n, 10)
 }
 
 // TestListingUsesTheIndex: listing 10,000 backups reads every manifest

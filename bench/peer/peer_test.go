@@ -3,45 +3,23 @@ package peer_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
-	"github.com/volback/volback/bench/peer"
+	"github.com/volback/volback/chunkstore/storetest"
 )
-
-func startCluster(t *testing.T) *peer.SeaweedFS {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	c, err := peer.StartSeaweedFS(ctx, peer.SeaweedFSOptions{Dir: t.TempDir()})
-	if errors.Is(err, peer.ErrNotInstalled) && os.Getenv("CI") == "" {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(c.Logs())
-		}
-		c.Close()
-	})
-	return c
-}
 
 // TestSeaweedFSSurvivesOneVolumeServer: what the multi-node tests rely
 // on. Objects written before a volume server dies are read through their
 // other copy, and new ones are written while it is down.
 func TestSeaweedFSSurvivesOneVolumeServer(t *testing.T) {
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	c := startCluster(t)
+	c := storetest.StartSeaweedFS(t)
 	ctx := context.Background()
 	if err := c.NewBucket(ctx, "peer-test"); err != nil {
 		t.Fatal(err)

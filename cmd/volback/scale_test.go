@@ -2,73 +2,32 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/storetest"
 )
 
 // writeManifests fills a new local repository at dir with n backups of
-// 1 GiB volumes (256 chunk keys each, all one stored chunk), written
-// straight through the repository, 16 at a time.
+// 1 GiB volumes (4 MiB chunks).
 func writeManifests(tb testing.TB, dir string, n int) {
 	tb.Helper()
-	ctx := context.Background()
 	st, err := local.Open(dir)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	r, err := chunkstore.Init(ctx, st, chunkstore.InitOptions{ChunkSize: 4 << 20})
+	r, err := chunkstore.Init(context.Background(), st, chunkstore.InitOptions{ChunkSize: 4 << 20})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer r.Close()
-	data := make([]byte, r.ChunkSize())
-	data[0] = 1
-	k := r.Key(data)
-	if _, err := r.PutChunk(ctx, k, data); err != nil {
-		tb.Fatal(err)
-	}
-	chunks := make([]chunkstore.Key, 256)
-	for i := range chunks {
-		chunks[i] = k
-	}
-	var wg sync.WaitGroup
-	next := make(chan int)
-	var mu sync.Mutex
-	var first error
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				m := &chunkstore.Manifest{Version: chunkstore.FormatVersion, ID: chunkstore.NewID(),
-					VolumeID: fmt.Sprintf("%032x", i%1000), Mode: chunkstore.ModeFull, Size: 1 << 30, ChunkSize: r.ChunkSize(),
-					Started: time.Unix(1.7e9+int64(i), 0).UTC(), Finished: time.Unix(1.7e9+int64(i)+60, 0).UTC(),
-					Meta: map[string]string{"name": fmt.Sprint("daily-", i)}, Chunks: chunks}
-				if err := r.SaveManifest(ctx, m); err != nil {
-					mu.Lock()
-					first = err
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	if first != nil {
-		tb.Fatal(first)
-	}
+	storetest.SaveManifests(tb, r, n, 1000)
 }
 
 // BenchmarkScale10000: with 10,000 backups of 1 GiB volumes in a
