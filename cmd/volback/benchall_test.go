@@ -29,10 +29,10 @@ func TestBenchAllQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := rep.Limits
-	if !rep.Quick || rep.Size != 64<<20 || l.CachedReadMiBps <= 0 || l.DiskWriteMiBps <= 0 || l.XXHashMiBps <= 0 || l.ZstdMiBps <= 0 {
+	if !rep.Quick || rep.Size != 64<<20 || l.CachedReadMiBps <= 0 || l.DiskWriteMiBps <= 0 || l.DiskMixedMiBps <= 0 || l.XXHashMiBps <= 0 || l.ZstdMiBps <= 0 {
 		t.Fatalf("limits: %+v (quick %v, size %d)", l, rep.Quick, rep.Size)
 	}
-	if len(rep.Backup.Runs) == 0 || rep.Backup.Runs[0].Tool != "volback" || rep.Backup.Runs[0].Error != "" || rep.Backup.Runs[0].Seconds <= 0 || rep.FloorRatio <= 0 {
+	if len(rep.Backup.Runs) == 0 || rep.Backup.Runs[0].Tool != "volback" || rep.Backup.Runs[0].Error != "" || rep.Backup.Runs[0].Seconds <= 0 || rep.FloorRatio <= 0 || len(rep.Backup.Runs[0].FloorRounds) != 1 {
 		t.Fatalf("backup: %+v, floor ratio %v", rep.Backup.Runs, rep.FloorRatio)
 	}
 	if len(rep.Restore) < 2 || rep.Restore[0].Error != "" || rep.Restore[1].Error != "" || rep.Restore[0].Seconds.Median <= 0 || rep.VerifyCost <= 0 {
