@@ -256,11 +256,13 @@ func (p *pendingBackup) run(ctx context.Context) (*chunkstore.Manifest, error) {
 	if p.fullReason != "" {
 		meta["fullReason"] = p.fullReason
 	}
+	v.pacing.Add(1)
 	m, err := Backup(ctx, p.repo, p.snap, v.size, BackupOptions{
 		ID: p.id, Lease: p.lease, VolumeID: v.ID, Parallelism: p.opts.Parallelism,
 		Parent: p.parent, Changed: p.changed, Plan: p.plan, Meta: meta, Progress: p.opts.Progress,
 		Nice: liveBackupNice, Pace: v.pace, ReadBytesPerSec: p.opts.ReadBytesPerSec,
 	})
+	v.pacing.Add(-1)
 	v.gate.Lock()
 	if err != nil {
 		// Give the frozen changes back so the next backup reads them.

@@ -46,8 +46,11 @@ type Volume struct {
 	busy   map[string]bool
 	closed bool
 
-	// lastWrite is when a client last wrote, in nanotime units.
+	// lastWrite is when a client last wrote, in nanotime units, kept
+	// while pacing counts running live backups (their pace reads it):
+	// outside backups writes skip the clock and the shared store.
 	lastWrite atomic.Int64
+	pacing    atomic.Int32
 
 	// restore is set while the volume is filled from a backup.
 	restore atomic.Pointer[liveRestore]
@@ -133,7 +136,9 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 // beforeWrite preserves old data for running backups and marks the maps.
 // The caller holds gate for reading.
 func (v *Volume) beforeWrite(off, length int64) error {
-	v.lastWrite.Store(nanotime())
+	if v.pacing.Load() > 0 {
+		v.lastWrite.Store(nanotime())
+	}
 	for _, s := range v.snaps {
 		if err := s.preserve(off, length); err != nil {
 			return err

@@ -19,12 +19,16 @@
 //
 // # Transmission
 //
-// One goroutine reads requests. Each request then runs in a goroutine of
-// its own, at most maxInFlight per connection, so replies leave in
-// completion order, not request order. A write's payload is read before
-// anything else happens, so a refused write never desynchronises the
-// stream. Replies go through one writer goroutine per connection, which
-// sends every reply that is waiting in one vectored write. The payload
+// One goroutine reads requests. A small read or write that arrives alone
+// (queue depth 1) runs on that goroutine; the rest run on the
+// connection's workers, at most maxInFlight, started as needed and kept
+// for the connection's life, so replies leave in completion order, not
+// request order. A write's payload is read before anything else happens,
+// so a refused write never desynchronises the stream. The goroutine that
+// finishes a request writes its reply, with every other reply waiting,
+// in one vectored write, unless another is writing already, which then
+// takes it along: no hand-offs at depth 1, few system calls under a deep
+// queue. The payload
 // bytes a connection holds are bounded (connBudget), so a client that
 // pipelines deeply cannot exhaust memory.
 //

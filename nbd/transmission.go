@@ -10,6 +10,7 @@ import (
 	"math/bits"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sync/semaphore"
@@ -43,16 +44,40 @@ type transmission struct {
 	r      *bufio.Reader
 	size   int64
 	budget *semaphore.Weighted
-	// slots bounds the requests in progress on this connection. More
-	// gain nothing: the kernel serialises buffered writes to one file,
-	// and every extra blocked pwrite is another OS thread to schedule.
-	slots chan struct{}
-	wg    sync.WaitGroup
+	// jobs feeds the connection's workers, at most maxInFlight of them:
+	// the requests in progress on this connection. More gain nothing:
+	// the kernel serialises buffered writes to one file, and every extra
+	// blocked pwrite is another OS thread to schedule. Workers live as
+	// long as the connection: a goroutine per request would start on a
+	// small stack and grow it (copy it) on every request, which costs a
+	// 4 KiB write more than its system call.
+	jobs     chan job
+	nworkers int
+	wg       sync.WaitGroup
 
-	// replies feeds the writer goroutine, which sends whatever replies
-	// are waiting in one vectored write: under a deep queue of small
-	// requests that is one system call for many replies.
-	replies chan reply
+	// Replies go out by combining: the goroutine with a reply to send
+	// appends it to pending and, if no one is writing, writes everything
+	// pending in one vectored write, again until pending stays empty;
+	// if someone is, that writer takes it along. At queue depth 1 the
+	// request's own goroutine writes its reply, with no hand-off to wake
+	// another; under a deep queue of small requests one system call
+	// carries many replies. After a failed write the connection is
+	// closed and later replies are only released.
+	wmu      sync.Mutex
+	pending  []reply
+	spare    []reply
+	flushing bool
+	werr     error
+	nb       net.Buffers
+	inflight atomic.Int32 // requests on workers
+}
+
+// job is one request for a worker: its payload (writes) and the weight
+// it holds of the connection's budget.
+type job struct {
+	req     Request
+	payload []byte
+	weight  int64
 }
 
 // reply is one complete reply: its buffers go out back to back, and
@@ -62,25 +87,19 @@ type reply struct {
 	release func()
 }
 
-// maxBatch bounds the replies gathered into one write.
-const maxBatch = 64
-
 func newTransmission(srv *Server, s *session, c net.Conn, r *bufio.Reader) *transmission {
-	return &transmission{srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget), slots: make(chan struct{}, maxInFlight), replies: make(chan reply, 2*maxInFlight)}
+	return &transmission{srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget), jobs: make(chan job)}
 }
 
-// run reads requests until DISC, a broken stream or ctx's end. Each
-// request runs in its own goroutine, so replies leave in completion order;
+// run reads requests until DISC, a broken stream or ctx's end. Requests
+// run on the connection's workers, so replies leave in completion order;
 // run waits for all of them before returning.
 func (t *transmission) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	writerDone := make(chan struct{})
-	go func() { t.writer(); close(writerDone) }()
 	defer func() {
+		close(t.jobs)
 		t.wg.Wait()
-		close(t.replies)
-		<-writerDone
 	}()
 	var hdr [RequestHeaderSize]byte
 	for {
@@ -125,17 +144,63 @@ func (t *transmission) run(ctx context.Context) error {
 				return err
 			}
 		}
-		t.slots <- struct{}{}
+		j := job{req: req, payload: payload, weight: weight}
+		if t.inline(j) {
+			t.run1(ctx, j)
+			continue
+		}
+		t.inflight.Add(1)
+		t.dispatch(ctx, j)
+	}
+}
+
+// inlineMax is the largest read or write run by the reading goroutine.
+const inlineMax = 128 << 10
+
+// inline reports whether j runs on the reading goroutine: a small read or
+// write when no other request is in progress or already received. That
+// is queue depth 1, where handing the request to a worker and back costs
+// two goroutine wake-ups, more than the work; anything that may take long
+// (flush, trim, zeroes, large transfers) or that has company goes to the
+// workers, so the stream is read on meanwhile.
+func (t *transmission) inline(j job) bool {
+	if j.req.Type != CmdRead && j.req.Type != CmdWrite || j.req.Length > inlineMax {
+		return false
+	}
+	return t.inflight.Load() == 0 && t.r.Buffered() == 0
+}
+
+// run1 runs one request and gives back what it holds.
+func (t *transmission) run1(ctx context.Context, j job) {
+	t.handle(ctx, j.req, j.payload)
+	if j.payload != nil {
+		putBuf(j.payload)
+	}
+	t.budget.Release(j.weight)
+}
+
+// dispatch hands j to an idle worker, starting one if none is idle and
+// fewer than maxInFlight run, or else waits for one to be free.
+func (t *transmission) dispatch(ctx context.Context, j job) {
+	select {
+	case t.jobs <- j:
+		return
+	default:
+	}
+	if t.nworkers < maxInFlight {
+		t.nworkers++
 		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			defer func() { <-t.slots }()
-			defer t.budget.Release(weight)
-			t.handle(ctx, req, payload)
-			if payload != nil {
-				putBuf(payload)
-			}
-		}()
+		go t.worker(ctx)
+	}
+	t.jobs <- j
+}
+
+// worker runs requests until the connection ends.
+func (t *transmission) worker(ctx context.Context) {
+	defer t.wg.Done()
+	for j := range t.jobs {
+		t.run1(ctx, j)
+		t.inflight.Add(-1)
 	}
 }
 
@@ -271,7 +336,7 @@ func (t *transmission) blockStatus(ctx context.Context, req Request) {
 		h := AppendStructuredReply(make([]byte, 0, structuredHeaderBytes), flags, ReplyTypeBlockStatus, req.Cookie, uint32(len(b)))
 		bufs = append(bufs, h, b)
 	}
-	t.replies <- reply{bufs: bufs}
+	t.send(reply{bufs: bufs})
 }
 
 // errnoOf maps a backend error onto the protocol's error numbers.
@@ -296,31 +361,27 @@ func errnoOf(err error) Errno {
 	return EIO
 }
 
-// writer sends replies until the channel closes. After a failed write the
-// connection is closed and later replies are only released.
-func (t *transmission) writer() {
-	var werr error
-	batch := make([]reply, 0, maxBatch)
-	var nb net.Buffers
-	for r := range t.replies {
-		batch = append(batch[:0], r)
-	gather:
-		for len(batch) < maxBatch {
-			select {
-			case r, ok := <-t.replies:
-				if !ok {
-					break gather
-				}
-				batch = append(batch, r)
-			default:
-				break gather
-			}
-		}
+// send queues r and, unless another goroutine is writing already, writes
+// every queued reply (see transmission.wmu).
+func (t *transmission) send(r reply) {
+	t.wmu.Lock()
+	t.pending = append(t.pending, r)
+	if t.flushing {
+		t.wmu.Unlock()
+		return
+	}
+	t.flushing = true
+	for len(t.pending) > 0 {
+		batch := t.pending
+		t.pending = t.spare[:0]
+		werr := t.werr
+		t.wmu.Unlock()
 		if werr == nil {
-			nb = nb[:0]
+			t.nb = t.nb[:0]
 			for _, r := range batch {
-				nb = append(nb, r.bufs...)
+				t.nb = append(t.nb, r.bufs...)
 			}
+			nb := t.nb // WriteTo consumes its receiver
 			if _, err := nb.WriteTo(t.conn); err != nil {
 				werr = err
 				t.conn.Close()
@@ -332,11 +393,18 @@ func (t *transmission) writer() {
 			}
 			batch[i] = reply{}
 		}
+		t.wmu.Lock()
+		if werr != nil {
+			t.werr = werr
+		}
+		t.spare = batch[:0]
 	}
+	t.flushing = false
+	t.wmu.Unlock()
 }
 
 func (t *transmission) replyOK(req Request) {
-	t.replies <- reply{bufs: [][]byte{AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)}}
+	t.send(reply{bufs: [][]byte{AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)}})
 }
 
 // replyRead sends data, then returns it to the buffer pool.
@@ -348,7 +416,7 @@ func (t *transmission) replyRead(req Request, data []byte) {
 	} else {
 		h = AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
 	}
-	t.replies <- reply{bufs: [][]byte{h, data}, release: func() { putBuf(data) }}
+	t.send(reply{bufs: [][]byte{h, data}, release: func() { putBuf(data) }})
 }
 
 // replyError sends an error reply: structured for READ and BLOCK_STATUS
@@ -368,7 +436,7 @@ func (t *transmission) replyError(req Request, errno Errno, msg string) {
 	} else {
 		b = AppendSimpleReply(nil, errno, req.Cookie)
 	}
-	t.replies <- reply{bufs: [][]byte{b}}
+	t.send(reply{bufs: [][]byte{b}})
 }
 
 // Payload buffers come from pools by power-of-two size class, so steady
