@@ -473,9 +473,3 @@ func medianOr0(xs []float64) float64 {
 	return median(xs)
 }
 
-func safeDiv(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return a / b
-}
