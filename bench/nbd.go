@@ -472,4 +472,3 @@ func medianOr0(xs []float64) float64 {
 	}
 	return median(xs)
 }
-
