@@ -78,13 +78,20 @@ type IncrementalRun struct {
 	ChangedPercent float64 `json:"changedPercent"`
 	Seconds        float64 `json:"seconds"`
 	BytesRead      int64   `json:"bytesRead,omitempty"` // volback: read from the volume
-	Error          string  `json:"error,omitempty"`
+	// OfFull is Seconds over the live volume's full backup (volback's
+	// changed-block map only).
+	OfFull float64 `json:"ofFull,omitempty"`
+	Error  string  `json:"error,omitempty"`
 }
 
 // Incremental backup ways.
 const (
 	IncVolbackCBT  = "volback (changed-block map)"
 	IncVolbackRead = "volback (full read, dedup)"
+	// IncVolbackCBTRuns is the changed-block map after the share changed
+	// in 4 MiB runs (files written whole, a database's log) rather than
+	// in scattered 64 KiB writes.
+	IncVolbackCBTRuns = "volback (changed-block map), 4 MiB runs"
 )
 
 // ParallelRun is volback's full backup at one parallelismDegree.
@@ -177,7 +184,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 	rep.Limits = lim
 
 	tools := []string{ToolVolback, ToolVolbackZstd, ToolVolbackLZ4}
-	for _, t := range []string{ToolRestic, ToolBorg} {
+	for _, t := range []string{ToolRestic, ToolBorg, ToolQemuImg} {
 		if _, err := exec.LookPath(t); err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("%s is not installed: its backup and restore are skipped (scripts/bench installs it)", t))
 			continue
@@ -228,7 +235,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		st := statOf(secs)
 		rep.Parallel = append(rep.Parallel, ParallelRun{Target: "local", Parallelism: p, Seconds: st, MiBps: float64(cfg.Size) / st.Median / (1 << 20)})
 	}
-	rep.Notes = append(rep.Notes, "the NFS and S3 targets at each parallelismDegree: `volback bench s3` and `scripts/bench targets`; QEMU sources: `volback bench qemu`; live backups under guest writes: `volback bench nbd --live`")
+	rep.Notes = append(rep.Notes, "the NFS and S3 targets at each parallelismDegree: `volback bench s3` and `scripts/bench targets`; QEMU sources: `volback bench qemu`")
 
 	if _, err := exec.LookPath("fusermount3"); err != nil || os.Geteuid() != 0 {
 		rep.Notes = append(rep.Notes, "FUSE mounts need fusermount3 and root here: the mount read is not measured")
@@ -259,12 +266,12 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		if _, err := exec.LookPath("fio"); err != nil {
 			rep.Notes = append(rep.Notes, "fio is not installed: no 4 KiB random-write IOPS (scripts/bench nbd installs it)")
 		}
-		progress(fmt.Sprintf("NBD export: %s, nbdcopy write and read, fio 4 KiB random writes at QD32", strings.Join(servers, ", ")))
+		progress(fmt.Sprintf("NBD export: %s, nbdcopy write and read, 4 KiB random writes at QD32 and QD1; guest writes during a live backup", strings.Join(servers, ", ")))
 		nsize, fio := min(cfg.Size, 1<<30), 10*time.Second
 		if cfg.Quick {
 			fio = 2 * time.Second
 		}
-		nb, err := CompareNBD(ctx, NBDConfig{Dir: cfg.Dir, Size: nsize, Rounds: cfg.Rounds, Servers: servers, Volback: cfg.Volback, FioRuntime: fio}, io.Discard)
+		nb, err := CompareNBD(ctx, NBDConfig{Dir: cfg.Dir, Size: nsize, Rounds: cfg.Rounds, Servers: servers, Volback: cfg.Volback, FioRuntime: fio, LiveBackup: true}, io.Discard)
 		if err != nil {
 			return nil, fmt.Errorf("nbd: %w", err)
 		}
@@ -401,6 +408,11 @@ func measureRestores(ctx context.Context, cfg AllConfig, tools []string, img str
 			runs = append(runs, r)
 			jobs = append(jobs, job{r, []string{"borg", "extract", filepath.Join(cfg.Dir, "repo-borg") + "::bench"},
 				baselineEnv(cfg.Dir, t), true})
+		case ToolQemuImg:
+			r := &RestoreRun{Tool: t, Mode: "convert -O raw, flushed"}
+			runs = append(runs, r)
+			jobs = append(jobs, job{r, []string{"qemu-img", "convert", "-O", "raw", "-t", "writeback", filepath.Join(cfg.Dir, "repo-"+ToolQemuImg, "backup.qcow2"), out},
+				os.Environ(), false})
 		}
 	}
 	secs := make([][]float64, len(jobs))
@@ -470,9 +482,12 @@ func measureIncrementals(ctx context.Context, cfg AllConfig, tools []string, img
 		return nil, err
 	}
 	defer liveRepo.Close()
+	syscall.Sync()
+	fullStart := time.Now()
 	if _, err := v.Backup(ctx, liveRepo, dataplane.LiveBackupOptions{Chain: "bench", Mode: chunkstore.ModeFull, SpillDir: cfg.Dir}); err != nil {
 		return nil, err
 	}
+	full := time.Since(fullStart).Seconds()
 	st, err := local.Open(filepath.Join(cfg.Dir, "repo-"+ToolVolback))
 	if err != nil {
 		return nil, err
@@ -516,7 +531,8 @@ func measureIncrementals(ctx context.Context, cfg AllConfig, tools []string, img
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, IncrementalRun{Tool: IncVolbackCBT, ChangedPercent: pct, Seconds: time.Since(start).Seconds(), BytesRead: m.Stats.BytesRead})
+		secs := time.Since(start).Seconds()
+		out = append(out, IncrementalRun{Tool: IncVolbackCBT, ChangedPercent: pct, Seconds: secs, BytesRead: m.Stats.BytesRead, OfFull: secs / full})
 		start = time.Now()
 		m, err = dataplane.Backup(ctx, fileRepo, f, cfg.Size, dataplane.BackupOptions{VolumeID: "bench"})
 		if err != nil {
@@ -541,6 +557,31 @@ func measureIncrementals(ctx context.Context, cfg AllConfig, tools []string, img
 			run.Seconds = d.Seconds()
 			out = append(out, run)
 		}
+	}
+	// The same shares again, written in 4 MiB runs at random (4 KiB
+	// aligned) places: through the changed-block map only.
+	runBuf := make([]byte, 4<<20)
+	for _, pct := range []float64{1, 10} {
+		for n := int64(0); n < int64(float64(cfg.Size)*pct/100); n += int64(len(runBuf)) {
+			off := r.Int64N((cfg.Size-int64(len(runBuf)))/4096+1) * 4096
+			for i := 0; i+8 <= len(runBuf); i += 8 {
+				binary.LittleEndian.PutUint64(runBuf[i:], r.Uint64())
+			}
+			if err := v.WriteAt(ctx, runBuf, off, false); err != nil {
+				return nil, err
+			}
+		}
+		if err := v.Flush(ctx); err != nil {
+			return nil, err
+		}
+		syscall.Sync()
+		start := time.Now()
+		m, err := v.Backup(ctx, liveRepo, dataplane.LiveBackupOptions{Chain: "bench", SpillDir: cfg.Dir})
+		if err != nil {
+			return nil, err
+		}
+		secs := time.Since(start).Seconds()
+		out = append(out, IncrementalRun{Tool: IncVolbackCBTRuns, ChangedPercent: pct, Seconds: secs, BytesRead: m.Stats.BytesRead, OfFull: secs / full})
 	}
 	return out, nil
 }
@@ -666,17 +707,20 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	if len(r.Incremental) > 0 {
-		p("\n## Incremental backup after a share of the image changed (64 KiB writes at random places)\n\n| tool | changed | seconds | read from the volume |\n|---|---|---|---|\n")
+		p("\n## Incremental backup after a share of the image changed (64 KiB writes at random places, unless the tool says 4 MiB runs)\n\n| tool | changed | seconds | of the live full backup | read from the volume |\n|---|---|---|---|---|\n")
 		for _, x := range r.Incremental {
 			if x.Error != "" {
-				p("| %s | %.0f%% | failed: %s | |\n", x.Tool, x.ChangedPercent, oneLine(x.Error))
+				p("| %s | %.0f%% | failed: %s | | |\n", x.Tool, x.ChangedPercent, oneLine(x.Error))
 				continue
 			}
-			read := ""
+			read, of := "", ""
 			if x.BytesRead > 0 {
 				read = humanize.IBytes(uint64(x.BytesRead))
 			}
-			p("| %s | %.0f%% | %.2f | %s |\n", x.Tool, x.ChangedPercent, x.Seconds, read)
+			if x.OfFull > 0 {
+				of = fmt.Sprintf("%.1f%%", 100*x.OfFull)
+			}
+			p("| %s | %.0f%% | %.2f | %s | %s |\n", x.Tool, x.ChangedPercent, x.Seconds, of, read)
 		}
 	}
 	p("\n## Full backup by parallelismDegree\n\n| target | parallelismDegree | seconds | MiB/s |\n|---|---|---|---|\n")
@@ -709,6 +753,14 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 			for _, e := range sv.Errors {
 				p("|  | failed: %s | | | | | | |\n", oneLine(e))
 			}
+		}
+	}
+	if r.NBD != nil && r.NBD.Live != nil {
+		l := r.NBD.Live
+		p("\n## Guest writes during a live backup (the export above, a full backup of it into a repository on the same disk)\n\n| writes | alone | during the backup | kept | backup overlapped them |\n|---|---|---|---|---|\n")
+		p("| nbdcopy, MiB/s | %.0f | %.0f | %.0f%% | %v (backup %.2f s) |\n", l.UnloadedMiBps, l.DuringBackupMiBps, 100*l.Ratio, l.Overlapped, l.BackupSeconds)
+		if l.RandWriteIOPSAlone > 0 {
+			p("| fio 4 KiB random, QD32, IOPS | %.0f | %.0f | %.0f%% | %v |\n", l.RandWriteIOPSAlone, l.RandWriteIOPSDuring, 100*l.RandWriteRatio, l.RandWriteOverlapped)
 		}
 	}
 	if len(r.Charts) > 0 {

@@ -36,6 +36,9 @@ const (
 	ToolVolbackZstd = "volback-zstd"
 	ToolRestic      = "restic"
 	ToolBorg        = "borg"
+	// ToolQemuImg is `qemu-img convert` of the image to a qcow2 file: a
+	// copy that skips zeros, with no dedup or compression, flushed.
+	ToolQemuImg = "qemu-img"
 )
 
 // BackupCompareConfig configures CompareBackup.
@@ -250,8 +253,13 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		run.Settings = "--encryption none, default lz4 compression"
 		setup = [][]string{{"borg", "init", "--encryption", "none", repo}}
 		backup = []string{"borg", "create", repo + "::bench", img}
+	case ToolQemuImg:
+		run.Version = toolVersion(ctx, "qemu-img", "--version")
+		run.Settings = "convert -O qcow2 (zeros skipped, flushed on close)"
+		setup = [][]string{{"mkdir", "-p", repo}}
+		backup = []string{"qemu-img", "convert", "-O", "qcow2", "-t", "writeback", img, filepath.Join(repo, "backup.qcow2")}
 	default:
-		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-lz4, volback-zstd, restic or borg)", tool)
+		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-lz4, volback-zstd, restic, borg or qemu-img)", tool)
 	}
 	for _, args := range setup {
 		if _, _, err := runTimed(ctx, env, args); err != nil {
