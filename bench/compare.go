@@ -363,14 +363,18 @@ func diskUsage(dir string) int64 {
 func (r *BackupCompareResult) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "backup of a %s image (%s), %d CPUs, %s cache, median of %d rounds\n", humanize.IBytes(uint64(r.Size)), r.Image, r.CPUs, r.Cache, r.Rounds)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TOOL\tSECONDS\tMiB/s\tMAX RSS\tREPO SIZE\tTIME / VOLBACK\tSETTINGS")
+	fmt.Fprintln(tw, "TOOL\tSECONDS\tMiB/s\tMAX RSS\tREPO SIZE\tTIME / VOLBACK\tTIME / DISK FLOOR\tSETTINGS")
 	for _, run := range r.Runs {
 		if run.Error != "" {
 			fmt.Fprintf(tw, "%s\tfailed: %s\n", run.Tool, run.Error)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.0f\t%s\t%s\t%.2fx\t%s\n", run.Tool, run.Seconds, run.MiBps,
-			humanize.IBytes(uint64(run.MaxRSS)), humanize.IBytes(uint64(run.RepoBytes)), run.VolbackSpeedup, run.Settings)
+		floor := "-"
+		if run.FloorRatio > 0 {
+			floor = fmt.Sprintf("%.2fx (floor %.2f s)", run.FloorRatio, median(run.FloorRounds))
+		}
+		fmt.Fprintf(tw, "%s\t%.2f\t%.0f\t%s\t%s\t%.2fx\t%s\t%s\n", run.Tool, run.Seconds, run.MiBps,
+			humanize.IBytes(uint64(run.MaxRSS)), humanize.IBytes(uint64(run.RepoBytes)), run.VolbackSpeedup, floor, run.Settings)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

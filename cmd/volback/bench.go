@@ -79,8 +79,9 @@ func benchCommand() *cli.Command {
 				&cli.StringFlag{Name: "size", Value: "4GiB", Usage: "size of the generated image"},
 				&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "volback chunk size"},
 				parallelismFlag,
-				&cli.StringFlag{Name: "tools", Value: "volback,volback-encrypted,restic,borg", Usage: "comma-separated tools to run (volback, volback-encrypted, restic, borg)"},
+				&cli.StringFlag{Name: "tools", Value: "volback,volback-encrypted,restic,borg", Usage: "comma-separated tools to run (volback, volback-encrypted, volback-zstd, volback-lz4, restic, borg, qemu-img)"},
 				&cli.BoolFlag{Name: "drop-caches", Usage: "drop the page cache before each run (root)"},
+				&cli.BoolFlag{Name: "floor", Value: true, Usage: "after each volback run, time writing what it stored (O_DIRECT, fsync): its disk floor, paired by round"},
 				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "runs per tool, taking turns; the median is reported"},
 				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
 			},
@@ -92,7 +93,7 @@ func benchCommand() *cli.Command {
 				return bench.CompareBackup(c.Context, bench.BackupCompareConfig{
 					Dir: c.String("dir"), Image: c.String("image"), Size: size, ChunkSize: int(cs),
 					Parallelism: c.Int("parallelism"), Tools: strings.Split(c.String("tools"), ","),
-					Volback: self, DropCaches: c.Bool("drop-caches"), Rounds: c.Int("rounds"),
+					Volback: self, DropCaches: c.Bool("drop-caches"), Rounds: c.Int("rounds"), Floor: c.Bool("floor"),
 				}, os.Stderr)
 			}),
 		}, {
