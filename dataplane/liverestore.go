@@ -61,7 +61,19 @@ type liveRestore struct {
 	// failures counts chunk copies that failed (repository unreachable);
 	// the background copy retries them.
 	failures atomic.Int64
+	// noVerify turns off the read-back of each copied chunk
+	// (RestoreRunOptions.SkipVerify); bufs holds the read-back buffers.
+	noVerify atomic.Bool
+	bufs     sync.Pool
 }
+
+// diskMismatchError is a copied chunk that reads back from the disk other
+// than written: the volume's storage does not keep what it is given, and
+// writing again cannot be trusted to mend it.
+type diskMismatchError struct{ err error }
+
+func (e *diskMismatchError) Error() string { return e.err.Error() }
+func (e *diskMismatchError) Unwrap() error { return e.err }
 
 // ErrRestoring is returned by operations a volume cannot do while it is
 // being restored (a backup of it, a revert).
@@ -198,8 +210,25 @@ func (r *liveRestore) copyChunk(ctx context.Context, v *Volume, i int) error {
 		}
 		return fmt.Errorf("volume %s: restore of offset %d from backup %s: %w", v.ID, int64(i)*int64(r.m.ChunkSize), r.m.ID, err)
 	}
-	if _, err := v.f.WriteAt(data, int64(i)*int64(r.m.ChunkSize)); err != nil {
-		return fmt.Errorf("volume %s: restore of offset %d: %w", v.ID, int64(i)*int64(r.m.ChunkSize), err)
+	off := int64(i) * int64(r.m.ChunkSize)
+	if _, err := v.f.WriteAt(data, off); err != nil {
+		return fmt.Errorf("volume %s: restore of offset %d: %w", v.ID, off, err)
+	}
+	// Checked as in Restore: flushed, dropped from the cache, read back
+	// from the disk and hashed, before any client sees the chunk (its
+	// writes wait on the chunk's lock meanwhile).
+	if !r.noVerify.Load() {
+		bp, _ := r.bufs.Get().(*[]byte)
+		if bp == nil {
+			b := make([]byte, r.m.ChunkSize)
+			bp = &b
+		}
+		err := checkOnDisk(r.repo, v.f, false, (*bp)[:len(data)], off, r.m.Chunks[i])
+		r.bufs.Put(bp)
+		if err != nil {
+			r.failures.Add(1)
+			return &diskMismatchError{fmt.Errorf("volume %s: restore of offset %d from backup %s: %w", v.ID, off, r.m.ID, err)}
+		}
 	}
 	r.done[i].Store(true)
 	r.left.Add(-1)
@@ -226,12 +255,16 @@ type RestoreRunOptions struct {
 	// WriteBytesPerSec, if positive, limits the background copy's writes
 	// to the volume (volumeWriteBandwidth).
 	WriteBytesPerSec int64
+	// SkipVerify stops reading each copied chunk back from the disk
+	// (from now on, on demand and in the background alike).
+	SkipVerify bool
 }
 
-// RunRestore copies every chunk not yet done, with parallel workers,
-// retrying failed copies (an unreachable repository) with backoff until
-// ctx ends; a chunk that is corrupt or missing ends it with an error, since
-// no retry can mend it (reads of that chunk keep failing, never returning
+// RunRestore copies every chunk not yet done, with parallel workers, each
+// read back from the disk and checked unless opts.SkipVerify, retrying
+// failed copies (an unreachable repository) with backoff until ctx ends; a
+// chunk that is corrupt or missing, or that the disk does not keep as
+// written, ends it with an error, since no retry can mend it (reads of that chunk keep failing, never returning
 // wrong data). When all are done it syncs the volume, removes the state file
 // and the volume is an ordinary one.
 func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
@@ -239,6 +272,7 @@ func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
 	if r == nil {
 		return nil
 	}
+	r.noVerify.Store(opts.SkipVerify)
 	parallelism, progress := opts.Parallelism, opts.Progress
 	limit, writeLimit := ratelimit.NewLimiter(opts.BytesPerSec), ratelimit.NewLimiter(opts.WriteBytesPerSec)
 	progress.SetTotal(v.size)
@@ -286,7 +320,8 @@ func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
 		// A chunk that is corrupt or gone stays so: retrying cannot help,
 		// and the restore cannot complete.
 		var corrupt *chunkstore.CorruptChunkError
-		if errors.As(err, &corrupt) || errors.Is(err, chunkstore.ErrNotFound) {
+		var mismatch *diskMismatchError
+		if errors.As(err, &corrupt) || errors.Is(err, chunkstore.ErrNotFound) || errors.As(err, &mismatch) {
 			_ = r.save(v)
 			return fmt.Errorf("volume %s cannot be restored from backup %s: %w", v.ID, r.m.ID, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -163,5 +164,61 @@ func TestRevertChecksTheDisk(t *testing.T) {
 	}
 	if _, err := v.Revert(ctx, repo, m, dataplane.RevertOptions{}); err != nil {
 		t.Fatalf("unverified revert: %v", err)
+	}
+}
+
+// TestLiveRestoreChecksTheDisk: a live restore reads every chunk it copies
+// back from the disk before a client sees it: onto a disk that stores one
+// flipped byte, a client's read of that chunk fails (never returning the
+// wrong data) and the background copy ends with an error naming it, not
+// retrying forever; the other chunks read as the backup.
+func TestLiveRestoreChecksTheDisk(t *testing.T) {
+	ctx := context.Background()
+	repo, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := image(23, 24*testChunk)
+	m, err := dataplane.Backup(ctx, repo, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, fired := mountLyingDisk(t, int64(5*testChunk+100))
+	path := filepath.Join(mnt, "new.raw")
+	if err := os.WriteFile(path, make([]byte, len(data)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := dataplane.OpenLiveVolume("new", path, dataplane.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := v.StartRestore(repo, m, path+".restore", "test"); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, testChunk)
+	if err := v.ReadAt(ctx, got, 4*testChunk); err != nil || !bytes.Equal(got, data[4*testChunk:5*testChunk]) {
+		t.Fatalf("read of chunk 4 during the restore: %v (equal %v)", err, bytes.Equal(got, data[4*testChunk:5*testChunk]))
+	}
+	before := fired.Load()
+	err = v.ReadAt(ctx, got, 5*testChunk)
+	if fired.Load() == before {
+		t.Fatal("the restore never wrote the chunk the disk corrupts")
+	}
+	if err == nil || !strings.Contains(err.Error(), "verify: chunk at offset 327680") {
+		t.Fatalf("client read of the chunk the disk corrupts: %v, want the verification to name offset 327680", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: 2}) }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the background copy retried a chunk the disk does not keep for 30 s")
+	}
+	if err == nil || !strings.Contains(err.Error(), "verify: chunk at offset 327680") {
+		t.Fatalf("background copy onto a disk that corrupts chunk 5: %v, want it to name offset 327680", err)
+	}
+	if _, ok := v.Restoring(); !ok {
+		t.Fatal("a restore that failed its verification reports itself complete")
 	}
 }
