@@ -38,9 +38,9 @@ type Compression string
 // Compressions: zstd (its fastest level) stores text in about a quarter of
 // its size at some 250 MiB/s a core; LZ4 in about three eighths at twice
 // that, for hosts whose backups are bound by the CPU. Auto (the default for
-// new repositories) picks per chunk: zstd while the store has writes
-// queued and a CPU is free for it, LZ4 while the store waits for chunks, so
-// a backup bound by the disk stores zstd's smaller chunks and one bound by
+// new repositories) picks per chunk: zstd while the CPU has room, LZ4 for
+// the chunks that arrive while every core is already compressing, so a
+// backup bound by the disk stores zstd's smaller chunks and one bound by
 // the CPU is not held to zstd's speed. Every chunk records its codec, so
 // any repository reads chunks of any codec.
 const (
@@ -80,17 +80,11 @@ type codec struct {
 	enc         *zstd.Encoder
 	dec         *zstd.Decoder
 	lz4         sync.Pool // *lz4.Compressor: its hash table is one caller's
-	// cpus, zbusy and writing drive CompressionAuto: zbusy counts the
-	// zstd compressions running, writing the chunk writes in flight to
-	// the store (Repository.PutChunk keeps it).
-	cpus    int32
-	zbusy   atomic.Int32
-	writing atomic.Int32
+	// cpus and busy drive CompressionAuto: busy counts the callers
+	// compressing now; past cpus, the CPU has no room for zstd.
+	cpus int32
+	busy atomic.Int32
 }
-
-// autoQueue is how many chunk writes in flight tell CompressionAuto that
-// the store, not the CPU, sets the pace.
-const autoQueue = 2
 
 func newCodec(c Compression, maxChunk int) (*codec, error) {
 	cd := &codec{compression: c, maxChunk: maxChunk, cpus: int32(runtime.GOMAXPROCS(0))}
@@ -144,19 +138,12 @@ func (c *codec) compress(scratch, data []byte) []byte {
 	case CompressionLZ4:
 		return c.compressLZ4(scratch, data)
 	case CompressionAuto:
-		// zstd while the store has writes queued (the disk is the bound,
-		// so CPU time spent shrinking chunks is free) and a CPU is left
-		// for it; LZ4 when the store waits for chunks. Too much zstd
-		// drains the queue and turns the next chunks to LZ4, so the mix
-		// settles where the CPU keeps the disk busy.
-		if c.writing.Load() >= autoQueue {
-			if c.zbusy.Add(1) <= c.cpus {
-				defer c.zbusy.Add(-1)
-				return c.compressZstd(scratch, data)
-			}
-			c.zbusy.Add(-1)
+		n := c.busy.Add(1)
+		defer c.busy.Add(-1)
+		if n > c.cpus {
+			return c.compressLZ4(scratch, data)
 		}
-		return c.compressLZ4(scratch, data)
+		return c.compressZstd(scratch, data)
 	case CompressionZstd:
 		return c.compressZstd(scratch, data)
 	}

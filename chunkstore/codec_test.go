@@ -16,10 +16,10 @@ func textChunk(n int) []byte {
 	return b.Bytes()[:n]
 }
 
-// TestAutoCompressionFollowsTheStore shows CompressionAuto's choice: LZ4
-// while the store waits for chunks, zstd once writes queue up and a CPU is
-// free for it, LZ4 again when every CPU runs zstd; and that each decodes.
-func TestAutoCompressionFollowsTheStore(t *testing.T) {
+// TestAutoCompressionFollowsTheCPU shows CompressionAuto's choice: zstd
+// while fewer callers compress than there are CPUs, LZ4 once they are all
+// busy; and that either decodes.
+func TestAutoCompressionFollowsTheCPU(t *testing.T) {
 	c, err := newCodec(CompressionAuto, 1<<20)
 	if err != nil {
 		t.Fatal(err)
@@ -28,32 +28,28 @@ func TestAutoCompressionFollowsTheStore(t *testing.T) {
 	data := textChunk(1 << 20)
 	key := h.Key(data)
 	codecOf := func(enc []byte) byte { return enc[len(enc)-chunkTrailerSize] }
+
 	c.cpus = 2
-	for _, tc := range []struct {
-		writing, zbusy int32
-		want           byte
-	}{
-		{0, 0, codecLZ4}, // the store is idle: feed it fast
-		{autoQueue - 1, 0, codecLZ4},
-		{autoQueue, 0, codecZstd}, // writes queued: the CPU's time is free
-		{autoQueue, 1, codecZstd},
-		{autoQueue, 2, codecLZ4}, // both CPUs run zstd already
-	} {
-		c.writing.Store(tc.writing)
-		c.zbusy.Store(tc.zbusy)
-		enc := c.encode(nil, data)
-		if got := codecOf(enc); got != tc.want {
-			t.Errorf("%d writes queued, %d zstd running: codec %d, want %d", tc.writing, tc.zbusy, got, tc.want)
-		}
-		if out, err := c.decode(h.Key, key, nil, enc); err != nil || !bytes.Equal(out, data) {
-			t.Fatalf("codec %d chunk: %v", codecOf(enc), err)
-		}
-		if c.zbusy.Load() != tc.zbusy {
-			t.Fatalf("zstd count %d after encoding, want %d", c.zbusy.Load(), tc.zbusy)
-		}
+	enc := c.encode(nil, data)
+	if got := codecOf(enc); got != codecZstd {
+		t.Fatalf("idle CPU: codec %d, want zstd (%d)", got, codecZstd)
 	}
-	c.writing.Store(autoQueue)
-	c.zbusy.Store(0)
+	if out, err := c.decode(h.Key, key, nil, enc); err != nil || !bytes.Equal(out, data) {
+		t.Fatalf("zstd chunk: %v", err)
+	}
+	// Two callers already compressing on two CPUs: the third gets LZ4.
+	c.busy.Add(2)
+	enc = c.encode(nil, data)
+	c.busy.Add(-2)
+	if got := codecOf(enc); got != codecLZ4 {
+		t.Fatalf("busy CPU: codec %d, want lz4 (%d)", got, codecLZ4)
+	}
+	if out, err := c.decode(h.Key, key, nil, enc); err != nil || !bytes.Equal(out, data) {
+		t.Fatalf("lz4 chunk: %v", err)
+	}
+	if c.busy.Load() != 0 {
+		t.Fatalf("busy %d after encoding, want 0", c.busy.Load())
+	}
 
 	// Eight callers at once: every chunk decodes, whichever codec it got,
 	// and the count of busy callers returns to zero.
@@ -69,7 +65,7 @@ func TestAutoCompressionFollowsTheStore(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if c.zbusy.Load() != 0 {
-		t.Fatalf("zstd count %d after encoding, want 0", c.zbusy.Load())
+	if c.busy.Load() != 0 {
+		t.Fatalf("busy %d after encoding, want 0", c.busy.Load())
 	}
 }

@@ -333,10 +333,7 @@ func (r *Repository) PutChunk(ctx context.Context, k Key, data []byte) (int, err
 			return 0, fmt.Errorf("put chunk %s: %w", k, err)
 		}
 	}
-	r.codec.writing.Add(1)
-	err := r.store.Put(ctx, chunkName(k), enc)
-	r.codec.writing.Add(-1)
-	if err != nil {
+	if err := r.store.Put(ctx, chunkName(k), enc); err != nil {
 		return 0, fmt.Errorf("put chunk %s: %w", k, err)
 	}
 	return len(enc), nil
