@@ -125,6 +125,16 @@ func (v *Volume) Size() int64 { return v.size }
 // Path returns the backing file or device.
 func (v *Volume) Path() string { return v.path }
 
+// ReadFile readies [off, off+length) to be read straight from the
+// volume's file (a restore in progress copies it in first) and returns the
+// file, which stays open until Close.
+func (v *Volume) ReadFile(ctx context.Context, off, length int64) (*os.File, error) {
+	if err := v.ensureRestored(ctx, off, length); err != nil {
+		return nil, err
+	}
+	return v.f, nil
+}
+
 // ReadAt fills p from offset off.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := v.ensureRestored(ctx, off, int64(len(p))); err != nil {

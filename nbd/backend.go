@@ -3,6 +3,7 @@ package nbd
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // Backend is the storage behind an export. Offsets and lengths are
@@ -62,3 +63,15 @@ const (
 	MetaBaseAllocation   = "base:allocation"
 	MetaDirtyBitmapSpace = "qemu:dirty-bitmap:"
 )
+
+// FileReader is implemented by backends whose data lies in a file at the
+// export's own offsets. Their reads go from the file's page cache straight
+// to the socket (sendfile(2)): one copy of the data instead of two, which
+// is most of a large read's cost.
+type FileReader interface {
+	// ReadFile readies [off, off+length) for reading from the file (a
+	// volume being restored copies it in first) and returns the file.
+	// The server reads it with sendfile, so the file must stay open
+	// while the export is served.
+	ReadFile(ctx context.Context, off, length int64) (*os.File, error)
+}

@@ -28,7 +28,9 @@
 // finishes a request writes its reply, with every other reply waiting,
 // in one vectored write, unless another is writing already, which then
 // takes it along: no hand-offs at depth 1, few system calls under a deep
-// queue. The payload
+// queue. Reads of 64 KiB or more from a backend that lies in a file
+// (FileReader) go from the page cache to the socket by sendfile, one copy
+// instead of two; on TLS connections they are copied. The payload
 // bytes a connection holds are bounded (connBudget), so a client that
 // pipelines deeply cannot exhaust memory.
 //

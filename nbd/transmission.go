@@ -9,11 +9,13 @@ import (
 	"io"
 	"math/bits"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sync/semaphore"
+	"golang.org/x/sys/unix"
 )
 
 // allowedFlags lists the command flags each command accepts; any other
@@ -70,6 +72,9 @@ type transmission struct {
 	werr     error
 	nb       net.Buffers
 	inflight atomic.Int32 // requests on workers
+	// raw is the connection's descriptor for sendfile, nil where there
+	// is none (TLS, a wrapped connection): reads are then copied.
+	raw syscall.RawConn
 }
 
 // job is one request for a worker: its payload (writes) and the weight
@@ -80,15 +85,30 @@ type job struct {
 	weight  int64
 }
 
-// reply is one complete reply: its buffers go out back to back, and
-// release (if set) runs once they are written or dropped.
+// reply is one complete reply: its buffers go out back to back, then, if
+// file is set, fileLen bytes of it from fileOff (sendfile); release (if
+// set) runs once they are written or dropped.
 type reply struct {
 	bufs    [][]byte
 	release func()
+	file    *os.File
+	fileOff int64
+	fileLen int
 }
 
+// sendfileMin is the smallest read sent from the file with sendfile:
+// below it the copy costs less than a second system call.
+const sendfileMin = 64 << 10
+
 func newTransmission(srv *Server, s *session, c net.Conn, r *bufio.Reader) *transmission {
-	return &transmission{srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget), jobs: make(chan job)}
+	var raw syscall.RawConn
+	switch c := c.(type) {
+	case *net.UnixConn:
+		raw, _ = c.SyscallConn()
+	case *net.TCPConn:
+		raw, _ = c.SyscallConn()
+	}
+	return &transmission{raw: raw, srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget), jobs: make(chan job)}
 }
 
 // run reads requests until DISC, a broken stream or ctx's end. Requests
@@ -238,6 +258,16 @@ func (t *transmission) handle(ctx context.Context, req Request, payload []byte) 
 	var err error
 	switch req.Type {
 	case CmdRead:
+		if fr, ok := e.Backend.(FileReader); ok && t.raw != nil && length >= sendfileMin {
+			f, err := fr.ReadFile(ctx, off, length)
+			if err == nil {
+				t.srv.Stats.BytesRead.Add(length)
+				t.replyFile(req, f, off, int(length))
+				return
+			}
+			t.replyError(req, errnoOf(err), err.Error())
+			return
+		}
 		buf := getBuf(int(length))
 		if length > 0 {
 			err = e.Backend.ReadAt(ctx, buf, off)
@@ -377,13 +407,7 @@ func (t *transmission) send(r reply) {
 		werr := t.werr
 		t.wmu.Unlock()
 		if werr == nil {
-			t.nb = t.nb[:0]
-			for _, r := range batch {
-				t.nb = append(t.nb, r.bufs...)
-			}
-			nb := t.nb // WriteTo consumes its receiver
-			if _, err := nb.WriteTo(t.conn); err != nil {
-				werr = err
+			if werr = t.write(batch); werr != nil {
 				t.conn.Close()
 			}
 		}
@@ -401,6 +425,75 @@ func (t *transmission) send(r reply) {
 	}
 	t.flushing = false
 	t.wmu.Unlock()
+}
+
+// write sends batch: buffers gathered into one vectored write up to each
+// reply that carries file data, which follows its header by sendfile.
+func (t *transmission) write(batch []reply) error {
+	t.nb = t.nb[:0]
+	flush := func() error {
+		nb := t.nb // WriteTo consumes its receiver
+		_, err := nb.WriteTo(t.conn)
+		t.nb = t.nb[:0]
+		return err
+	}
+	for _, r := range batch {
+		t.nb = append(t.nb, r.bufs...)
+		if r.file == nil {
+			continue
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		if err := t.sendfile(r.file, r.fileOff, r.fileLen); err != nil {
+			return err
+		}
+	}
+	return flush()
+}
+
+// sendfile sends n bytes of f from off on the connection, waiting on the
+// poller while the socket is full. Once a reply's header is out its data
+// must follow in full: any failure breaks the stream, and the caller
+// closes the connection.
+func (t *transmission) sendfile(f *os.File, off int64, n int) error {
+	var serr error
+	err := t.raw.Write(func(fd uintptr) bool {
+		for n > 0 {
+			w, err := unix.Sendfile(int(fd), int(f.Fd()), &off, n)
+			if w > 0 {
+				n -= w
+			}
+			switch {
+			case err == unix.EAGAIN:
+				return false // wait until the socket takes more
+			case err == unix.EINTR:
+			case err != nil:
+				serr = fmt.Errorf("sendfile at offset %d: %w", off, err)
+				return true
+			case w == 0:
+				serr = fmt.Errorf("sendfile at offset %d: the file ended %d bytes short", off, n)
+				return true
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// replyFile sends a read's reply with its data taken from f by sendfile.
+func (t *transmission) replyFile(req Request, f *os.File, off int64, n int) {
+	var h []byte
+	if t.s.structured {
+		h = AppendStructuredReply(make([]byte, 0, structuredHeaderBytes+8), ReplyFlagDone, ReplyTypeOffsetData, req.Cookie, uint32(8+n))
+		h = binary.BigEndian.AppendUint64(h, req.Offset)
+	} else {
+		h = AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
+	}
+	t.send(reply{bufs: [][]byte{h}, file: f, fileOff: off, fileLen: n})
 }
 
 func (t *transmission) replyOK(req Request) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 
@@ -15,6 +16,13 @@ import (
 type Volume struct{ *dataplane.Volume }
 
 var _ nbd.Backend = Volume{}
+var _ nbd.FileReader = Volume{}
+
+// ReadFile implements nbd.FileReader: the volume's file, once the range
+// is restored (if the volume is being restored).
+func (v Volume) ReadFile(ctx context.Context, off, length int64) (*os.File, error) {
+	return v.Volume.ReadFile(ctx, off, length)
+}
 
 // Zero implements nbd.Backend.
 func (v Volume) Zero(ctx context.Context, off, length int64, f nbd.ZeroFlags) error {
