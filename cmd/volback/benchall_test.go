@@ -38,16 +38,19 @@ func TestBenchAllQuick(t *testing.T) {
 	if len(rep.Restore) < 2 || rep.Restore[0].Error != "" || rep.Restore[1].Error != "" || rep.Restore[0].Seconds.Median <= 0 || rep.VerifyCost <= 0 {
 		t.Fatalf("restore: %+v, verify cost %v", rep.Restore, rep.VerifyCost)
 	}
-	cbt := 0
+	cbt, runs := 0, 0
 	for _, x := range rep.Incremental {
 		if x.Error != "" {
 			t.Errorf("incremental %s at %.0f%%: %s", x.Tool, x.ChangedPercent, x.Error)
 		}
-		if x.Tool == bench.IncVolbackCBT && x.Seconds > 0 && x.BytesRead > 0 && x.BytesRead <= rep.Size {
+		if x.Tool == bench.IncVolbackCBT && x.Seconds > 0 && x.BytesRead > 0 && x.BytesRead <= rep.Size && x.OfFull > 0 {
 			cbt++
 		}
+		if x.Tool == bench.IncVolbackCBTRuns && x.Seconds > 0 && x.BytesRead > 0 && x.OfFull > 0 {
+			runs++
+		}
 	}
-	if cbt != 2 {
+	if cbt != 2 || runs != 2 {
 		t.Fatalf("incremental: %+v", rep.Incremental)
 	}
 	if len(rep.Parallel) != 2 || rep.Parallel[1].MiBps <= 0 {
@@ -60,6 +63,19 @@ func TestBenchAllQuick(t *testing.T) {
 	if rep.NBD == nil || len(rep.NBD.Servers) < 2 || rep.NBD.Servers[0].Server != "volback" || len(rep.NBD.Servers[0].WriteMiBps) != 1 || len(rep.NBD.Servers[0].ReadMiBps) != 1 ||
 		len(rep.NBD.Servers[0].QD32IOPS) != 1 || rep.NBD.Servers[0].QD1P50us[0] <= 0 || rep.NBD.Servers[0].QD1P99us[0] < rep.NBD.Servers[0].QD1P50us[0] {
 		t.Fatalf("nbd: %+v", rep.NBD)
+	}
+	if l := rep.NBD.Live; l == nil || l.UnloadedMiBps <= 0 || l.DuringBackupMiBps <= 0 {
+		t.Fatalf("guest writes during a live backup: %+v", rep.NBD.Live)
+	}
+	requireTools(t, "qemu-img")
+	var qi *bench.ToolRun
+	for i := range rep.Backup.Runs {
+		if rep.Backup.Runs[i].Tool == bench.ToolQemuImg {
+			qi = &rep.Backup.Runs[i]
+		}
+	}
+	if qi == nil || qi.Error != "" || qi.Seconds <= 0 {
+		t.Fatalf("qemu-img convert baseline: %+v", qi)
 	}
 	md, err := os.ReadFile(filepath.Join(out, "report.md"))
 	if err != nil {
