@@ -791,7 +791,7 @@ func oneLine(s string) string {
 // time both took, in MiB/s.
 func diskMixed(ctx context.Context, dir string, size int64) (float64, error) {
 	src := filepath.Join(dir, "all-disk-read.raw")
-	if err := writeRandomFile(src, size); err != nil {
+	if err := GenerateImage(ctx, src, ImageSpec{Size: size, Pattern: "r", Seed: 3}); err != nil {
 		return 0, err
 	}
 	defer os.Remove(src)
@@ -821,24 +821,4 @@ func diskMixed(ctx context.Context, dir string, size int64) (float64, error) {
 		return 0, werr
 	}
 	return 2 * float64(size) / time.Since(start).Seconds() / (1 << 20), nil
-}
-
-// writeRandomFile writes size random bytes to path and syncs them.
-func writeRandomFile(path string, size int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r := rand.New(rand.NewPCG(3, 4))
-	buf := make([]byte, 4<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		for i := 0; i+8 <= len(buf); i += 8 {
-			binary.LittleEndian.PutUint64(buf[i:], r.Uint64())
-		}
-		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
-			return err
-		}
-	}
-	return f.Sync()
 }

@@ -101,19 +101,11 @@ func mountLyingDisk(t *testing.T, at int64) (string, *atomic.Int32) {
 // naming the chunk and leaves no file; only --no-verify "succeeds".
 func TestRestoreChecksTheDisk(t *testing.T) {
 	ctx := context.Background()
-	repo, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: testChunk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := image(21, 24*testChunk)
-	m, err := dataplane.Backup(ctx, repo, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "v"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, m, _ := backedUp(t, 21)
 	bad := int64(5*testChunk + 100)
 	mnt, fired := mountLyingDisk(t, bad)
 	target := filepath.Join(mnt, "restored.raw")
-	_, err = dataplane.Restore(ctx, repo, m, target, dataplane.RestoreOptions{})
+	_, err := dataplane.Restore(ctx, repo, m, target, dataplane.RestoreOptions{})
 	if fired.Load() == 0 {
 		t.Fatal("the lying disk never saw the write it corrupts")
 	}
@@ -135,27 +127,10 @@ func TestRestoreChecksTheDisk(t *testing.T) {
 // tell.
 func TestRevertChecksTheDisk(t *testing.T) {
 	ctx := context.Background()
-	repo, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: testChunk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := image(22, 24*testChunk)
-	m, err := dataplane.Backup(ctx, repo, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "v"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, fired := mountLyingDisk(t, int64(5*testChunk+100))
-	path := filepath.Join(mnt, "vol.raw")
-	if err := os.WriteFile(path, make([]byte, len(data)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	v, err := dataplane.OpenLiveVolume("v", path, dataplane.VolumeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	repo, m, data := backedUp(t, 22)
+	v, fired := lyingVolume(t, len(data), int64(5*testChunk+100))
 	before := fired.Load()
-	_, err = v.Revert(ctx, repo, m, dataplane.RevertOptions{Verify: true})
+	_, err := v.Revert(ctx, repo, m, dataplane.RevertOptions{Verify: true})
 	if fired.Load() == before {
 		t.Fatal("the revert never wrote the chunk the disk corrupts")
 	}
@@ -174,26 +149,9 @@ func TestRevertChecksTheDisk(t *testing.T) {
 // retrying forever; the other chunks read as the backup.
 func TestLiveRestoreChecksTheDisk(t *testing.T) {
 	ctx := context.Background()
-	repo, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: testChunk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := image(23, 24*testChunk)
-	m, err := dataplane.Backup(ctx, repo, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "v"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, fired := mountLyingDisk(t, int64(5*testChunk+100))
-	path := filepath.Join(mnt, "new.raw")
-	if err := os.WriteFile(path, make([]byte, len(data)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	v, err := dataplane.OpenLiveVolume("new", path, dataplane.VolumeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	if err := v.StartRestore(repo, m, path+".restore", "test"); err != nil {
+	repo, m, data := backedUp(t, 23)
+	v, fired := lyingVolume(t, len(data), int64(5*testChunk+100))
+	if err := v.StartRestore(repo, m, v.Path()+".restore", "test"); err != nil {
 		t.Fatal(err)
 	}
 	got := make([]byte, testChunk)
@@ -201,7 +159,7 @@ func TestLiveRestoreChecksTheDisk(t *testing.T) {
 		t.Fatalf("read of chunk 4 during the restore: %v (equal %v)", err, bytes.Equal(got, data[4*testChunk:5*testChunk]))
 	}
 	before := fired.Load()
-	err = v.ReadAt(ctx, got, 5*testChunk)
+	err := v.ReadAt(ctx, got, 5*testChunk)
 	if fired.Load() == before {
 		t.Fatal("the restore never wrote the chunk the disk corrupts")
 	}
@@ -221,4 +179,38 @@ func TestLiveRestoreChecksTheDisk(t *testing.T) {
 	if _, ok := v.Restoring(); !ok {
 		t.Fatal("a restore that failed its verification reports itself complete")
 	}
+}
+
+// backedUp backs a seeded image of 24 test chunks up into a fresh
+// in-memory repository.
+func backedUp(t *testing.T, seed uint64) (*chunkstore.Repository, *chunkstore.Manifest, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	repo, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := image(seed, 24*testChunk)
+	m, err := dataplane.Backup(ctx, repo, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo, m, data
+}
+
+// lyingVolume opens, live, a zeroed volume of n bytes on a lying disk that
+// flips the byte at bad; it is closed when the test ends.
+func lyingVolume(t *testing.T, n int, bad int64) (*dataplane.Volume, *atomic.Int32) {
+	t.Helper()
+	mnt, fired := mountLyingDisk(t, bad)
+	path := filepath.Join(mnt, "vol.raw")
+	if err := os.WriteFile(path, make([]byte, n), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := dataplane.OpenLiveVolume("v", path, dataplane.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	return v, fired
 }

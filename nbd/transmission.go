@@ -259,14 +259,13 @@ func (t *transmission) handle(ctx context.Context, req Request, payload []byte) 
 	switch req.Type {
 	case CmdRead:
 		if fr, ok := e.Backend.(FileReader); ok && t.raw != nil && length >= sendfileMin {
-			f, err := fr.ReadFile(ctx, off, length)
-			if err == nil {
+			var f *os.File
+			if f, err = fr.ReadFile(ctx, off, length); err == nil {
 				t.srv.Stats.BytesRead.Add(length)
-				t.replyFile(req, f, off, int(length))
+				t.send(reply{bufs: [][]byte{t.readHeader(req, int(length))}, file: f, fileOff: off, fileLen: int(length)})
 				return
 			}
-			t.replyError(req, errnoOf(err), err.Error())
-			return
+			break
 		}
 		buf := getBuf(int(length))
 		if length > 0 {
@@ -484,32 +483,23 @@ func (t *transmission) sendfile(f *os.File, off int64, n int) error {
 	return serr
 }
 
-// replyFile sends a read's reply with its data taken from f by sendfile.
-func (t *transmission) replyFile(req Request, f *os.File, off int64, n int) {
-	var h []byte
-	if t.s.structured {
-		h = AppendStructuredReply(make([]byte, 0, structuredHeaderBytes+8), ReplyFlagDone, ReplyTypeOffsetData, req.Cookie, uint32(8+n))
-		h = binary.BigEndian.AppendUint64(h, req.Offset)
-	} else {
-		h = AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
-	}
-	t.send(reply{bufs: [][]byte{h}, file: f, fileOff: off, fileLen: n})
-}
-
 func (t *transmission) replyOK(req Request) {
 	t.send(reply{bufs: [][]byte{AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)}})
 }
 
+// readHeader is the header of a read's reply carrying n bytes of data:
+// one structured OffsetData chunk, or a simple reply.
+func (t *transmission) readHeader(req Request, n int) []byte {
+	if !t.s.structured {
+		return AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
+	}
+	h := AppendStructuredReply(make([]byte, 0, structuredHeaderBytes+8), ReplyFlagDone, ReplyTypeOffsetData, req.Cookie, uint32(8+n))
+	return binary.BigEndian.AppendUint64(h, req.Offset)
+}
+
 // replyRead sends data, then returns it to the buffer pool.
 func (t *transmission) replyRead(req Request, data []byte) {
-	var h []byte
-	if t.s.structured {
-		h = AppendStructuredReply(make([]byte, 0, structuredHeaderBytes+8), ReplyFlagDone, ReplyTypeOffsetData, req.Cookie, uint32(8+len(data)))
-		h = binary.BigEndian.AppendUint64(h, req.Offset)
-	} else {
-		h = AppendSimpleReply(make([]byte, 0, 16), 0, req.Cookie)
-	}
-	t.send(reply{bufs: [][]byte{h, data}, release: func() { putBuf(data) }})
+	t.send(reply{bufs: [][]byte{t.readHeader(req, len(data)), data}, release: func() { putBuf(data) }})
 }
 
 // replyError sends an error reply: structured for READ and BLOCK_STATUS
