@@ -184,7 +184,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 	}
 	rep.Limits = lim
 
-	tools := []string{ToolVolback, ToolVolbackZstd, ToolVolbackLZ4}
+	tools := []string{ToolVolback, ToolVolbackZstd, ToolVolbackS2, ToolVolbackLZ4}
 	for _, t := range []string{ToolRestic, ToolBorg, ToolQemuImg} {
 		if _, err := exec.LookPath(t); err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("%s is not installed: its backup and restore are skipped (scripts/bench installs it)", t))
@@ -208,7 +208,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		}
 	}
 
-	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(slices.DeleteFunc(slices.Clone(tools), func(t string) bool { return t == ToolVolbackLZ4 || t == ToolVolbackZstd }), ", "), cfg.Rounds))
+	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(slices.DeleteFunc(slices.Clone(tools), func(t string) bool { return t == ToolVolbackLZ4 || t == ToolVolbackS2 || t == ToolVolbackZstd }), ", "), cfg.Rounds))
 	rs, cost, err := measureRestores(ctx, cfg, tools, img)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)

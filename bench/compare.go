@@ -30,9 +30,11 @@ const (
 	// ToolVolbackEncrypted is volback into an encrypted repository: its
 	// cost is the ratio to ToolVolback.
 	ToolVolbackEncrypted = "volback-encrypted"
-	// ToolVolbackLZ4 and ToolVolbackZstd are volback into a repository
-	// compressed with LZ4 or zstd alone (ToolVolback: the default, auto).
+	// ToolVolbackLZ4, ToolVolbackS2 and ToolVolbackZstd are volback into
+	// a repository compressed with one codec alone (ToolVolback: the
+	// default, auto).
 	ToolVolbackLZ4  = "volback-lz4"
+	ToolVolbackS2   = "volback-s2"
 	ToolVolbackZstd = "volback-zstd"
 	ToolRestic      = "restic"
 	ToolBorg        = "borg"
@@ -220,16 +222,18 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 	var setup [][]string
 	var backup []string
 	switch tool {
-	case ToolVolback, ToolVolbackEncrypted, ToolVolbackLZ4, ToolVolbackZstd:
+	case ToolVolback, ToolVolbackEncrypted, ToolVolbackLZ4, ToolVolbackS2, ToolVolbackZstd:
 		bin := cfg.Volback
 		if bin == "" {
 			return run, errors.New("no volback binary given")
 		}
 		run.Version = "this build"
-		comp := "auto"
+		comp := string(chunkstore.CompressionAutoS2)
 		switch tool {
 		case ToolVolbackLZ4:
 			comp = "lz4"
+		case ToolVolbackS2:
+			comp = "s2"
 		case ToolVolbackZstd:
 			comp = "zstd"
 		}
@@ -259,7 +263,7 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		setup = [][]string{{"mkdir", "-p", repo}}
 		backup = []string{"qemu-img", "convert", "-O", "qcow2", "-t", "writeback", img, filepath.Join(repo, "backup.qcow2")}
 	default:
-		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-lz4, volback-zstd, restic, borg or qemu-img)", tool)
+		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-zstd, volback-s2, volback-lz4, restic, borg or qemu-img)", tool)
 	}
 	for _, args := range setup {
 		if _, _, err := runTimed(ctx, env, args); err != nil {

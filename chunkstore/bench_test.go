@@ -51,7 +51,7 @@ func BenchmarkIsZero(b *testing.B) {
 }
 
 func BenchmarkEncode(b *testing.B) {
-	for _, comp := range []Compression{CompressionZstd, CompressionLZ4} {
+	for _, comp := range []Compression{CompressionZstd, CompressionS2, CompressionLZ4} {
 		b.Run(string(comp), func(b *testing.B) { benchmarkEncode(b, comp) })
 	}
 }
@@ -76,7 +76,13 @@ func benchmarkEncode(b *testing.B, comp Compression) {
 }
 
 func BenchmarkDecode(b *testing.B) {
-	c, err := newCodec(CompressionZstd, 4<<20)
+	for _, comp := range []Compression{CompressionZstd, CompressionS2, CompressionLZ4} {
+		b.Run(string(comp), func(b *testing.B) { benchmarkDecode(b, comp) })
+	}
+}
+
+func benchmarkDecode(b *testing.B, comp Compression) {
+	c, err := newCodec(comp, 4<<20)
 	if err != nil {
 		b.Fatal(err)
 	}

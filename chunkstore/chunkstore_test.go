@@ -97,7 +97,7 @@ func TestIsZero(t *testing.T) {
 
 func TestChunkRoundTripAndCompression(t *testing.T) {
 	ctx := context.Background()
-	for _, c := range []chunkstore.Compression{chunkstore.CompressionAuto, chunkstore.CompressionZstd, chunkstore.CompressionLZ4, chunkstore.CompressionNone} {
+	for _, c := range []chunkstore.Compression{chunkstore.CompressionAutoS2, chunkstore.CompressionAuto, chunkstore.CompressionZstd, chunkstore.CompressionS2, chunkstore.CompressionLZ4, chunkstore.CompressionNone} {
 		r, s := newRepo(t, c)
 		cases := map[string][]byte{
 			"random":   randomBytes(2, 1<<20),
@@ -191,7 +191,7 @@ func TestInitOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := r.Config()
-	if cfg.ChunkSize != chunkstore.DefaultChunkSize || cfg.Compression != chunkstore.CompressionAuto || cfg.Seeds[0] == cfg.Seeds[1] {
+	if cfg.ChunkSize != chunkstore.DefaultChunkSize || cfg.Compression != chunkstore.CompressionAutoS2 || cfg.Seeds[0] == cfg.Seeds[1] {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 	if _, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{}); !errors.Is(err, chunkstore.ErrRepositoryExists) {

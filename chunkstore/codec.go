@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
 )
@@ -14,8 +15,9 @@ import (
 // Encoded chunk layout: the payload, then a 12-byte trailer (integers
 // little-endian):
 //
-//	payload   the chunk as is, one zstd frame, or one LZ4 block
-//	+0  1     codec: 0 = stored as is, 1 = zstd, 2 = LZ4 (block format)
+//	payload   the chunk as is, one zstd frame, one LZ4 block or one S2 block
+//	+0  1     codec: 0 = stored as is, 1 = zstd, 2 = LZ4 (block format),
+//	          3 = S2 (block format)
 //	+1  3     reserved, zero
 //	+4  4     length of the decoded chunk
 //	+8  4     magic "VBC1"
@@ -30,33 +32,40 @@ const (
 	codecRaw         = 0
 	codecZstd        = 1
 	codecLZ4         = 2
+	codecS2          = 3
 )
 
 // Compression names a repository's chunk compression.
 type Compression string
 
 // Compressions: zstd (its fastest level) stores text in about a quarter of
-// its size at some 250 MiB/s a core; LZ4 in about three eighths at twice
-// that, for hosts whose backups are bound by the CPU. Auto (the default for
-// new repositories) picks per chunk: zstd while the CPU has room, LZ4 for
-// the chunks that arrive while every core is already compressing, so a
-// backup bound by the disk stores zstd's smaller chunks and one bound by
-// the CPU is not held to zstd's speed. Every chunk records its codec, so
-// any repository reads chunks of any codec.
+// its size at some 200 MiB/s a core; S2 in about a third at three times
+// that, and LZ4 in three eighths at twice that, for hosts whose backups are
+// bound by the CPU. The automatic settings pick per chunk: zstd while the
+// host's CPUs have room, the fast codec for the chunks that arrive while
+// they have none, so a backup bound by the disk stores zstd's smaller
+// chunks and one bound by the CPU is not held to zstd's speed. AutoS2 (the
+// default for new repositories) falls back to S2; Auto, the default of
+// repositories made before S2 was a codec, to LZ4, so that the builds
+// that made them still read every chunk they hold (a build that does not
+// know a setting refuses the repository rather than meet a codec it
+// cannot decode). Every chunk records its codec, and this build reads all.
 const (
-	CompressionNone Compression = "none"
-	CompressionZstd Compression = "zstd"
-	CompressionLZ4  Compression = "lz4"
-	CompressionAuto Compression = "auto"
+	CompressionNone   Compression = "none"
+	CompressionZstd   Compression = "zstd"
+	CompressionLZ4    Compression = "lz4"
+	CompressionS2     Compression = "s2"
+	CompressionAuto   Compression = "auto"
+	CompressionAutoS2 Compression = "auto-s2"
 )
 
 // ParseCompression validates a compression name.
 func ParseCompression(s string) (Compression, error) {
 	switch Compression(s) {
-	case CompressionNone, CompressionZstd, CompressionLZ4, CompressionAuto:
+	case CompressionNone, CompressionZstd, CompressionLZ4, CompressionS2, CompressionAuto, CompressionAutoS2:
 		return Compression(s), nil
 	}
-	return "", fmt.Errorf("unknown compression %q (want auto, zstd, lz4 or none)", s)
+	return "", fmt.Errorf("unknown compression %q (want auto-s2, auto, zstd, s2, lz4 or none)", s)
 }
 
 // CorruptChunkError reports a chunk whose stored form does not decode to
@@ -80,14 +89,16 @@ type codec struct {
 	enc         *zstd.Encoder
 	dec         *zstd.Decoder
 	lz4         sync.Pool // *lz4.Compressor: its hash table is one caller's
-	// cpus and busy drive CompressionAuto: busy counts the callers
-	// compressing now; past cpus, the CPU has no room for zstd.
+	// cpus, busy and room drive CompressionAuto: busy counts the callers
+	// compressing now; past cpus, or while room says the host's CPUs are
+	// all in use, there is no room for zstd.
 	cpus int32
 	busy atomic.Int32
+	room func() bool
 }
 
 func newCodec(c Compression, maxChunk int) (*codec, error) {
-	cd := &codec{compression: c, maxChunk: maxChunk, cpus: int32(runtime.GOMAXPROCS(0))}
+	cd := &codec{compression: c, maxChunk: maxChunk, cpus: int32(runtime.GOMAXPROCS(0)), room: hostCPU.hasRoom}
 	var err error
 	// The fastest level: chunks are compressed on the backup's critical
 	// path, and the random half of a typical volume does not compress at
@@ -137,24 +148,37 @@ func (c *codec) compress(scratch, data []byte) []byte {
 	switch c.compression {
 	case CompressionLZ4:
 		return c.compressLZ4(scratch, data)
-	case CompressionAuto:
+	case CompressionS2:
+		if !c.s2Sample(scratch, data) {
+			return nil
+		}
+		return c.compressS2(scratch, data)
+	case CompressionAuto, CompressionAutoS2:
+		// S2's sample is the cheaper test of whether a chunk compresses
+		// at all (the random half of a volume does not).
+		if !c.s2Sample(scratch, data) {
+			return nil
+		}
 		n := c.busy.Add(1)
 		defer c.busy.Add(-1)
-		if n > c.cpus {
+		switch {
+		case n <= c.cpus && c.room():
+			return c.compressZstd(scratch, data)
+		case c.compression == CompressionAuto:
 			return c.compressLZ4(scratch, data)
 		}
-		return c.compressZstd(scratch, data)
+		return c.compressS2(scratch, data)
 	case CompressionZstd:
+		if !c.worthCompressing(scratch, data) {
+			return nil
+		}
 		return c.compressZstd(scratch, data)
 	}
 	return nil
 }
 
-// compressZstd is compress for zstd.
+// compressZstd is compress for zstd, once a sample said data compresses.
 func (c *codec) compressZstd(scratch, data []byte) []byte {
-	if !c.worthCompressing(scratch, data) {
-		return nil
-	}
 	out := c.enc.EncodeAll(data, scratch[:0])
 	// Keep it only if it saves at least 1/64 of the chunk: decoding
 	// costs time on every restore, so marginal savings are not worth it.
@@ -192,6 +216,44 @@ func (c *codec) compressLZ4(scratch, data []byte) []byte {
 		return nil
 	}
 	return appendTrailer(scratch[:n], codecLZ4, len(data))
+}
+
+// scratchSize is the capacity of an encoding buffer for chunks of up to
+// maxChunk bytes: the chunk and its trailer or seal, or S2's worst case,
+// which its encoder needs as room even when the result is smaller.
+func scratchSize(maxChunk int) int {
+	return max(maxChunk, s2.MaxEncodedLen(maxChunk)+chunkTrailerSize) + chunkSpare
+}
+
+// s2Sample says whether data is worth compressing, from S2's result on a
+// 64 KiB sample from its middle (short chunks are always tried).
+func (c *codec) s2Sample(scratch, data []byte) bool {
+	if len(data) <= 2*sampleSize {
+		return true
+	}
+	mid := len(data)/2 - sampleSize/2
+	probe := scratch[:0]
+	if cap(probe) < s2.MaxEncodedLen(sampleSize) {
+		probe = make([]byte, 0, s2.MaxEncodedLen(sampleSize))
+	}
+	return len(s2.Encode(probe[:cap(probe)], data[mid:mid+sampleSize])) < sampleSize*7/8
+}
+
+// compressS2 is compress for S2 (block format), once a sample said data
+// compresses: the block must save 1/64 of the chunk.
+func (c *codec) compressS2(scratch, data []byte) []byte {
+	need := s2.MaxEncodedLen(len(data))
+	if need < 0 {
+		return nil
+	}
+	if cap(scratch) < need+chunkTrailerSize {
+		scratch = make([]byte, 0, need+chunkTrailerSize)
+	}
+	out := s2.Encode(scratch[:need], data)
+	if len(out) >= len(data)-len(data)/64 {
+		return nil
+	}
+	return appendTrailer(out, codecS2, len(data))
 }
 
 // encode returns the encoded form of data in dst's storage (reallocated if
@@ -261,6 +323,17 @@ func (c *codec) decode(keyOf func([]byte) Key, key Key, dst, enc []byte) ([]byte
 			return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("decoded %d bytes, trailer says %d", m, n)}
 		}
 		out = dst[:n]
+	case codecS2:
+		if m, err := s2.DecodedLen(payload); err != nil || m != n {
+			return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("s2 block of %d bytes (%v), trailer says %d", m, err, n)}
+		}
+		if cap(dst) < n {
+			dst = make([]byte, 0, n)
+		}
+		var err error
+		if out, err = s2.Decode(dst[:n], payload); err != nil {
+			return nil, &CorruptChunkError{Key: key, Reason: "s2: " + err.Error()}
+		}
 	default:
 		return nil, &CorruptChunkError{Key: key, Reason: fmt.Sprintf("unknown codec %d", tr[0])}
 	}

@@ -3,8 +3,10 @@ package chunkstore
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 )
 
 // textChunk is a compressible chunk: words, as a volume's text files hold.
@@ -16,11 +18,21 @@ func textChunk(n int) []byte {
 	return b.Bytes()[:n]
 }
 
-// TestAutoCompressionFollowsTheCPU shows CompressionAuto's choice: zstd
-// while fewer callers compress than there are CPUs, LZ4 once they are all
-// busy; and that either decodes.
+// TestAutoCompressionFollowsTheCPU shows the automatic settings' choice:
+// zstd while fewer callers compress than there are CPUs and the host has
+// an idle CPU, the fast codec (S2 for auto-s2, LZ4 for auto) once they are
+// all busy or the host has none; and that every chunk decodes.
 func TestAutoCompressionFollowsTheCPU(t *testing.T) {
-	c, err := newCodec(CompressionAuto, 1<<20)
+	for _, tc := range []struct {
+		comp Compression
+		fast byte
+	}{{CompressionAutoS2, codecS2}, {CompressionAuto, codecLZ4}} {
+		t.Run(string(tc.comp), func(t *testing.T) { testAutoCompression(t, tc.comp, tc.fast) })
+	}
+}
+
+func testAutoCompression(t *testing.T, comp Compression, fast byte) {
+	c, err := newCodec(comp, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,24 +40,41 @@ func TestAutoCompressionFollowsTheCPU(t *testing.T) {
 	data := textChunk(1 << 20)
 	key := h.Key(data)
 	codecOf := func(enc []byte) byte { return enc[len(enc)-chunkTrailerSize] }
+	roundTrip := func(what string, enc []byte) {
+		t.Helper()
+		if out, err := c.decode(h.Key, key, nil, enc); err != nil || !bytes.Equal(out, data) {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
 
 	c.cpus = 2
+	idle := true
+	c.room = func() bool { return idle }
 	enc := c.encode(nil, data)
 	if got := codecOf(enc); got != codecZstd {
 		t.Fatalf("idle CPU: codec %d, want zstd (%d)", got, codecZstd)
 	}
-	if out, err := c.decode(h.Key, key, nil, enc); err != nil || !bytes.Equal(out, data) {
-		t.Fatalf("zstd chunk: %v", err)
-	}
-	// Two callers already compressing on two CPUs: the third gets LZ4.
+	roundTrip("zstd chunk", enc)
+	// Two callers already compressing on two CPUs: the third gets the
+	// fast codec.
 	c.busy.Add(2)
 	enc = c.encode(nil, data)
 	c.busy.Add(-2)
-	if got := codecOf(enc); got != codecLZ4 {
-		t.Fatalf("busy CPU: codec %d, want lz4 (%d)", got, codecLZ4)
+	if got := codecOf(enc); got != fast {
+		t.Fatalf("busy compressors: codec %d, want %d", got, fast)
 	}
-	if out, err := c.decode(h.Key, key, nil, enc); err != nil || !bytes.Equal(out, data) {
-		t.Fatalf("lz4 chunk: %v", err)
+	roundTrip("fast chunk", enc)
+	// No compressor busy here, but the host's CPUs are (its guests).
+	idle = false
+	if got := codecOf(c.encode(nil, data)); got != fast {
+		t.Fatalf("busy host: codec %d, want %d", got, fast)
+	}
+	idle = true
+	// Random data is stored as is, whatever the CPU.
+	rnd := make([]byte, 1<<20)
+	_, _ = rand.NewChaCha8([32]byte{7}).Read(rnd)
+	if got := codecOf(c.encode(nil, rnd)); got != codecRaw {
+		t.Fatalf("incompressible chunk: codec %d, want stored (%d)", got, codecRaw)
 	}
 	if c.busy.Load() != 0 {
 		t.Fatalf("busy %d after encoding, want 0", c.busy.Load())
@@ -67,5 +96,57 @@ func TestAutoCompressionFollowsTheCPU(t *testing.T) {
 	wg.Wait()
 	if c.busy.Load() != 0 {
 		t.Fatalf("busy %d after encoding, want 0", c.busy.Load())
+	}
+}
+
+// TestCPURoom shows the meter behind auto: room while at least one CPU of
+// the host was idle over the last window, none below that, the reading
+// kept for a window, and room when /proc/stat cannot be read.
+func TestCPURoom(t *testing.T) {
+	cpus := uint64(hostCPUs())
+	var idle, total uint64
+	ok := true
+	m := &cpuRoom{window: time.Hour, read: func() (uint64, uint64, bool) { return idle, total, ok }, room: true}
+	step := func(dIdle, dTotal uint64) bool {
+		idle, total = idle+dIdle, total+dTotal
+		m.at = time.Time{}.Add(time.Second) // the window has passed
+		return m.hasRoom()
+	}
+	m.hasRoom() // the first reading: a baseline, room assumed
+	if !step(100*cpus, 100*cpus) {
+		t.Fatal("all idle: no room")
+	}
+	if step(0, 100*cpus) {
+		t.Fatal("no idle: room")
+	}
+	// Exactly one CPU idle out of all of them: room.
+	if !step(100, 100*cpus) {
+		t.Fatal("one CPU idle: no room")
+	}
+	if step(99, 100*cpus) {
+		t.Fatal("less than one CPU idle: room")
+	}
+	// Within the window the last answer stands, whatever the counters.
+	m.at = time.Now()
+	idle += 1000 * cpus
+	total += 1000 * cpus
+	if m.hasRoom() {
+		t.Fatal("reading within the window changed the answer")
+	}
+	ok = false
+	if !step(0, 0) {
+		t.Fatal("unreadable /proc/stat: no room")
+	}
+	// The real /proc/stat parses.
+	if _, tot, ok := procStat(); !ok || tot == 0 {
+		t.Fatalf("procStat: total %d, ok %v", tot, ok)
+	}
+	for _, bad := range []string{"", "intr 1 2 3", "cpu 1 2 x 4 5", "cpu 1 2"} {
+		if _, _, ok := parseProcStat([]byte(bad)); ok {
+			t.Errorf("parseProcStat(%q) ok", bad)
+		}
+	}
+	if i, tot, ok := parseProcStat([]byte("cpu  10 1 5 70 4 2 3 5 9 0\ncpu0 1 1 1 1 1 1 1 1\n")); !ok || i != 74 || tot != 100 {
+		t.Errorf("parseProcStat: idle %d total %d ok %v, want 74 100 true", i, tot, ok)
 	}
 }

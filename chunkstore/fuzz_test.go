@@ -28,8 +28,13 @@ func FuzzDecodeChunk(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	// Every codec decodes every codec's chunks; LZ4's encoder too.
+	// Every codec decodes every codec's chunks; LZ4's and S2's encoders
+	// too.
 	l, err := newCodec(CompressionLZ4, MinChunkSize)
+	if err != nil {
+		f.Fatal(err)
+	}
+	s, err := newCodec(CompressionS2, MinChunkSize)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -37,6 +42,7 @@ func FuzzDecodeChunk(f *testing.F) {
 	for _, data := range [][]byte{[]byte("hello"), bytes.Repeat([]byte("ab"), 5000)} {
 		f.Add(c.encode(nil, data), data)
 		f.Add(l.encode(nil, data), data)
+		f.Add(s.encode(nil, data), data)
 	}
 	f.Fuzz(func(t *testing.T, enc, orig []byte) {
 		if len(orig) == 0 || len(orig) > MinChunkSize {
@@ -48,7 +54,7 @@ func FuzzDecodeChunk(f *testing.F) {
 			t.Fatalf("decoded wrong data without error")
 		}
 		// Encoding then decoding must always round-trip.
-		for _, cd := range []*codec{c, l} {
+		for _, cd := range []*codec{c, l, s} {
 			out, err = cd.decode(h.Key, k, nil, cd.encode(nil, orig))
 			if err != nil || !bytes.Equal(out, orig) {
 				t.Fatalf("%s round trip failed: %v", cd.compression, err)

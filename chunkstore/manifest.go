@@ -35,7 +35,7 @@ type Manifest struct {
 // Stats counts what a backup did.
 type Stats struct {
 	BytesRead     int64 `json:"bytesRead"`     // read from the volume
-	BytesZero     int64 `json:"bytesZero"`     // read and found all-zero
+	BytesZero     int64 `json:"bytesZero"`     // all-zero: read and found so, or holes of a sparse file (not read)
 	BytesNew      int64 `json:"bytesNew"`      // raw bytes of chunks stored by this backup
 	BytesStored   int64 `json:"bytesStored"`   // encoded bytes written to the store
 	ChunksTotal   int   `json:"chunksTotal"`   // len(Chunks)

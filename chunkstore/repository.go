@@ -45,7 +45,7 @@ var ErrRepositoryExists = errors.New("a repository already exists here")
 // InitOptions configures a new repository.
 type InitOptions struct {
 	ChunkSize   int         // default DefaultChunkSize
-	Compression Compression // default CompressionAuto
+	Compression Compression // default CompressionAutoS2
 	// Passphrase, if set, makes the repository encrypted (format 2): its
 	// first key slot opens with it.
 	Passphrase []byte
@@ -73,7 +73,7 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 		opts.ChunkSize = DefaultChunkSize
 	}
 	if opts.Compression == "" {
-		opts.Compression = CompressionAuto
+		opts.Compression = CompressionAutoS2
 	}
 	if _, err := store.Stat(ctx, configName); err == nil {
 		return nil, fmt.Errorf("%s: %w", store.Location(), ErrRepositoryExists)
@@ -232,7 +232,7 @@ func newRepository(store Store, cfg Config, keys *repoKeys) (*Repository, error)
 		mdec:   mdec,
 	}
 	r.bufs.New = func() any {
-		b := AlignedBuffer(0, cfg.ChunkSize+chunkSpare)
+		b := AlignedBuffer(0, scratchSize(cfg.ChunkSize))
 		return &b
 	}
 	return r, nil

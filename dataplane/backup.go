@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"time"
 
@@ -192,6 +193,12 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	// (a QEMU source's transfer) on the same Progress.
 	opts.Progress.SetTotal(opts.Progress.Done() + total)
 
+	// A sparse file's holes are zeros without reading: a chunk wholly in
+	// one costs neither I/O nor a zero check.
+	var holes []bool
+	if f, ok := src.(*os.File); ok {
+		holes = holeChunks(f, size, chunkSize)
+	}
 	readLimit := ratelimit.NewLimiter(opts.ReadBytesPerSec)
 	if opts.Parallelism <= 0 {
 		opts.Parallelism = BackupWorkers()
@@ -201,6 +208,13 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 		st := &stats[w]
 		off := int64(i) * int64(chunkSize)
 		data := buf[:chunkLen(i)]
+		if holes != nil && holes[i] {
+			st.zero++
+			st.bytesZero += int64(len(data))
+			m.Chunks[i] = chunkstore.ZeroKey
+			opts.Progress.Add(int64(len(data)))
+			return nil
+		}
 		if err := ratelimit.Wait(ctx, readLimit, len(data)); err != nil {
 			return err
 		}

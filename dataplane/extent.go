@@ -1,8 +1,13 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"sort"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Extent is a byte range of a volume.
@@ -32,4 +37,47 @@ func chunksTouched(extents []Extent, size int64, chunkSize int, nChunks int) ([]
 		}
 	}
 	return touched, nil
+}
+
+// holeChunks returns, for a regular file f of size bytes, a bitmap of the
+// chunks that lie wholly in holes (SEEK_DATA/SEEK_HOLE): a backup records
+// them as zero chunks without reading them, as qemu-img skips them. It
+// returns nil where the file system cannot say (no SEEK_DATA, a block
+// device): every chunk is read, and zeros are still found by content.
+func holeChunks(f *os.File, size int64, chunkSize int) []bool {
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() || size == 0 {
+		return nil
+	}
+	fd := int(f.Fd())
+	cs := int64(chunkSize)
+	n := int((size + cs - 1) / cs)
+	var holes []bool
+	mark := func(from, to int64) { // [from, to) is a hole
+		if holes == nil {
+			holes = make([]bool, n)
+		}
+		for i := (from + cs - 1) / cs; i < int64(n) && i*cs < to && min((i+1)*cs, size) <= to; i++ {
+			holes[i] = true
+		}
+	}
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, syscall.ENXIO) {
+			mark(off, size) // no data from off to the end
+			break
+		}
+		if err != nil {
+			return nil // no SEEK_DATA here: read everything
+		}
+		if data > off {
+			mark(off, min(data, size))
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil
+		}
+		off = hole
+	}
+	return holes
 }

@@ -76,7 +76,7 @@ func repoCommand() *cli.Command {
 			Flags: []cli.Flag{
 				repoFlag,
 				&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "chunk size, a power of two from 64KiB to 16MiB"},
-				&cli.StringFlag{Name: "compression", Value: "auto", Usage: "chunk compression: auto (zstd while the CPU has room, else lz4, chunk by chunk), zstd, lz4 (about twice as fast, stores text a third larger) or none"},
+				&cli.StringFlag{Name: "compression", Value: "auto-s2", Usage: "chunk compression: auto-s2 (zstd while the host's CPUs have room, else s2, chunk by chunk), auto (zstd or lz4, as repositories made before s2, which older builds read), zstd, s2 (about three times as fast, stores text a quarter larger), lz4 (twice as fast, stores text half as large again) or none"},
 				&cli.BoolFlag{Name: "encrypt", Usage: "encrypt chunks and manifests (AES-256-GCM) under a key wrapped by the passphrase (--password-file, VOLBACK_PASSWORD or a prompt)"},
 			},
 			Action: func(c *cli.Context) error {
