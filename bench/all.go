@@ -442,6 +442,11 @@ func measureRestores(ctx context.Context, cfg AllConfig, tools []string, img str
 				j.run.Error = fmt.Sprintf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(b)))
 				continue
 			}
+			// Timed until what it wrote is on the disk: volback and
+			// qemu-img sync before they exit, restic and borg leave
+			// the page cache to the kernel, and a restore is not done
+			// until it would survive a crash.
+			syscall.Sync()
 			secs[i] = append(secs[i], time.Since(start).Seconds())
 		}
 	}
@@ -689,7 +694,7 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	if r.FloorSeconds > 0 {
 		p("\nx volback: the tool's time over volback's, the median of the rounds' ratios. x disk floor: the run over writing what it stored (O_DIRECT, fsync) right after it, paired by round; volback's floor took %.2f s, volback %.2fx it.\n", r.FloorSeconds, r.FloorRatio)
 	}
-	p("\n## Restore\n\n| tool | mode | seconds |\n|---|---|---|\n")
+	p("\n## Restore (each timed until a sync(2) after it returns: until what it wrote is on the disk)\n\n| tool | mode | seconds |\n|---|---|---|\n")
 	for _, x := range r.Restore {
 		if x.Error != "" {
 			p("| %s | %s | failed: %s |\n", x.Tool, x.Mode, oneLine(x.Error))
