@@ -89,9 +89,9 @@ type codec struct {
 	enc         *zstd.Encoder
 	dec         *zstd.Decoder
 	lz4         sync.Pool // *lz4.Compressor: its hash table is one caller's
-	// cpus, busy and room drive CompressionAuto: busy counts the callers
-	// compressing now; past cpus, or while room says the host's CPUs are
-	// all in use, there is no room for zstd.
+	// cpus, busy and room drive the automatic compressions: busy counts
+	// the callers compressing now; past cpus, or while room says the
+	// host's CPUs are all in use, there is no room for zstd.
 	cpus int32
 	busy atomic.Int32
 	room func() bool

@@ -8,14 +8,15 @@ import (
 	"time"
 )
 
-// cpuRoom tells CompressionAuto whether the host's CPUs have room for
-// zstd: whether, over the last sampling window, at least one whole CPU was
-// idle across the host. (Not less: where vCPUs are threads of shared
-// cores, as on small cloud machines, a busy sibling leaves the idle one
-// little to give; on 2 vCPUs here, two zstd streams run only 1.15x one.) It reads /proc/stat at most once a window, so a
-// chunk costs a clock read; on a hypervisor host the guests' load counts,
-// so a backup takes the slower codec's extra CPU only from what is idle.
-// Where /proc/stat cannot be read, there is always room (the count of busy
+// cpuRoom tells the automatic compressions whether the host's CPUs have
+// room for zstd: whether, over the last sampling window, at least one
+// whole CPU was idle across the host. (Not less: where vCPUs are threads
+// of shared cores, as on small cloud machines, a busy sibling leaves the
+// idle one little to give; on 2 vCPUs here, two zstd streams run only
+// 1.15x one.) It reads /proc/stat at most once a window, so a chunk costs
+// a clock read; on a hypervisor host the guests' load counts, so a backup
+// takes the slower codec's extra CPU only from what is idle. Where
+// /proc/stat cannot be read, there is always room (the count of busy
 // compressors still bounds zstd).
 type cpuRoom struct {
 	window time.Duration

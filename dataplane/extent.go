@@ -40,44 +40,64 @@ func chunksTouched(extents []Extent, size int64, chunkSize int, nChunks int) ([]
 }
 
 // holeChunks returns, for a regular file f of size bytes, a bitmap of the
-// chunks that lie wholly in holes (SEEK_DATA/SEEK_HOLE): a backup records
-// them as zero chunks without reading them, as qemu-img skips them. It
-// returns nil where the file system cannot say (no SEEK_DATA, a block
-// device): every chunk is read, and zeros are still found by content.
+// chunks that lie wholly in holes: a backup records them as zero chunks
+// without reading them, as qemu-img skips them. It returns nil where there
+// are none or the file system cannot say (no SEEK_DATA, a block device):
+// every chunk is read, and zeros are still found by content.
 func holeChunks(f *os.File, size int64, chunkSize int) []bool {
 	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() || size == 0 {
+	if err != nil || !st.Mode().IsRegular() {
 		return nil
 	}
-	fd := int(f.Fd())
 	cs := int64(chunkSize)
-	n := int((size + cs - 1) / cs)
+	n := (size + cs - 1) / cs
 	var holes []bool
-	mark := func(from, to int64) { // [from, to) is a hole
+	pos := int64(0)
+	seekAllocation(int(f.Fd()), 0, size, func(length int64, hole bool) bool {
+		from, to := pos, pos+length
+		pos = to
+		if !hole {
+			return true
+		}
 		if holes == nil {
 			holes = make([]bool, n)
 		}
-		for i := (from + cs - 1) / cs; i < int64(n) && i*cs < to && min((i+1)*cs, size) <= to; i++ {
+		for i := (from + cs - 1) / cs; i < n && min((i+1)*cs, size) <= to; i++ {
 			holes[i] = true
 		}
-	}
-	for off := int64(0); off < size; {
+		return true
+	})
+	return holes
+}
+
+// seekAllocation calls fn for consecutive data and hole extents of the file
+// fd within [off, end), from SEEK_DATA/SEEK_HOLE, until fn returns false.
+// Where the file system cannot say, the rest is reported as data.
+func seekAllocation(fd int, off, end int64, fn func(length int64, hole bool) bool) {
+	for off < end {
 		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
 		if errors.Is(err, syscall.ENXIO) {
-			mark(off, size) // no data from off to the end
-			break
+			fn(end-off, true) // no data from off to the end of the file
+			return
 		}
 		if err != nil {
-			return nil // no SEEK_DATA here: read everything
+			fn(end-off, false)
+			return
 		}
 		if data > off {
-			mark(off, min(data, size))
+			if !fn(min(data, end)-off, true) {
+				return
+			}
+			off = data
+			continue
 		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
 		if err != nil {
-			return nil
+			hole = end
 		}
-		off = hole
+		if !fn(min(hole, end)-off, false) {
+			return
+		}
+		off = min(hole, end)
 	}
-	return holes
 }

@@ -282,41 +282,16 @@ func (v *Volume) DirtyRuns(chainName string, off, length int64, fn func(length i
 // SEEK_DATA/SEEK_HOLE. Block devices, filesystems without hole support
 // and volumes being restored report all data.
 func (v *Volume) Allocation(off, length int64, fn func(length int64, hole bool) bool) error {
-	end := off + length
-	fd := int(v.f.Fd())
-	for off < end {
-		if v.block || v.restore.Load() != nil {
-			// Holes in the file of a volume being restored are chunks
-			// not copied yet: all of it is data.
-			fn(end-off, false)
-			return nil
-		}
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, syscall.ENXIO) {
-			// No data from off to the end of the file: one hole.
-			fn(end-off, true)
-			return nil
-		}
-		if err != nil {
-			fn(end-off, false)
-			return nil
-		}
-		if data > off {
-			if !fn(min(data, end)-off, true) {
-				return nil
-			}
-			off = data
-			continue
-		}
-		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-		if err != nil {
-			hole = end
-		}
-		if !fn(min(hole, end)-off, false) {
-			return nil
-		}
-		off = min(hole, end)
+	if length <= 0 {
+		return nil
 	}
+	if v.block || v.restore.Load() != nil {
+		// Holes in the file of a volume being restored are chunks
+		// not copied yet: all of it is data.
+		fn(length, false)
+		return nil
+	}
+	seekAllocation(int(v.f.Fd()), off, off+length, fn)
 	return nil
 }
 
