@@ -26,15 +26,19 @@ func benchData(kind string, n int) []byte {
 }
 
 func BenchmarkKey(b *testing.B) {
-	h := Hasher{Seed1: 1, Seed2: 2}
-	for _, n := range []int{64 << 10, 4 << 20} {
-		data := benchData("random", n)
-		b.Run(fmt.Sprintf("%dKiB", n>>10), func(b *testing.B) {
-			b.SetBytes(int64(n))
-			for b.Loop() {
-				_ = h.Key(data)
-			}
-		})
+	for _, h := range []struct {
+		name string
+		h    Hasher
+	}{{"xxh3", Hasher{Seed1: 1, XXH3: true}}, {"xxh64x2", Hasher{Seed1: 1, Seed2: 2}}} {
+		for _, n := range []int{64 << 10, 4 << 20, 64 << 20} {
+			data := benchData("random", n)
+			b.Run(fmt.Sprintf("%s/%dKiB", h.name, n>>10), func(b *testing.B) {
+				b.SetBytes(int64(n))
+				for b.Loop() {
+					_ = h.h.Key(data)
+				}
+			})
+		}
 	}
 }
 

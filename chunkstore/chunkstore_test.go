@@ -41,9 +41,22 @@ func newRepo(t *testing.T, c chunkstore.Compression) (*chunkstore.Repository, *m
 }
 
 func TestKeyDependsOnSeedsAndContent(t *testing.T) {
+	t.Run("xxh64", func(t *testing.T) {
+		testKey(t, chunkstore.Hasher{Seed1: 1, Seed2: 2}, chunkstore.Hasher{Seed1: 3, Seed2: 4})
+	})
+	t.Run("xxh3", func(t *testing.T) {
+		testKey(t, chunkstore.Hasher{Seed1: 1, XXH3: true}, chunkstore.Hasher{Seed1: 3, XXH3: true})
+	})
+	// The two formats never give the same key to the same data under the
+	// same seed: a key is only meaningful with its repository's format.
+	data := randomBytes(2, 4096)
+	if (chunkstore.Hasher{Seed1: 1, Seed2: 2}).Key(data) == (chunkstore.Hasher{Seed1: 1, Seed2: 2, XXH3: true}).Key(data) {
+		t.Fatal("xxh64 and xxh3 keys agree")
+	}
+}
+
+func testKey(t *testing.T, h1, h2 chunkstore.Hasher) {
 	data := randomBytes(1, 4096)
-	h1 := chunkstore.Hasher{Seed1: 1, Seed2: 2}
-	h2 := chunkstore.Hasher{Seed1: 3, Seed2: 4}
 	if h1.Key(data) != h1.Key(append([]byte(nil), data...)) {
 		t.Fatal("same content, different keys")
 	}
@@ -191,7 +204,7 @@ func TestInitOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := r.Config()
-	if cfg.ChunkSize != chunkstore.DefaultChunkSize || cfg.Compression != chunkstore.CompressionAutoS2 || cfg.Seeds[0] == cfg.Seeds[1] {
+	if cfg.ChunkSize != chunkstore.DefaultChunkSize || cfg.Compression != chunkstore.CompressionAutoS2 || cfg.Version != chunkstore.FormatXXH3 || cfg.Seed == 0 || cfg.Seeds != [2]uint64{} {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 	if _, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{}); !errors.Is(err, chunkstore.ErrRepositoryExists) {
@@ -209,6 +222,54 @@ func TestInitOpen(t *testing.T) {
 	if _, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{Compression: "brotli"}); err == nil {
 		t.Errorf("Init accepted compression brotli")
 	}
+	for _, bad := range []chunkstore.InitOptions{{Format: 2}, {Format: 4}, {Format: -1}, {Format: chunkstore.FormatXXH64, Passphrase: []byte("pw")}} {
+		if _, err := chunkstore.Init(ctx, mem.New(), bad); err == nil {
+			t.Errorf("Init accepted %+v", bad)
+		}
+	}
+}
+
+// TestFormatOneRepository: a repository asked for in format 1 keys with
+// two xxhash64 passes, keeps doing so when opened again, and its chunks
+// round trip; the default format's keys differ on the same data.
+func TestFormatOneRepository(t *testing.T) {
+	ctx := context.Background()
+	s := mem.New()
+	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{Format: chunkstore.FormatXXH64, ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := r.Config()
+	if cfg.Version != chunkstore.FormatXXH64 || cfg.Seed != 0 || cfg.Seeds[0] == cfg.Seeds[1] {
+		t.Fatalf("format 1 config: %+v", cfg)
+	}
+	data := randomBytes(3, 1<<20)
+	k := r.Key(data)
+	if want := (chunkstore.Hasher{Seed1: cfg.Seeds[0], Seed2: cfg.Seeds[1]}).Key(data); k != want {
+		t.Fatalf("format 1 key %v, want the xxhash64 pair %v", k, want)
+	}
+	if _, err := r.PutChunk(ctx, k, data); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := chunkstore.Open(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Key(data) != k {
+		t.Fatal("reopened format 1 repository keys differently")
+	}
+	got, err := r2.GetChunk(ctx, k, nil)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("format 1 chunk round trip: %v", err)
+	}
+	r3, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c3 := r3.Config()
+	if want := (chunkstore.Hasher{Seed1: c3.Seed, XXH3: true}).Key(data); r3.Key(data) != want {
+		t.Fatalf("format 3 key %v, want XXH3-128 %v", r3.Key(data), want)
+	}
 }
 
 func TestManifestSaveLoad(t *testing.T) {
@@ -220,7 +281,7 @@ func TestManifestSaveLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &chunkstore.Manifest{
-		Version: chunkstore.FormatVersion, ID: chunkstore.NewID(), VolumeID: "vol1",
+		Version: chunkstore.ManifestVersion, ID: chunkstore.NewID(), VolumeID: "vol1",
 		Size: 3<<20 + 5, ChunkSize: 1 << 20, Mode: "full",
 		Started: time.Unix(100, 0).UTC(), Finished: time.Unix(200, 0).UTC(),
 		Chunks: []chunkstore.Key{k, chunkstore.ZeroKey, k, k},

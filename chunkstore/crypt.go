@@ -23,8 +23,7 @@ import (
 )
 
 // FormatEncrypted is the config version of an encrypted repository
-// (docs/FORMAT.md, version 2). Unencrypted repositories keep version 1,
-// so older builds still read them.
+// (docs/FORMAT.md, version 2).
 const FormatEncrypted = 2
 
 // The algorithms of format 2, named in its config.

@@ -24,10 +24,12 @@
 //
 // # Keys and the threat model
 //
-// A chunk's key is 128 bits: xxhash64 of its content under two random 64-bit
-// seeds kept in the config. xxhash is not a cryptographic hash. It is chosen
-// because it runs at memory speed, and the random seeds make it impractical
-// for someone who does not know the config to build colliding chunks. The
+// A chunk's key is 128 bits: XXH3-128 of its content under a random 64-bit
+// seed kept in the config (format 3), or xxhash64 under two such seeds
+// (format 1, which older builds read). Neither is a cryptographic hash.
+// They are chosen because they run at memory speed, and the random seeds
+// make it impractical for someone who does not know the config to build
+// colliding chunks. The
 // model is: the repository's writers are trusted (they can already write
 // any data they like), and the key guards against accidental collisions
 // (2^-128 per pair) and against corruption at rest, which every read detects

@@ -98,6 +98,8 @@ func FuzzDecodeManifest(f *testing.F) {
 
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"version":1,"id":"x","chunkSize":4194304,"seeds":[1,2],"compression":"zstd"}`))
+	f.Add([]byte(`{"version":3,"id":"0123456789abcdef0123456789abcdef","chunkSize":4194304,"seed":7,"compression":"auto-s2"}`))
+	f.Add([]byte(`{"version":3,"id":"0123456789abcdef0123456789abcdef","chunkSize":4194304,"seeds":[1,2],"compression":"auto-s2"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := parseConfig(b)
 		if err != nil {

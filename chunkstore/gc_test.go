@@ -44,7 +44,7 @@ func saveBackupFull(t *testing.T, r *chunkstore.Repository, id, volume string, c
 	}
 	defer func() { _ = l.Release(ctx) }()
 	m := &chunkstore.Manifest{
-		Version: chunkstore.FormatVersion, ID: id, VolumeID: volume, Mode: "full",
+		Version: chunkstore.ManifestVersion, ID: id, VolumeID: volume, Mode: "full",
 		Size: int64(len(chunks)) * int64(r.ChunkSize()), ChunkSize: r.ChunkSize(),
 		Started: time.Now().UTC(), Finished: time.Now().UTC(),
 	}

@@ -33,7 +33,7 @@ func BenchmarkGCRepository5M(b *testing.B) {
 			binary.BigEndian.PutUint64(keys[i][:8], n*0x9e3779b97f4a7c15)
 			binary.BigEndian.PutUint64(keys[i][8:], n)
 		}
-		m := &chunkstore.Manifest{Version: chunkstore.FormatVersion, ID: chunkstore.NewID(), VolumeID: "vol",
+		m := &chunkstore.Manifest{Version: chunkstore.ManifestVersion, ID: chunkstore.NewID(), VolumeID: "vol",
 			Mode: chunkstore.ModeFull, Size: perManifest * 4 << 20, ChunkSize: 4 << 20,
 			Started: time.Now(), Finished: time.Now(), Chunks: keys}
 		if err := r.SaveManifest(ctx, m); err != nil {

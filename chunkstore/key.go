@@ -6,11 +6,13 @@ import (
 	"fmt"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/xxh3"
 )
 
-// Key identifies a chunk by its content: xxhash64 of the chunk under the
-// repository's first seed, then under its second, both big-endian. The zero
-// Key stands for an all-zero chunk, which is never stored.
+// Key identifies a chunk by its content: in a format 3 repository XXH3-128
+// of the chunk under the repository's seed, in format 1 xxhash64 under its
+// first seed, then under its second, big-endian either way (docs/FORMAT.md).
+// The zero Key stands for an all-zero chunk, which is never stored.
 type Key [16]byte
 
 // ZeroKey marks an all-zero chunk in a manifest.
@@ -80,14 +82,23 @@ func chunkName(k Key) string {
 }
 
 // Hasher computes chunk keys with a repository's seeds. It is a value type
-// and safe for concurrent use.
+// and safe for concurrent use. XXH3 set: XXH3-128 under Seed1 (format 3);
+// else two xxhash64 passes under Seed1 and Seed2 (format 1).
 type Hasher struct {
 	Seed1, Seed2 uint64
+	XXH3         bool
 }
 
 // Key returns the content key of data. It never returns ZeroKey for data
 // that is not all zeros (the chance is 2^-128, and the result is remapped).
 func (h Hasher) Key(data []byte) Key {
+	if h.XXH3 {
+		k := Key(xxh3.Hash128Seed(data, h.Seed1).Bytes())
+		if k.IsZero() {
+			k[15] = 1
+		}
+		return k
+	}
 	var d xxhash.Digest
 	d.ResetWithSeed(h.Seed1)
 	_, _ = d.Write(data)

@@ -54,8 +54,8 @@ func ChunkCount(size int64, chunkSize int) int {
 
 // Validate checks the manifest's internal consistency.
 func (m *Manifest) Validate() error {
-	if m.Version != FormatVersion {
-		return fmt.Errorf("manifest %s: format version %d, this build reads %d", m.ID, m.Version, FormatVersion)
+	if m.Version != ManifestVersion {
+		return fmt.Errorf("manifest %s: format version %d, this build reads %d", m.ID, m.Version, ManifestVersion)
 	}
 	if err := ValidID(m.ID); err != nil {
 		return fmt.Errorf("manifest: %w", err)

@@ -52,6 +52,9 @@ type InitOptions struct {
 	// KDF are the costs of that slot's key derivation; zero means
 	// DefaultKDF.
 	KDF KDFParams
+	// Format of a plain repository: FormatVersion (0 means it) or
+	// FormatXXH64, which builds older than format 3 also read.
+	Format int
 }
 
 // Repository is a chunk repository on a Store.
@@ -80,7 +83,13 @@ func Init(ctx context.Context, store Store, opts InitOptions) (*Repository, erro
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("%s: %w", store.Location(), err)
 	}
-	cfg, err := newConfig(opts.ChunkSize, opts.Compression, time.Now())
+	if opts.Format == 0 {
+		opts.Format = FormatVersion
+	}
+	if opts.Passphrase != nil && opts.Format != FormatVersion {
+		return nil, fmt.Errorf("%s: format version %d is never encrypted", store.Location(), opts.Format)
+	}
+	cfg, err := newConfig(opts.Format, opts.ChunkSize, opts.Compression, time.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +144,7 @@ func initEncryption(ctx context.Context, store Store, cfg *Config, opts InitOpti
 		return nil, nil, err
 	}
 	cfg.Version = FormatEncrypted
-	cfg.Seeds = [2]uint64{}
+	cfg.Seeds, cfg.Seed = [2]uint64{}, 0
 	cfg.Encryption = &Encryption{Cipher: cipherAES256GCM, ChunkNames: namesBLAKE3, KDF: kdfArgon2id, KeyCheck: keys.check}
 	p := opts.KDF
 	if p == (KDFParams{}) {
@@ -225,7 +234,7 @@ func newRepository(store Store, cfg Config, keys *repoKeys) (*Repository, error)
 	r := &Repository{
 		store:  store,
 		cfg:    cfg,
-		hasher: Hasher{Seed1: cfg.Seeds[0], Seed2: cfg.Seeds[1]},
+		hasher: hasherOf(cfg),
 		keys:   keys,
 		codec:  cd,
 		menc:   menc,
@@ -236,6 +245,14 @@ func newRepository(store Store, cfg Config, keys *repoKeys) (*Repository, error)
 		return &b
 	}
 	return r, nil
+}
+
+// hasherOf returns the key function of a plain repository's config.
+func hasherOf(cfg Config) Hasher {
+	if cfg.Version == FormatXXH3 {
+		return Hasher{Seed1: cfg.Seed, XXH3: true}
+	}
+	return Hasher{Seed1: cfg.Seeds[0], Seed2: cfg.Seeds[1]}
 }
 
 // Close releases the codec state and closes the store.

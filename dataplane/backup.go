@@ -150,7 +150,7 @@ func Backup(ctx context.Context, repo *chunkstore.Repository, src io.ReaderAt, s
 	chunkSize := repo.ChunkSize()
 	nChunks := chunkstore.ChunkCount(size, chunkSize)
 	m := &chunkstore.Manifest{
-		Version:   chunkstore.FormatVersion,
+		Version:   chunkstore.ManifestVersion,
 		ID:        id,
 		VolumeID:  opts.VolumeID,
 		Size:      size,

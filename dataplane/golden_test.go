@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,21 +16,32 @@ import (
 	"github.com/volback/volback/dataplane"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/repo-v1 (only when the format version changes)")
+var update = flag.Bool("update", false, "write testdata/repo-v<FormatVersion> (only when the format version changes)")
 
-// goldenDir is a small repository written by format version 1, kept in the
-// tree so that every later build proves it still reads it.
-const goldenDir = "../testdata/repo-v1"
+// goldenDirs are small repositories written by each plain format version,
+// kept in the tree so that every later build proves it still reads them.
+var goldenDirs = []string{"../testdata/repo-v1", "../testdata/repo-v3"}
 
-// TestGoldenRepository restores every backup of the checked-in format-1
+// TestGoldenRepository restores every backup of each checked-in
 // repository and checks each against the SHA-256 recorded beside it.
 func TestGoldenRepository(t *testing.T) {
-	ctx := context.Background()
 	if *update {
-		writeGolden(t)
+		writeGolden(t, fmt.Sprintf("../testdata/repo-v%d", chunkstore.FormatVersion))
 	}
+	for i, dir := range goldenDirs {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			r := testGolden(t, dir)
+			if v := r.Config().Version; v != []int{chunkstore.FormatXXH64, chunkstore.FormatXXH3}[i] {
+				t.Fatalf("%s is format %d", dir, v)
+			}
+		})
+	}
+}
+
+func testGolden(t *testing.T, goldenDir string) *chunkstore.Repository {
+	ctx := context.Background()
 	want := map[string]string{}
-	b, err := os.ReadFile(filepath.Join(goldenDir, "..", "repo-v1.sha256"))
+	b, err := os.ReadFile(goldenDir + ".sha256")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +57,7 @@ func TestGoldenRepository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { r.Close() })
 	ids, err := r.ListBackups(ctx)
 	if err != nil || len(ids) != len(want) || len(ids) == 0 {
 		t.Fatalf("golden repository lists %v (%v), want %d backups", ids, err, len(want))
@@ -63,9 +76,10 @@ func TestGoldenRepository(t *testing.T) {
 	if err != nil || !rep.OK() {
 		t.Fatalf("verify golden repository: %+v %v", rep, err)
 	}
+	return r
 }
 
-func writeGolden(t *testing.T) {
+func writeGolden(t *testing.T, goldenDir string) {
 	ctx := context.Background()
 	os.RemoveAll(goldenDir)
 	s, err := local.Open(goldenDir)
@@ -96,7 +110,7 @@ func writeGolden(t *testing.T) {
 		sums.WriteString(hex.EncodeToString(sum[:]) + "  " + m.ID + "\n")
 		parent = m
 	}
-	if err := os.WriteFile(filepath.Join(goldenDir, "..", "repo-v1.sha256"), []byte(sums.String()), 0o644); err != nil {
+	if err := os.WriteFile(goldenDir+".sha256", []byte(sums.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r.Close()

@@ -158,7 +158,7 @@ func TestSeaweedFSExclusiveCreate(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				m := &chunkstore.Manifest{Version: chunkstore.FormatVersion, ID: "0a5e0000000000000000000000000000", VolumeID: "vol", ChunkSize: 1 << 20, Mode: chunkstore.ModeFull,
+				m := &chunkstore.Manifest{Version: chunkstore.ManifestVersion, ID: "0a5e0000000000000000000000000000", VolumeID: "vol", ChunkSize: 1 << 20, Mode: chunkstore.ModeFull,
 					Started: time.Now(), Finished: time.Now(), Meta: map[string]string{"writer": strconv.Itoa(i)}, Chunks: []chunkstore.Key{}}
 				switch err := repo.SaveManifest(context.Background(), m); {
 				case err == nil:

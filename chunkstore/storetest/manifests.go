@@ -39,7 +39,7 @@ func SaveManifests(tb testing.TB, r *chunkstore.Repository, n, volumes int) []st
 			defer wg.Done()
 			for i := range next {
 				ids[i] = chunkstore.NewID()
-				m := &chunkstore.Manifest{Version: chunkstore.FormatVersion, ID: ids[i], VolumeID: fmt.Sprintf("%032x", i%volumes),
+				m := &chunkstore.Manifest{Version: chunkstore.ManifestVersion, ID: ids[i], VolumeID: fmt.Sprintf("%032x", i%volumes),
 					Mode: chunkstore.ModeFull, Size: 256 * int64(r.ChunkSize()), ChunkSize: r.ChunkSize(),
 					Started: time.Unix(1.7e9+int64(i), 0).UTC(), Finished: time.Unix(1.7e9+int64(i)+1, 0).UTC(),
 					Meta: map[string]string{"name": fmt.Sprint("backup-", i)}, Chunks: chunks}

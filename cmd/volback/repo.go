@@ -77,6 +77,7 @@ func repoCommand() *cli.Command {
 				repoFlag,
 				&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "chunk size, a power of two from 64KiB to 16MiB"},
 				&cli.StringFlag{Name: "compression", Value: "auto-s2", Usage: "chunk compression: auto-s2 (zstd while the host's CPUs have room, else s2, chunk by chunk), auto (zstd or lz4, as repositories made before s2, which older builds read), zstd, s2 (about three times as fast, stores text a quarter larger), lz4 (twice as fast, stores text half as large again) or none"},
+				&cli.IntFlag{Name: "format", Value: chunkstore.FormatVersion, Usage: "format of a plain repository: 3 (chunk keys XXH3-128, one fast pass) or 1 (two xxhash64 passes, which builds older than format 3 also read; pair with --compression auto)"},
 				&cli.BoolFlag{Name: "encrypt", Usage: "encrypt chunks and manifests (AES-256-GCM) under a key wrapped by the passphrase (--password-file, VOLBACK_PASSWORD or a prompt)"},
 			},
 			Action: func(c *cli.Context) error {
@@ -88,8 +89,15 @@ func repoCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("--compression: %w", err)
 				}
-				init := chunkstore.InitOptions{ChunkSize: int(cs), Compression: comp}
+				init := chunkstore.InitOptions{ChunkSize: int(cs), Compression: comp, Format: c.Int("format")}
+				if f := init.Format; f != chunkstore.FormatXXH64 && f != chunkstore.FormatXXH3 {
+					return fmt.Errorf("--format %d: want %d or %d", f, chunkstore.FormatXXH3, chunkstore.FormatXXH64)
+				}
 				if c.Bool("encrypt") {
+					if c.IsSet("format") {
+						return fmt.Errorf("--format and --encrypt: an encrypted repository is always format %d", chunkstore.FormatEncrypted)
+					}
+					init.Format = 0
 					if init.Passphrase, err = readPassphrase(stringFlag(c, "password-file"), "VOLBACK_PASSWORD", "passphrase of the new repository", true); err != nil {
 						return err
 					}
@@ -102,13 +110,13 @@ func repoCommand() *cli.Command {
 				o := outputOf(c)
 				cfg := r.Config()
 				if o.json {
-					return o.printJSON(map[string]any{"id": cfg.ID, "chunkSize": cfg.ChunkSize, "compression": cfg.Compression, "encrypted": r.Encrypted(), "location": r.Location()})
+					return o.printJSON(map[string]any{"id": cfg.ID, "format": cfg.Version, "chunkSize": cfg.ChunkSize, "compression": cfg.Compression, "encrypted": r.Encrypted(), "location": r.Location()})
 				}
 				enc := ""
 				if r.Encrypted() {
 					enc = ", encrypted: keep the passphrase, no one can read the backups without it"
 				}
-				o.infof("created repository %s at %s (chunk size %s, compression %s%s)", cfg.ID, r.Location(), humanize.IBytes(uint64(cfg.ChunkSize)), cfg.Compression, enc)
+				o.infof("created repository %s at %s (format %d, chunk size %s, compression %s%s)", cfg.ID, r.Location(), cfg.Version, humanize.IBytes(uint64(cfg.ChunkSize)), cfg.Compression, enc)
 				return nil
 			},
 		}, keyCommand()},
