@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -66,6 +67,10 @@ type Limits struct {
 	XXHashMiBps float64 `json:"xxhashMibPerSecondPerCore"`
 	ZstdMiBps   float64 `json:"zstdMibPerSecondPerCore"` // text, at the level backups use (fastest)
 	S2MiBps     float64 `json:"s2MibPerSecondPerCore"`   // text, S2's default (fastest) level
+	// S2AllMiBps is S2 on text on every CPU at once, all bytes over the
+	// time: what the machine compresses when a backup keeps every CPU
+	// busy (vCPUs that share cores give less than CPUs times S2MiBps).
+	S2AllMiBps float64 `json:"s2MibPerSecondAllCpus"`
 }
 
 // RestoreRun is one tool's restores of the image.
@@ -84,8 +89,11 @@ type IncrementalRun struct {
 	Seconds        float64 `json:"seconds"`
 	BytesRead      int64   `json:"bytesRead,omitempty"` // volback: read from the volume
 	// OfFull is Seconds over the live volume's full backup (volback's
-	// changed-block map only).
-	OfFull float64 `json:"ofFull,omitempty"`
+	// changed-block map only); StoredOfFull the bytes it stored over the
+	// full's: its share if both ran at the disk's rate.
+	OfFull       float64 `json:"ofFull,omitempty"`
+	BytesStored  int64   `json:"bytesStored,omitempty"`
+	StoredOfFull float64 `json:"storedOfFull,omitempty"`
 	Error  string  `json:"error,omitempty"`
 }
 
@@ -388,7 +396,30 @@ func measureLimits(ctx context.Context, img string, cfg AllConfig) (Limits, erro
 		out = s2.Encode(out[:cap(out)], text[off:off+4<<20])
 	}
 	l.S2MiBps = 32 / time.Since(start).Seconds()
+	l.S2AllMiBps = s2AllCPUs(text)
 	return l, nil
+}
+
+// s2AllCPUs compresses text with S2 on every CPU at once, 4 MiB at a time
+// as backups do, and returns all the bytes over the time, in MiB/s.
+func s2AllCPUs(text []byte) float64 {
+	n := runtime.NumCPU()
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]byte, s2.MaxEncodedLen(4<<20))
+			for range 2 {
+				for off := 0; off+4<<20 <= len(text); off += 4 << 20 {
+					out = s2.Encode(out[:cap(out)], text[off:off+4<<20])
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n) * 2 * float64(len(text)) / (1 << 20) / time.Since(start).Seconds()
 }
 
 // measureRestores restores the image from each tool's repository (left by
@@ -507,10 +538,12 @@ func measureIncrementals(ctx context.Context, cfg AllConfig, tools []string, img
 	defer liveRepo.Close()
 	syscall.Sync()
 	fullStart := time.Now()
-	if _, err := v.Backup(ctx, liveRepo, dataplane.LiveBackupOptions{Chain: "bench", Mode: chunkstore.ModeFull, SpillDir: cfg.Dir}); err != nil {
+	fm, err := v.Backup(ctx, liveRepo, dataplane.LiveBackupOptions{Chain: "bench", Mode: chunkstore.ModeFull, SpillDir: cfg.Dir})
+	if err != nil {
 		return nil, err
 	}
 	full := time.Since(fullStart).Seconds()
+	fullStored := float64(max(1, fm.Stats.BytesStored))
 	st, err := local.Open(filepath.Join(cfg.Dir, "repo-"+ToolVolback))
 	if err != nil {
 		return nil, err
@@ -539,7 +572,8 @@ func measureIncrementals(ctx context.Context, cfg AllConfig, tools []string, img
 			return err
 		}
 		secs := time.Since(start).Seconds()
-		out = append(out, IncrementalRun{Tool: tool, ChangedPercent: pct, Seconds: secs, BytesRead: m.Stats.BytesRead, OfFull: secs / full})
+		out = append(out, IncrementalRun{Tool: tool, ChangedPercent: pct, Seconds: secs, BytesRead: m.Stats.BytesRead, OfFull: secs / full,
+			BytesStored: m.Stats.BytesStored, StoredOfFull: float64(m.Stats.BytesStored) / fullStored})
 		return nil
 	}
 	r := rand.New(rand.NewPCG(5, 6))
@@ -689,8 +723,8 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	p("%s; %s image (half random, a quarter text, a quarter zeros); %d rounds, figures are medians [min-max]; %s.\n\n",
 		r.Machine, humanize.IBytes(uint64(r.Size)), r.Rounds, r.When.Format(time.RFC3339))
 	p("## The machine's limits, in this run\n\n| what | MiB/s |\n|---|---|\n")
-	p("| cached read of the image | %.0f |\n| disk write, O_DIRECT + fsync | %.0f |\n| disk write and read at once, both counted | %.0f |\n| chunk key (XXH3-128, format 3), one core | %.0f |\n| chunk key (two xxhash64, format 1), one core | %.0f |\n| zstd (text), one core | %.0f |\n| S2 (text), one core | %.0f |\n\n",
-		r.Limits.CachedReadMiBps, r.Limits.DiskWriteMiBps, r.Limits.DiskMixedMiBps, r.Limits.KeyMiBps, r.Limits.XXHashMiBps, r.Limits.ZstdMiBps, r.Limits.S2MiBps)
+	p("| cached read of the image | %.0f |\n| disk write, O_DIRECT + fsync | %.0f |\n| disk write and read at once, both counted | %.0f |\n| chunk key (XXH3-128, format 3), one core | %.0f |\n| chunk key (two xxhash64, format 1), one core | %.0f |\n| zstd (text), one core | %.0f |\n| S2 (text), one core | %.0f |\n| S2 (text), all %d CPUs at once | %.0f |\n\n",
+		r.Limits.CachedReadMiBps, r.Limits.DiskWriteMiBps, r.Limits.DiskMixedMiBps, r.Limits.KeyMiBps, r.Limits.XXHashMiBps, r.Limits.ZstdMiBps, r.Limits.S2MiBps, r.CPUs, r.Limits.S2AllMiBps)
 	p("## Full backup\n\n| tool | seconds | MiB/s | stored | image / stored | x volback | x disk floor | settings |\n|---|---|---|---|---|---|---|---|\n")
 	for _, t := range r.Backup.Runs {
 		if t.Error != "" {
@@ -707,6 +741,9 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	}
 	if r.FloorSeconds > 0 {
 		p("\nx volback: the tool's time over volback's, the median of the rounds' ratios. x disk floor: the run over writing what it stored (O_DIRECT, fsync) right after it, paired by round; volback's floor took %.2f s, volback %.2fx it.\n", r.FloorSeconds, r.FloorRatio)
+	}
+	if cpu := r.CPUFloorSeconds(); cpu > 0 && r.FloorSeconds > 0 {
+		p("\nThe CPU floor: the image's text quarter through S2 on all CPUs at once (the limits above) takes %.2f s, %.2fx the disk floor; a backup that compresses cannot be faster than either, and also keys, copies and writes every byte.\n", cpu, cpu/r.FloorSeconds)
 	}
 	p("\n## Restore (each timed until a sync(2) after it returns: until what it wrote is on the disk)\n\n| tool | mode | seconds |\n|---|---|---|\n")
 	for _, x := range r.Restore {
@@ -725,21 +762,25 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	if len(r.Incremental) > 0 {
-		p("\n## Incremental backup after a share of the image changed (64 KiB writes at random places, unless the tool says 4 MiB runs)\n\n| tool | changed | seconds | of the live full backup | read from the volume |\n|---|---|---|---|---|\n")
+		p("\n## Incremental backup after a share of the image changed (64 KiB writes at random places, unless the tool says 4 MiB runs)\n\n| tool | changed | seconds | of the live full backup | read from the volume | stored, of the full's |\n|---|---|---|---|---|---|\n")
 		for _, x := range r.Incremental {
 			if x.Error != "" {
-				p("| %s | %.0f%% | failed: %s | | |\n", x.Tool, x.ChangedPercent, oneLine(x.Error))
+				p("| %s | %.0f%% | failed: %s | | | |\n", x.Tool, x.ChangedPercent, oneLine(x.Error))
 				continue
 			}
-			read, of := "", ""
+			read, of, stored := "", "", ""
 			if x.BytesRead > 0 {
 				read = humanize.IBytes(uint64(x.BytesRead))
 			}
 			if x.OfFull > 0 {
 				of = fmt.Sprintf("%.1f%%", 100*x.OfFull)
 			}
-			p("| %s | %.0f%% | %.2f | %s | %s |\n", x.Tool, x.ChangedPercent, x.Seconds, of, read)
+			if x.StoredOfFull > 0 {
+				stored = fmt.Sprintf("%s, %.1f%%", humanize.IBytes(uint64(x.BytesStored)), 100*x.StoredOfFull)
+			}
+			p("| %s | %.0f%% | %.2f | %s | %s | %s |\n", x.Tool, x.ChangedPercent, x.Seconds, of, read, stored)
 		}
+		p("\nStored, of the full's: the incremental's share if both ran at the disk's rate. Changes in 4 MiB runs at 4 KiB-aligned places straddle two 4 MiB chunks, so about twice the changed bytes are stored.\n")
 	}
 	p("\n## Full backup by parallelismDegree\n\n| target | parallelismDegree | seconds | MiB/s |\n|---|---|---|---|\n")
 	for _, x := range r.Parallel {
@@ -794,6 +835,16 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// CPUFloorSeconds is the time the image's text quarter takes through S2
+// on all CPUs at once: a bound on a compressing backup as the disk floor
+// is on one that writes. Zero without the limit measured.
+func (r *AllReport) CPUFloorSeconds() float64 {
+	if r.Limits.S2AllMiBps <= 0 {
+		return 0
+	}
+	return float64(r.Size) / 4 / (1 << 20) / r.Limits.S2AllMiBps
 }
 
 func oneLine(s string) string {

@@ -29,7 +29,8 @@ func TestBenchAllQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := rep.Limits
-	if !rep.Quick || rep.Size != 64<<20 || l.CachedReadMiBps <= 0 || l.DiskWriteMiBps <= 0 || l.DiskMixedMiBps <= 0 || l.XXHashMiBps <= 0 || l.ZstdMiBps <= 0 {
+	if !rep.Quick || rep.Size != 64<<20 || l.CachedReadMiBps <= 0 || l.DiskWriteMiBps <= 0 || l.DiskMixedMiBps <= 0 || l.XXHashMiBps <= 0 || l.ZstdMiBps <= 0 ||
+		l.KeyMiBps <= 0 || l.S2MiBps <= 0 || l.S2AllMiBps <= 0 || rep.CPUFloorSeconds() <= 0 {
 		t.Fatalf("limits: %+v (quick %v, size %d)", l, rep.Quick, rep.Size)
 	}
 	if len(rep.Backup.Runs) == 0 || rep.Backup.Runs[0].Tool != "volback" || rep.Backup.Runs[0].Error != "" || rep.Backup.Runs[0].Seconds <= 0 || rep.FloorRatio <= 0 || len(rep.Backup.Runs[0].FloorRounds) != 1 {
@@ -46,7 +47,7 @@ func TestBenchAllQuick(t *testing.T) {
 		if x.Tool == bench.IncVolbackCBT && x.Seconds > 0 && x.BytesRead > 0 && x.BytesRead <= rep.Size && x.OfFull > 0 {
 			cbt++
 		}
-		if x.Tool == bench.IncVolbackCBTRuns && x.Seconds > 0 && x.BytesRead > 0 && x.OfFull > 0 {
+		if x.Tool == bench.IncVolbackCBTRuns && x.Seconds > 0 && x.BytesRead > 0 && x.OfFull > 0 && x.BytesStored > 0 && x.StoredOfFull > 0 && x.StoredOfFull < 1 {
 			runs++
 		}
 	}
@@ -80,6 +81,11 @@ func TestBenchAllQuick(t *testing.T) {
 	md, err := os.ReadFile(filepath.Join(out, "report.md"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, want := range []string{"The CPU floor", "S2 (text), all", "stored, of the full's"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("report.md lacks %q", want)
+		}
 	}
 	for _, c := range []string{"backup.svg", "restore.svg", "incremental.svg", "parallelism.svg"} {
 		svg, err := os.ReadFile(filepath.Join(out, c))
