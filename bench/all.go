@@ -94,7 +94,7 @@ type IncrementalRun struct {
 	OfFull       float64 `json:"ofFull,omitempty"`
 	BytesStored  int64   `json:"bytesStored,omitempty"`
 	StoredOfFull float64 `json:"storedOfFull,omitempty"`
-	Error  string  `json:"error,omitempty"`
+	Error        string  `json:"error,omitempty"`
 }
 
 // Incremental backup ways.
