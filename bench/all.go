@@ -61,6 +61,9 @@ type Limits struct {
 	// reads back what it has just written, which a virtual disk may serve
 	// from its host's cache: this is not its bound.)
 	DiskMixedMiBps float64 `json:"diskMixedMibPerSecond"`
+	// DiskReadBackMiBps is reading the DiskWriteMiBps file back right
+	// after it was written, O_DIRECT, 4 MiB at a time.
+	DiskReadBackMiBps float64 `json:"diskReadBackMibPerSecond"`
 	// KeyMiBps is the chunk key of a default (format 3) repository,
 	// XXH3-128; XXHashMiBps is format 1's two xxhash64 passes.
 	KeyMiBps    float64 `json:"keyMibPerSecondPerCore"`
@@ -351,11 +354,12 @@ func measureLimits(ctx context.Context, img string, cfg AllConfig) (Limits, erro
 	// again while reading that file back with O_DIRECT, as a verified
 	// restore does.
 	path := filepath.Join(cfg.Dir, "all-disk-write.raw")
-	secs, err := DiskFloor(ctx, path, cfg.Size)
+	secs, rsecs, err := DiskReadBack(ctx, path, cfg.Size)
 	if err != nil {
 		return l, err
 	}
 	l.DiskWriteMiBps = float64(cfg.Size) / secs / (1 << 20)
+	l.DiskReadBackMiBps = float64(cfg.Size) / rsecs / (1 << 20)
 	if l.DiskMixedMiBps, err = diskMixed(ctx, cfg.Dir, cfg.Size); err != nil {
 		return l, err
 	}
@@ -723,8 +727,8 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	p("%s; %s image (half random, a quarter text, a quarter zeros); %d rounds, figures are medians [min-max]; %s.\n\n",
 		r.Machine, humanize.IBytes(uint64(r.Size)), r.Rounds, r.When.Format(time.RFC3339))
 	p("## The machine's limits, in this run\n\n| what | MiB/s |\n|---|---|\n")
-	p("| cached read of the image | %.0f |\n| disk write, O_DIRECT + fsync | %.0f |\n| disk write and read at once, both counted | %.0f |\n| chunk key (XXH3-128, format 3), one core | %.0f |\n| chunk key (two xxhash64, format 1), one core | %.0f |\n| zstd (text), one core | %.0f |\n| S2 (text), one core | %.0f |\n| S2 (text), all %d CPUs at once | %.0f |\n\n",
-		r.Limits.CachedReadMiBps, r.Limits.DiskWriteMiBps, r.Limits.DiskMixedMiBps, r.Limits.KeyMiBps, r.Limits.XXHashMiBps, r.Limits.ZstdMiBps, r.Limits.S2MiBps, r.CPUs, r.Limits.S2AllMiBps)
+	p("| cached read of the image | %.0f |\n| disk write, O_DIRECT + fsync | %.0f |\n| disk read back of that write, O_DIRECT | %.0f |\n| disk write and read at once, both counted | %.0f |\n| chunk key (XXH3-128, format 3), one core | %.0f |\n| chunk key (two xxhash64, format 1), one core | %.0f |\n| zstd (text), one core | %.0f |\n| S2 (text), one core | %.0f |\n| S2 (text), all %d CPUs at once | %.0f |\n\n",
+		r.Limits.CachedReadMiBps, r.Limits.DiskWriteMiBps, r.Limits.DiskReadBackMiBps, r.Limits.DiskMixedMiBps, r.Limits.KeyMiBps, r.Limits.XXHashMiBps, r.Limits.ZstdMiBps, r.Limits.S2MiBps, r.CPUs, r.Limits.S2AllMiBps)
 	p("## Full backup\n\n| tool | seconds | MiB/s | stored | image / stored | x volback | x disk floor | settings |\n|---|---|---|---|---|---|---|---|\n")
 	for _, t := range r.Backup.Runs {
 		if t.Error != "" {
@@ -755,6 +759,10 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	}
 	if r.VerifyCost > 0 {
 		p("\nA verified restore costs %.2fx an unverified one (median of paired rounds): each chunk is read back from the disk (O_DIRECT) while later ones are written.\n", r.VerifyCost)
+		if f := r.VerifyFloor(); f > 0 {
+			p("\nThe disk alone, at this run's limits: writing the data and then reading it back takes %.2fx writing it (1 + write rate / read-back rate), reading it beside the writes at the mixed rate %.2fx (2 x write rate / mixed rate); the lesser, %.2fx, is the least a check that reads the disk can cost here.\n",
+				1+r.Limits.DiskWriteMiBps/r.Limits.DiskReadBackMiBps, 2*r.Limits.DiskWriteMiBps/r.Limits.DiskMixedMiBps, f)
+		}
 	}
 	for _, x := range r.Restore {
 		if x.Tool != ToolVolback && x.Error == "" && len(r.Restore) > 0 && r.Restore[0].Error == "" {
@@ -835,6 +843,18 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// VerifyFloor is the least a verified restore can cost over an
+// unverified one on this run's disk: the data written, then read back
+// (in turn, or beside the writes at the mixed rate, whichever is faster),
+// over the data written. Zero without the limits measured.
+func (r *AllReport) VerifyFloor() float64 {
+	l := r.Limits
+	if l.DiskWriteMiBps <= 0 || l.DiskReadBackMiBps <= 0 || l.DiskMixedMiBps <= 0 {
+		return 0
+	}
+	return min(1+l.DiskWriteMiBps/l.DiskReadBackMiBps, 2*l.DiskWriteMiBps/l.DiskMixedMiBps)
 }
 
 // CPUFloorSeconds is the time the image's text quarter takes through S2

@@ -404,12 +404,44 @@ func (r *BackupCompareResult) WriteTable(w io.Writer) error {
 // fastest the disk takes what a backup of n stored bytes must write. The
 // file is removed.
 func DiskFloor(ctx context.Context, path string, n int64) (float64, error) {
+	defer os.Remove(path)
+	return diskWrite(ctx, path, n)
+}
+
+// DiskReadBack writes n bytes to path as DiskFloor does, then reads them
+// back with O_DIRECT, 4 MiB at a time, as a verified restore's check does:
+// the seconds of the write and of the read.
+func DiskReadBack(ctx context.Context, path string, n int64) (write, read float64, err error) {
+	defer os.Remove(path)
+	if write, err = diskWrite(ctx, path, n); err != nil {
+		return 0, 0, err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
+	start := time.Now()
+	for off := int64(0); off < n; off += int64(len(buf)) {
+		if ctx.Err() != nil {
+			return 0, 0, ctx.Err()
+		}
+		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+			return 0, 0, fmt.Errorf("read %s: %w", path, err)
+		}
+	}
+	return write, time.Since(start).Seconds(), nil
+}
+
+// diskWrite writes n random bytes to a new file at path with O_DIRECT,
+// 4 MiB at a time, then fsyncs it, and returns the seconds taken.
+func diskWrite(ctx context.Context, path string, n int64) (float64, error) {
 	os.Remove(path)
 	w, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_DIRECT, 0o600)
 	if err != nil {
 		return 0, err
 	}
-	defer os.Remove(path)
 	defer w.Close()
 	buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
 	r := rand.New(rand.NewPCG(uint64(n), 2))

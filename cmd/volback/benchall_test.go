@@ -30,7 +30,8 @@ func TestBenchAllQuick(t *testing.T) {
 	}
 	l := rep.Limits
 	if !rep.Quick || rep.Size != 64<<20 || l.CachedReadMiBps <= 0 || l.DiskWriteMiBps <= 0 || l.DiskMixedMiBps <= 0 || l.XXHashMiBps <= 0 || l.ZstdMiBps <= 0 ||
-		l.KeyMiBps <= 0 || l.S2MiBps <= 0 || l.S2AllMiBps <= 0 || rep.CPUFloorSeconds() <= 0 {
+		l.KeyMiBps <= 0 || l.S2MiBps <= 0 || l.S2AllMiBps <= 0 || rep.CPUFloorSeconds() <= 0 ||
+		l.DiskReadBackMiBps <= 0 || rep.VerifyFloor() < 1 {
 		t.Fatalf("limits: %+v (quick %v, size %d)", l, rep.Quick, rep.Size)
 	}
 	if len(rep.Backup.Runs) == 0 || rep.Backup.Runs[0].Tool != "volback" || rep.Backup.Runs[0].Error != "" || rep.Backup.Runs[0].Seconds <= 0 || rep.FloorRatio <= 0 || len(rep.Backup.Runs[0].FloorRounds) != 1 {
@@ -82,7 +83,7 @@ func TestBenchAllQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"The CPU floor", "S2 (text), all", "stored, of the full's"} {
+	for _, want := range []string{"The CPU floor", "S2 (text), all", "stored, of the full's", "the least a check that reads the disk can cost"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q", want)
 		}
