@@ -123,3 +123,42 @@ func TestCopyBackup(t *testing.T) {
 		t.Errorf("copy over another backup with the same id: %v", err)
 	}
 }
+
+// TestCopyAcrossFormats: backups copy from a format 1 repository into a
+// format 3 one and back, re-keyed each way, and every chunk of each copy
+// reads back under the destination's key.
+func TestCopyAcrossFormats(t *testing.T) {
+	ctx := context.Background()
+	old, err := chunkstore.Init(ctx, mem.New(), chunkstore.InitOptions{ChunkSize: 64 << 10, Format: chunkstore.FormatXXH64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := memRepo(t, mem.New())
+	if old.Config().Version != chunkstore.FormatXXH64 || cur.Config().Version != chunkstore.FormatXXH3 {
+		t.Fatalf("formats %d and %d", old.Config().Version, cur.Config().Version)
+	}
+	data := chunksOf(4, 6)
+	for _, c := range []struct {
+		name     string
+		src, dst *chunkstore.Repository
+	}{{"1 to 3", old, cur}, {"3 to 1", cur, old}} {
+		id := saveBackup(t, c.src, data...)
+		srcM, err := c.src.LoadManifest(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _, err := chunkstore.CopyBackup(ctx, c.src, c.dst, id, chunkstore.CopyOptions{})
+		if err != nil {
+			t.Fatalf("copy %s: %v", c.name, err)
+		}
+		for i, k := range m.Chunks {
+			if k == srcM.Chunks[i] {
+				t.Fatalf("copy %s: chunk %d kept its source key", c.name, i)
+			}
+			got, err := c.dst.GetChunk(ctx, k, nil)
+			if err != nil || !bytes.Equal(got, data[i]) || c.dst.Key(got) != k {
+				t.Fatalf("copy %s: chunk %d: %v", c.name, i, err)
+			}
+		}
+	}
+}

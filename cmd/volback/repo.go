@@ -76,7 +76,7 @@ func repoCommand() *cli.Command {
 			Flags: []cli.Flag{
 				repoFlag,
 				&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "chunk size, a power of two from 64KiB to 16MiB"},
-				&cli.StringFlag{Name: "compression", Value: "auto-s2", Usage: "chunk compression: auto-s2 (zstd while the host's CPUs have room, else s2, chunk by chunk), auto (zstd or lz4, as repositories made before s2, which older builds read), zstd, s2 (about three times as fast, stores text a quarter larger), lz4 (twice as fast, stores text half as large again) or none"},
+				&cli.StringFlag{Name: "compression", Value: "auto-s2", Usage: "chunk compression: auto-s2 (zstd while the host's CPUs have room, else s2, chunk by chunk), auto (zstd or lz4: with --format 1, a repository builds before s2 read), zstd, s2 (about three times as fast, stores text a quarter larger), lz4 (twice as fast, stores text half as large again) or none"},
 				&cli.IntFlag{Name: "format", Value: chunkstore.FormatVersion, Usage: "format of a plain repository: 3 (chunk keys XXH3-128, one fast pass) or 1 (two xxhash64 passes, which builds older than format 3 also read; pair with --compression auto)"},
 				&cli.BoolFlag{Name: "encrypt", Usage: "encrypt chunks and manifests (AES-256-GCM) under a key wrapped by the passphrase (--password-file, VOLBACK_PASSWORD or a prompt)"},
 			},
