@@ -466,8 +466,9 @@ func measureRestores(ctx context.Context, cfg AllConfig, tools []string, img str
 		}
 	}
 	secs := make([][]float64, len(jobs))
-	for range cfg.Rounds {
-		for i, j := range jobs {
+	for round := 1; round <= cfg.Rounds; round++ {
+		for _, i := range turns(len(jobs), round) {
+			j := jobs[i]
 			if j.run.Error != "" {
 				continue
 			}

@@ -144,7 +144,8 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 	}
 	runs := make([]ToolRun, len(cfg.Tools))
 	for round := 1; round <= cfg.Rounds; round++ {
-		for i, tool := range cfg.Tools {
+		for _, i := range turns(len(cfg.Tools), round) {
+			tool := cfg.Tools[i]
 			if runs[i].Error != "" {
 				continue
 			}
@@ -462,6 +463,18 @@ func diskWrite(ctx context.Context, path string, n int64) (float64, error) {
 		return 0, fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return time.Since(start).Seconds(), nil
+}
+
+// turns is the order the n contenders run in round (from 1): each round
+// starts one later than the one before, so none always runs first (after
+// the previous round's last, or on a disk still writing back the one
+// before it) and drift that follows the order cancels over the rounds.
+func turns(n, round int) []int {
+	out := make([]int, n)
+	for k := range out {
+		out[k] = (k + round - 1) % n
+	}
+	return out
 }
 
 // pairedRatio is the median of a[k]/b[k] over the rounds both have, so

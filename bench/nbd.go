@@ -193,7 +193,8 @@ func CompareNBD(ctx context.Context, cfg NBDConfig, log io.Writer) (*NBDResult, 
 	mib := float64(cfg.Size) / (1 << 20)
 	conns := fmt.Sprintf("--connections=%d", cfg.Connections)
 	for round := 1; round <= cfg.Rounds; round++ {
-		for i, name := range cfg.Servers {
+		for _, i := range turns(len(cfg.Servers), round) {
+			name := cfg.Servers[i]
 			r := &results[i]
 			r.Server = name
 			// A fresh sparse target each time, flushed to disk.

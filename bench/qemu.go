@@ -96,7 +96,7 @@ func CompareQEMU(ctx context.Context, cfg QEMUCompareConfig, log io.Writer) (*QE
 	res := &QEMUCompareResult{When: time.Now().UTC(), CPUs: runtime.NumCPU(), Size: cfg.Size, Rounds: cfg.Rounds}
 	runs := []QEMURun{{Source: SourceOwnExport}, {Source: SourceQEMU}}
 	for round := 1; round <= cfg.Rounds; round++ {
-		for i := range runs {
+		for _, i := range turns(len(runs), round) {
 			secs, version, err := qemuCompareRound(ctx, cfg, runs[i].Source, img)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", runs[i].Source, err)

@@ -118,7 +118,7 @@ func CompareS3(ctx context.Context, cfg S3CompareConfig, log io.Writer) (*S3Comp
 	res := &S3CompareResult{When: time.Now().UTC(), CPUs: runtime.NumCPU(), Size: cfg.Size, Rounds: cfg.Rounds}
 	runs := []S3Run{{Target: TargetLocal}, {Target: TargetVersity}, {Target: TargetSeaweedFS}}
 	for round := 1; round <= cfg.Rounds; round++ {
-		for i := range runs {
+		for _, i := range turns(len(runs), round) {
 			st, err := open[runs[i].Target](fmt.Sprintf("round%d", round))
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", runs[i].Target, err)
