@@ -14,11 +14,14 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/dataplane"
@@ -433,6 +436,60 @@ func DiskReadBack(ctx context.Context, path string, n int64) (write, read float6
 		}
 	}
 	return write, time.Since(start).Seconds(), nil
+}
+
+// RestorePattern does a restore's disk work with none of its CPU work: a
+// new file of n bytes, preallocated, filled with 4 MiB O_DIRECT writes
+// by workers streams, each chunk read back with O_DIRECT right after it
+// is written when verify is set, then fsync; the seconds taken.
+func RestorePattern(ctx context.Context, path string, n int64, workers int, verify bool) (float64, error) {
+	os.Remove(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_DIRECT, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	const chunk = 4 << 20
+	n = n / chunk * chunk
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, n); err != nil {
+		return 0, fmt.Errorf("preallocate %s: %w", path, err)
+	}
+	data := chunkstore.AlignedBuffer(chunk, chunk)
+	r := rand.New(rand.NewPCG(uint64(n), 3))
+	for i := 0; i < len(data); i += 8 {
+		binary.LittleEndian.PutUint64(data[i:], r.Uint64())
+	}
+	syscall.Sync()
+	start := time.Now()
+	var next atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for range workers {
+		g.Go(func() error {
+			back := chunkstore.AlignedBuffer(chunk, chunk)
+			for {
+				off := next.Add(chunk) - chunk
+				if off >= n || gctx.Err() != nil {
+					return gctx.Err()
+				}
+				if _, err := f.WriteAt(data, off); err != nil {
+					return fmt.Errorf("write %s: %w", path, err)
+				}
+				if verify {
+					if _, err := f.ReadAt(back, off); err != nil {
+						return fmt.Errorf("read %s: %w", path, err)
+					}
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return time.Since(start).Seconds(), nil
 }
 
 // diskWrite writes n random bytes to a new file at path with O_DIRECT,
