@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -338,4 +339,66 @@ func (l *loopReader) Read(p []byte) (int, error) {
 	n := copy(p, l.data)
 	l.data = l.data[n:]
 	return n, nil
+}
+
+// TestPipelinedMixedWrites: one stream of writes of every size around the
+// read buffer's (some payloads read through it, some straight from the
+// connection, headers both ways), small writes and flushes between them,
+// sent at once: every request is answered once and the export holds
+// exactly what was written.
+func TestPipelinedMixedWrites(t *testing.T) {
+	const size = 16 << 20
+	_, sock, be := startServer(t, size)
+	cl := dial(t, sock)
+	cl.goExport("vol")
+	want := make([]byte, size)
+	lengths := []int{1 << 20, 4096, 64<<10 - 1, 64 << 10, 64<<10 + 1, 28, 200 << 10, 512, 3 << 20, 100<<10 + 3, 1}
+	var stream []byte
+	var off int
+	cookie := uint64(0)
+	for round := range 3 {
+		for i, n := range lengths {
+			p := make([]byte, n)
+			for k := range p {
+				p[k] = byte(round*31 + i*7 + k)
+			}
+			if off+n > size {
+				t.Fatal("the writes do not fit: pipelined writes must not overlap, the server may run them in any order")
+			}
+			stream = append(stream, AppendRequest(nil, Request{Type: CmdWrite, Cookie: cookie, Offset: uint64(off), Length: uint32(n)})...)
+			stream = append(stream, p...)
+			copy(want[off:], p)
+			cookie++
+			if i%3 == 2 {
+				stream = append(stream, AppendRequest(nil, Request{Type: CmdFlush, Cookie: cookie})...)
+				cookie++
+			}
+			off += n + 4096
+		}
+	}
+	stream = append(stream, AppendRequest(nil, Request{Type: CmdFlush, Cookie: cookie})...)
+	cookie++
+	go cl.c.Write(stream)
+	answered := map[uint64]bool{}
+	for range int(cookie) {
+		e, c := cl.simpleReply()
+		if e != 0 || answered[c] {
+			t.Fatalf("reply for cookie %d: err %v, answered before %v", c, e, answered[c])
+		}
+		answered[c] = true
+	}
+	for c := range cookie {
+		if !answered[c] {
+			t.Fatalf("request %d not answered", c)
+		}
+	}
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	if !bytes.Equal(be.data, want) {
+		for i := range want {
+			if be.data[i] != want[i] {
+				t.Fatalf("export differs from what was written, first at offset %d", i)
+			}
+		}
+	}
 }

@@ -122,8 +122,20 @@ func (t *transmission) run(ctx context.Context) error {
 		t.wg.Wait()
 	}()
 	var hdr [RequestHeaderSize]byte
+	// direct: the last payload came straight from the connection, so the
+	// buffer is empty and the next header is read the same way, exactly
+	// its 28 bytes. Through the buffer it would read ahead into the next
+	// payload, whose bytes would then be copied out of the buffer again.
+	direct := false
 	for {
-		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
+		var err error
+		if direct && t.r.Buffered() == 0 {
+			_, err = io.ReadFull(t.conn, hdr[:])
+		} else {
+			_, err = io.ReadFull(t.r, hdr[:])
+		}
+		direct = false
+		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
@@ -153,7 +165,7 @@ func (t *transmission) run(ctx context.Context) error {
 				return err
 			}
 			payload = getBuf(int(req.Length))
-			if _, err := io.ReadFull(t.r, payload); err != nil {
+			if direct, err = t.readPayload(payload); err != nil {
 				putBuf(payload)
 				t.budget.Release(weight)
 				return fmt.Errorf("read write payload: %w", err)
@@ -172,6 +184,27 @@ func (t *transmission) run(ctx context.Context) error {
 		t.inflight.Add(1)
 		t.dispatch(ctx, j)
 	}
+}
+
+// directMin is the smallest rest of a payload read straight from the
+// connection into its buffer rather than through the connection's read
+// buffer (of this size), which would copy it once more.
+const directMin = 64 << 10
+
+// readPayload fills p with a write's payload: what the read buffer holds
+// already, then the rest straight from the connection if it is large. It
+// reports whether it read straight.
+func (t *transmission) readPayload(p []byte) (bool, error) {
+	n := 0
+	if b := t.r.Buffered(); b > 0 {
+		n, _ = t.r.Read(p[:min(b, len(p))]) // from the buffer, no system call
+	}
+	if len(p)-n < directMin {
+		_, err := io.ReadFull(t.r, p[n:])
+		return false, err
+	}
+	_, err := io.ReadFull(t.conn, p[n:])
+	return true, err
 }
 
 // inlineMax is the largest read or write run by the reading goroutine.
