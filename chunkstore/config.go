@@ -59,6 +59,9 @@ func ValidChunkSize(n int) error {
 }
 
 func newConfig(format, chunkSize int, c Compression, now time.Time) (Config, error) {
+	if format != FormatXXH64 && format != FormatXXH3 {
+		return Config{}, fmt.Errorf("format version %d: a plain repository is format %d or %d", format, FormatXXH64, FormatXXH3)
+	}
 	if err := ValidChunkSize(chunkSize); err != nil {
 		return Config{}, err
 	}
@@ -66,6 +69,8 @@ func newConfig(format, chunkSize int, c Compression, now time.Time) (Config, err
 		return Config{}, err
 	}
 	cfg := Config{Version: format, ID: NewID(), ChunkSize: chunkSize, Compression: c, Created: now.UTC()}
+	// Draw until the seeds are valid for the format (distinct, nonzero):
+	// once in all but a 2^-64 chance.
 	var seeds [16]byte
 	for {
 		if _, err := rand.Read(seeds[:]); err != nil {
@@ -79,8 +84,6 @@ func newConfig(format, chunkSize int, c Compression, now time.Time) (Config, err
 		case format == FormatXXH3 && a != 0:
 			cfg.Seed = a
 			return cfg, nil
-		case format != FormatXXH64 && format != FormatXXH3:
-			return Config{}, fmt.Errorf("format version %d: a plain repository is format %d or %d", format, FormatXXH64, FormatXXH3)
 		}
 	}
 }
