@@ -485,7 +485,8 @@ func measureRestores(ctx context.Context, cfg AllConfig, tools []string, img str
 	var diskW, diskR []float64
 	for round := 1; round <= cfg.Rounds; round++ {
 		// The same disk work without decoding or hashing, in turns.
-		for _, verify := range [][]bool{{false, true}, {true, false}}[round%2] {
+		for _, k := range turns(2, round) {
+			verify := k == 1
 			s, err := RestorePattern(ctx, filepath.Join(cfg.Dir, "all-restore-pattern.raw"), disk.Bytes, disk.Streams, verify)
 			if err != nil {
 				return nil, nil, 0, fmt.Errorf("restore pattern: %w", err)
@@ -912,19 +913,10 @@ func diskMixed(ctx context.Context, dir string, size int64) (float64, error) {
 	syscall.Sync()
 	start := time.Now()
 	rerr := make(chan error, 1)
-	go func() {
-		buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
-		for off := int64(0); off < size; off += int64(len(buf)) {
-			if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-				rerr <- err
-				return
-			}
-		}
-		rerr <- nil
-	}()
+	go func() { rerr <- readDirect(ctx, f, size) }()
 	_, werr := DiskFloor(ctx, filepath.Join(dir, "all-disk-write.raw"), size)
 	if err := <-rerr; err != nil {
-		return 0, fmt.Errorf("read %s: %w", src, err)
+		return 0, err
 	}
 	if werr != nil {
 		return 0, werr

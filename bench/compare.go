@@ -425,17 +425,37 @@ func DiskReadBack(ctx context.Context, path string, n int64) (write, read float6
 		return 0, 0, err
 	}
 	defer f.Close()
-	buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
 	start := time.Now()
-	for off := int64(0); off < n; off += int64(len(buf)) {
-		if ctx.Err() != nil {
-			return 0, 0, ctx.Err()
-		}
-		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-			return 0, 0, fmt.Errorf("read %s: %w", path, err)
-		}
+	if err := readDirect(ctx, f, n); err != nil {
+		return 0, 0, err
 	}
 	return write, time.Since(start).Seconds(), nil
+}
+
+// readDirect reads the first n bytes of f (opened with O_DIRECT) in order,
+// 4 MiB at a time, into one aligned buffer.
+func readDirect(ctx context.Context, f *os.File, n int64) error {
+	buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
+	for off := int64(0); off < n; off += int64(len(buf)) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+			return fmt.Errorf("read %s: %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+// randomChunk returns 4 MiB of seeded random bytes in an aligned buffer:
+// what the disk probes write, incompressible and O_DIRECT-ready.
+func randomChunk(seed uint64) []byte {
+	buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
+	r := rand.New(rand.NewPCG(seed, 2))
+	for i := 0; i < len(buf); i += 8 {
+		binary.LittleEndian.PutUint64(buf[i:], r.Uint64())
+	}
+	return buf
 }
 
 // RestorePattern does a restore's disk work with none of its CPU work: a
@@ -455,11 +475,7 @@ func RestorePattern(ctx context.Context, path string, n int64, workers int, veri
 	if err := unix.Fallocate(int(f.Fd()), 0, 0, n); err != nil {
 		return 0, fmt.Errorf("preallocate %s: %w", path, err)
 	}
-	data := chunkstore.AlignedBuffer(chunk, chunk)
-	r := rand.New(rand.NewPCG(uint64(n), 3))
-	for i := 0; i < len(data); i += 8 {
-		binary.LittleEndian.PutUint64(data[i:], r.Uint64())
-	}
+	data := randomChunk(uint64(n))
 	syscall.Sync()
 	start := time.Now()
 	var next atomic.Int64
@@ -501,11 +517,7 @@ func diskWrite(ctx context.Context, path string, n int64) (float64, error) {
 		return 0, err
 	}
 	defer w.Close()
-	buf := chunkstore.AlignedBuffer(4<<20, 4<<20)
-	r := rand.New(rand.NewPCG(uint64(n), 2))
-	for i := 0; i < len(buf); i += 8 {
-		binary.LittleEndian.PutUint64(buf[i:], r.Uint64())
-	}
+	buf := randomChunk(uint64(n))
 	syscall.Sync()
 	start := time.Now()
 	for written := int64(0); written < n; written += int64(len(buf)) {
