@@ -62,7 +62,7 @@ func restoreToBytes(t *testing.T, r *chunkstore.Repository, m *chunkstore.Manife
 }
 
 // TestLiveBackupIsPointInTime runs full and incremental backups while
-// writers hammer the volume, and checks each backup against the volume's
+// writers hammer the volume (WriteAt, WriteFile, Zero, Trim), and checks each backup against the volume's
 // content captured at the freeze, with writes held off.
 func TestLiveBackupIsPointInTime(t *testing.T) {
 	ctx := context.Background()
@@ -102,6 +102,12 @@ func TestLiveBackupIsPointInTime(t *testing.T) {
 					err = v.Trim(ctx, off, int64(n), false)
 					// Trimmed data reads back as zeros on files that
 					// punch holes, which is what the freeze copy sees.
+				case 2, 3:
+					// As the NBD server's spliced writes do.
+					err = v.WriteFile(ctx, off, int64(n), false, func(f *os.File) error {
+						_, err := f.WriteAt(buf[:n], off)
+						return err
+					})
 				default:
 					err = v.WriteAt(ctx, buf[:n], off, false)
 				}

@@ -190,6 +190,14 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	})
 }
 
+// WriteFile is WriteAt for a payload that fill puts into the volume's
+// file at [off, off+length) itself (the NBD server splices it there from
+// the socket): the range is readied and the maps marked as for WriteAt,
+// then fill runs where WriteAt would write.
+func (v *Volume) WriteFile(ctx context.Context, off, length int64, fua bool, fill func(f *os.File) error) error {
+	return v.modify(ctx, off, length, fua, func() error { return fill(v.f) })
+}
+
 // Flush makes every completed write durable: one fdatasync covers the
 // writes of every client, since they all go to this file.
 func (v *Volume) Flush(context.Context) error {

@@ -75,3 +75,18 @@ type FileReader interface {
 	// while the export is served.
 	ReadFile(ctx context.Context, off, length int64) (*os.File, error)
 }
+
+// FileWriter is implemented by backends whose data lies in a file at the
+// export's own offsets. Large writes then go from the socket into the
+// file through a pipe (splice(2)), copied once, into the page cache,
+// instead of twice.
+type FileWriter interface {
+	// WriteFile runs a write of length bytes at off as WriteAt would
+	// (a range being restored is copied in first, running backups keep
+	// the old data, the maps are marked), except that the payload is
+	// put into f at [off, off+length) by fill, which the backend calls
+	// where it would write. An error before that returns without
+	// calling fill; fill's error is returned. With fua the data is
+	// durable on return.
+	WriteFile(ctx context.Context, off, length int64, fua bool, fill func(f *os.File) error) error
+}

@@ -53,6 +53,7 @@ type Stats struct {
 	Errors       atomic.Int64 // error replies sent
 	BytesRead    atomic.Int64
 	BytesWritten atomic.Int64
+	BytesSpliced atomic.Int64 // of BytesWritten, spliced from the socket
 }
 
 // Server serves exports over NBD. Exports may be added and removed while

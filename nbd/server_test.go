@@ -89,6 +89,12 @@ func dial(t *testing.T, sock string) *client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return handshake(t, c)
+}
+
+// handshake greets the server on c as a fixed-newstyle client.
+func handshake(t *testing.T, c net.Conn) *client {
+	t.Helper()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	t.Cleanup(func() { c.Close() })
 	cl := &client{t: t, c: c, r: bufio.NewReader(c)}

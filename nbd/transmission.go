@@ -72,9 +72,16 @@ type transmission struct {
 	werr     error
 	nb       net.Buffers
 	inflight atomic.Int32 // requests on workers
-	// raw is the connection's descriptor for sendfile, nil where there
-	// is none (TLS, a wrapped connection): reads are then copied.
+	// raw is the connection's descriptor for sendfile and splice, nil
+	// where there is none (TLS, a wrapped connection): reads and writes
+	// are then copied.
 	raw syscall.RawConn
+	// fw is the backend's file for spliced writes (nil: none); pipe is
+	// the reader's, made on first use; noSplice turns splicing off
+	// for good (no pipe could be made, or the file takes no splices).
+	fw       FileWriter
+	pipe     *pipe
+	noSplice bool
 }
 
 // job is one request for a worker: its payload (writes) and the weight
@@ -108,7 +115,11 @@ func newTransmission(srv *Server, s *session, c net.Conn, r *bufio.Reader) *tran
 	case *net.TCPConn:
 		raw, _ = c.SyscallConn()
 	}
-	return &transmission{raw: raw, srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget), jobs: make(chan job)}
+	t := &transmission{raw: raw, srv: srv, s: s, conn: c, r: r, size: s.export.Backend.Size(), budget: semaphore.NewWeighted(connBudget), jobs: make(chan job)}
+	if fw, ok := s.export.Backend.(FileWriter); ok && raw != nil {
+		t.fw = fw
+	}
+	return t
 }
 
 // run reads requests until DISC, a broken stream or ctx's end. Requests
@@ -120,6 +131,9 @@ func (t *transmission) run(ctx context.Context) error {
 	defer func() {
 		close(t.jobs)
 		t.wg.Wait()
+		if t.pipe != nil {
+			t.pipe.close()
+		}
 	}()
 	var hdr [RequestHeaderSize]byte
 	// direct: the last payload came straight from the connection, so the
@@ -158,6 +172,13 @@ func (t *transmission) run(ctx context.Context) error {
 					return fmt.Errorf("discard oversized write: %w", err)
 				}
 				t.replyError(req, EOVERFLOW, "write larger than 32 MiB")
+				continue
+			}
+			if t.spliceable(req) {
+				if err := t.spliceWrite(ctx, req); err != nil {
+					return err
+				}
+				direct = true
 				continue
 			}
 			weight = int64(req.Length)
@@ -257,37 +278,43 @@ func (t *transmission) worker(ctx context.Context) {
 	}
 }
 
-// handle validates and executes one request and sends its reply.
-func (t *transmission) handle(ctx context.Context, req Request, payload []byte) {
-	e := t.s.export
+// check validates req against the export and the negotiated options; a
+// refused request gets its error number and a message.
+func (t *transmission) check(req Request) (Errno, string) {
 	allowed, known := allowedFlags[req.Type]
 	if !known {
-		t.replyError(req, EINVAL, fmt.Sprintf("unknown command %d", uint16(req.Type)))
-		return
+		return EINVAL, fmt.Sprintf("unknown command %d", uint16(req.Type))
 	}
 	if req.Flags&^allowed != 0 || (req.Flags&FlagDF != 0 && !t.s.structured) {
-		t.replyError(req, EINVAL, fmt.Sprintf("flags %#x not valid for %s", uint16(req.Flags), req.Type))
-		return
+		return EINVAL, fmt.Sprintf("flags %#x not valid for %s", uint16(req.Flags), req.Type)
 	}
 	off, length := int64(req.Offset), int64(req.Length)
 	if req.Type == CmdRead && length > MaxPayload {
-		t.replyError(req, EOVERFLOW, "read larger than 32 MiB")
-		return
+		return EOVERFLOW, "read larger than 32 MiB"
+	}
+	writes := req.Type == CmdWrite || req.Type == CmdTrim || req.Type == CmdWriteZeroes
+	if writes && t.s.export.ReadOnly {
+		return EPERM, "export is read-only"
 	}
 	inRange := req.Offset <= uint64(t.size) && length <= t.size-off
-	writes := req.Type == CmdWrite || req.Type == CmdTrim || req.Type == CmdWriteZeroes
-	if writes && e.ReadOnly {
-		t.replyError(req, EPERM, "export is read-only")
-		return
-	}
 	if !inRange && req.Type != CmdFlush {
 		errno := EINVAL
 		if req.Type == CmdWrite || req.Type == CmdWriteZeroes {
 			errno = ENOSPC
 		}
-		t.replyError(req, errno, fmt.Sprintf("range [%d, +%d) beyond the %d-byte export", req.Offset, req.Length, t.size))
+		return errno, fmt.Sprintf("range [%d, +%d) beyond the %d-byte export", req.Offset, req.Length, t.size)
+	}
+	return 0, ""
+}
+
+// handle validates and executes one request and sends its reply.
+func (t *transmission) handle(ctx context.Context, req Request, payload []byte) {
+	if errno, msg := t.check(req); errno != 0 {
+		t.replyError(req, errno, msg)
 		return
 	}
+	e := t.s.export
+	off, length := int64(req.Offset), int64(req.Length)
 	var err error
 	switch req.Type {
 	case CmdRead:

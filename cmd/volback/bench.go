@@ -29,6 +29,7 @@ func benchCommand() *cli.Command {
 				&cli.IntFlag{Name: "connections", Value: 4, Usage: "nbdcopy connections"},
 				&cli.DurationFlag{Name: "fio-runtime", Value: 10 * time.Second, Usage: "fio random-write run time"},
 				&cli.BoolFlag{Name: "live-backup", Value: true, Usage: "also measure volback's write throughput during a live backup"},
+				&cli.DurationFlag{Name: "settle", Value: 3 * time.Second, Usage: "wait after freeing the previous target's pages before each first write, so every server starts with the host's memory in the same state (0: none)"},
 				&cli.StringFlag{Name: "json-out", Usage: "also write the result as JSON to this file"},
 			},
 			Action: benchAction(func(c *cli.Context, size int64, self string) (report, error) {
@@ -36,6 +37,7 @@ func benchCommand() *cli.Command {
 					Dir: c.String("dir"), Size: size, Rounds: c.Int("rounds"),
 					Servers: strings.Split(c.String("servers"), ","), Volback: self,
 					Connections: c.Int("connections"), FioRuntime: c.Duration("fio-runtime"), LiveBackup: c.Bool("live-backup"),
+					Settle: settleFlag(c.Duration("settle")),
 				}, os.Stderr)
 			}),
 		}, {
@@ -208,4 +210,12 @@ func writeJSONFile(path string, v any) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// settleFlag maps --settle 0 (no wait) onto the config's "none".
+func settleFlag(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

@@ -17,6 +17,7 @@ type Volume struct{ *dataplane.Volume }
 
 var _ nbd.Backend = Volume{}
 var _ nbd.FileReader = Volume{}
+var _ nbd.FileWriter = Volume{}
 
 // ReadFile implements nbd.FileReader: the volume's file, once the range
 // is restored (if the volume is being restored).
