@@ -30,7 +30,9 @@
 // takes it along: no hand-offs at depth 1, few system calls under a deep
 // queue. Reads of 64 KiB or more from a backend that lies in a file
 // (FileReader) go from the page cache to the socket by sendfile, one copy
-// instead of two; on TLS connections they are copied. The payload
+// instead of two; on TLS connections they are copied. Writes of 64 KiB
+// or more to such a backend (FileWriter) go the other way, socket to pipe
+// to file by splice, on the reading goroutine. The payload
 // bytes a connection holds are bounded (connBudget), so a client that
 // pipelines deeply cannot exhaust memory.
 //
