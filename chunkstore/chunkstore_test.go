@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/mem"
@@ -330,5 +331,54 @@ func TestManifestSaveLoad(t *testing.T) {
 	}
 	if _, err := r.LoadManifest(ctx, "../config"); err == nil {
 		t.Fatal("LoadManifest accepted a path as id")
+	}
+}
+
+// putRecorder keeps the last chunk slice handed to Put.
+type putRecorder struct {
+	*mem.Store
+	last []byte
+}
+
+func (p *putRecorder) Put(ctx context.Context, name string, data []byte) error {
+	if strings.HasPrefix(name, "chunks/") {
+		p.last = data
+	}
+	return p.Store.Put(ctx, name, data)
+}
+
+// TestPutChunkStoresChunkBufferInPlace: a chunk that is stored as it is
+// (incompressible, or compression off), read into NewChunkBuffer's
+// buffer, reaches the store in that buffer, its trailer written into the
+// spare capacity: a backup moves every such byte through no extra copy.
+func TestPutChunkStoresChunkBufferInPlace(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []chunkstore.Compression{chunkstore.CompressionNone, chunkstore.CompressionAutoS2} {
+		t.Run(string(c), func(t *testing.T) {
+			rec := &putRecorder{Store: mem.New()}
+			r, err := chunkstore.Init(ctx, rec, chunkstore.InitOptions{ChunkSize: 1 << 20, Compression: c})
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf := r.NewChunkBuffer()
+			if uintptr(unsafe.Pointer(&buf[0]))%4096 != 0 {
+				t.Fatal("chunk buffer not page-aligned")
+			}
+			// A whole chunk, then a short last one.
+			for i, data := range [][]byte{buf, buf[:len(buf)-4096]} {
+				copy(data, randomBytes(uint64(7+i), len(data)))
+				k := r.Key(data)
+				if _, err := r.PutChunk(ctx, k, data); err != nil {
+					t.Fatal(err)
+				}
+				if len(rec.last) <= len(data) || unsafe.SliceData(rec.last) != unsafe.SliceData(buf) {
+					t.Fatalf("%d-byte chunk copied before it was stored (%d bytes at %p, buffer at %p)", len(data), len(rec.last), unsafe.SliceData(rec.last), unsafe.SliceData(buf))
+				}
+				got, err := r.GetChunk(ctx, k, nil)
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("%d-byte chunk reads back wrong (err %v)", len(data), err)
+				}
+			}
+		})
 	}
 }

@@ -310,16 +310,18 @@ func (r *Repository) HasChunk(ctx context.Context, k Key) (bool, error) {
 
 // NewChunkBuffer returns a buffer of chunk size for reading chunks into.
 // PutChunk stores data held in such a buffer without copying it: the
-// buffer is page-aligned (for O_DIRECT) and has spare capacity for the
-// chunk trailer.
+// buffer is page-aligned (for O_DIRECT) and has the spare capacity
+// (chunkSpare) PutChunk needs to add the chunk trailer in place: with
+// less, every chunk stored as it is (the random half of a volume) is
+// copied once more, 9% of a backup's CPU time.
 func (r *Repository) NewChunkBuffer() []byte {
-	return AlignedBuffer(r.cfg.ChunkSize, r.cfg.ChunkSize+chunkTrailerSize)
+	return AlignedBuffer(r.cfg.ChunkSize, r.cfg.ChunkSize+chunkSpare)
 }
 
 // PutChunk encodes data and stores it as chunk k, which must be data's key.
-// It returns the number of encoded bytes written. If data has at least 12
-// bytes of spare capacity (as slices of NewChunkBuffer do), PutChunk may
-// write the chunk trailer there.
+// It returns the number of encoded bytes written. If data has at least
+// chunkSpare bytes of spare capacity (as slices of NewChunkBuffer do),
+// PutChunk may write the chunk trailer there.
 func (r *Repository) PutChunk(ctx context.Context, k Key, data []byte) (int, error) {
 	if len(data) == 0 || len(data) > r.cfg.ChunkSize {
 		return 0, fmt.Errorf("chunk %s: length %d outside 1..%d", k, len(data), r.cfg.ChunkSize)
