@@ -187,8 +187,15 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 	if cfg.Volback == "" {
 		return nil, fmt.Errorf("no volback binary given")
 	}
-	for _, d := range []string{cfg.Dir, cfg.Out} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+	// Absolute, because restic and borg restore in their target directory
+	// (cmd.Dir) and a relative repository path would then name nothing.
+	for _, d := range []*string{&cfg.Dir, &cfg.Out} {
+		abs, err := filepath.Abs(*d)
+		if err != nil {
+			return nil, fmt.Errorf("bench directory %q: %w", *d, err)
+		}
+		*d = abs
+		if err := os.MkdirAll(abs, 0o755); err != nil {
 			return nil, err
 		}
 	}

@@ -48,7 +48,14 @@ type result struct {
 
 func run(t *testing.T, args ...string) result {
 	t.Helper()
+	return runIn(t, "", args...)
+}
+
+// runIn runs volback in the working directory dir ("" for the test's).
+func runIn(t *testing.T, dir string, args ...string) result {
+	t.Helper()
 	cmd := exec.Command(volbackBin, args...)
+	cmd.Dir = dir
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
