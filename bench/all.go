@@ -221,7 +221,7 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 	}
 	rep.Limits = lim
 
-	tools := []string{ToolVolback, ToolVolbackZstd, ToolVolbackS2, ToolVolbackLZ4}
+	tools := []string{ToolVolback, ToolVolbackZstd, ToolVolbackS2, ToolVolbackLZ4, ToolVolbackNone}
 	for _, t := range []string{ToolRestic, ToolBorg, ToolQemuImg} {
 		if _, err := exec.LookPath(t); err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("%s is not installed: its backup and restore are skipped (scripts/bench installs it)", t))
@@ -245,7 +245,9 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		}
 	}
 
-	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(slices.DeleteFunc(slices.Clone(tools), func(t string) bool { return t == ToolVolbackLZ4 || t == ToolVolbackS2 || t == ToolVolbackZstd }), ", "), cfg.Rounds))
+	progress(fmt.Sprintf("restore by %s, %d rounds", strings.Join(slices.DeleteFunc(slices.Clone(tools), func(t string) bool {
+		return t == ToolVolbackLZ4 || t == ToolVolbackS2 || t == ToolVolbackZstd || t == ToolVolbackNone
+	}), ", "), cfg.Rounds))
 	rs, disk, cost, err := measureRestores(ctx, cfg, tools, img)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
@@ -658,11 +660,11 @@ func measureIncrementals(ctx context.Context, cfg AllConfig, tools []string, img
 				continue
 			}
 			run := IncrementalRun{Tool: t, ChangedPercent: pct}
-			d, _, err := runTimed(ctx, baselineEnv(cfg.Dir, t), args)
+			tm, err := runTimed(ctx, baselineEnv(cfg.Dir, t), args)
 			if err != nil {
 				run.Error = err.Error()
 			}
-			run.Seconds = d.Seconds()
+			run.Seconds = tm.wall.Seconds()
 			out = append(out, run)
 		}
 	}
@@ -768,25 +770,42 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 	p("## The machine's limits, in this run\n\n| what | MiB/s |\n|---|---|\n")
 	p("| cached read of the image | %.0f |\n| disk write, O_DIRECT + fsync | %.0f |\n| disk read back of that write, O_DIRECT | %.0f |\n| disk write and read at once, both counted | %.0f |\n| chunk key (XXH3-128, format 3), one core | %.0f |\n| chunk key (two xxhash64, format 1), one core | %.0f |\n| zstd (text), one core | %.0f |\n| S2 (text), one core | %.0f |\n| S2 (text), all %d CPUs at once | %.0f |\n\n",
 		r.Limits.CachedReadMiBps, r.Limits.DiskWriteMiBps, r.Limits.DiskReadBackMiBps, r.Limits.DiskMixedMiBps, r.Limits.KeyMiBps, r.Limits.XXHashMiBps, r.Limits.ZstdMiBps, r.Limits.S2MiBps, r.CPUs, r.Limits.S2AllMiBps)
-	p("## Full backup\n\n| tool | seconds | MiB/s | stored | image / stored | x volback | x disk floor | settings |\n|---|---|---|---|---|---|---|---|\n")
-	for _, t := range r.Backup.Runs {
+	p("## Full backup\n\n| tool | seconds | MiB/s | stored | image / stored | CPU s | CPUs busy | x volback | x disk floor | settings |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	var vb *ToolRun
+	for i, t := range r.Backup.Runs {
 		if t.Error != "" {
-			p("| %s | failed: %s | | | | | | |\n", t.Tool, oneLine(t.Error))
+			p("| %s | failed: %s | | | | | | | | |\n", t.Tool, oneLine(t.Error))
 			continue
+		}
+		if t.Tool == ToolVolback {
+			vb = &r.Backup.Runs[i]
 		}
 		st := statOf(t.RoundSeconds)
 		floor := "-"
 		if t.FloorRatio > 0 {
 			floor = fmt.Sprintf("%.2f", t.FloorRatio)
 		}
-		p("| %s | %.2f [%.2f-%.2f] | %.0f | %s | %.2f | %.2f | %s | %s |\n", t.Tool, st.Median, st.Min, st.Max, t.MiBps,
-			humanize.IBytes(uint64(t.RepoBytes)), float64(r.Size)/float64(max(1, t.RepoBytes)), t.VolbackSpeedup, floor, t.Settings)
+		p("| %s | %.2f [%.2f-%.2f] | %.0f | %s | %.2f | %.2f | %.0f%% | %.2f | %s | %s |\n", t.Tool, st.Median, st.Min, st.Max, t.MiBps,
+			humanize.IBytes(uint64(t.RepoBytes)), float64(r.Size)/float64(max(1, t.RepoBytes)), t.CPUSeconds, 100*t.CPUBusy, t.VolbackSpeedup, floor, t.Settings)
 	}
 	if r.FloorSeconds > 0 {
-		p("\nx volback: the tool's time over volback's, the median of the rounds' ratios. x disk floor: the run over writing what it stored (O_DIRECT, fsync) right after it, paired by round; volback's floor took %.2f s, volback %.2fx it.\n", r.FloorSeconds, r.FloorRatio)
+		p("\nx volback: the tool's time over volback's, the median of the rounds' ratios. x disk floor: the run over writing what it stored (O_DIRECT, fsync) right after it, paired by round; volback's floor took %.2f s, volback %.2fx it. CPU s: user and system time; CPUs busy: that over the wall time of all %d CPUs.\n", r.FloorSeconds, r.FloorRatio, r.CPUs)
 	}
 	if cpu := r.CPUFloorSeconds(); cpu > 0 && r.FloorSeconds > 0 {
-		p("\nThe CPU floor: the image's text quarter through S2 on all CPUs at once (the limits above) takes %.2f s, %.2fx the disk floor; a backup that compresses cannot be faster than either, and also keys, copies and writes every byte.\n", cpu, cpu/r.FloorSeconds)
+		p("\nThe CPU floor: the image's text quarter through S2 on all CPUs at once (the limits above) takes %.2f s, %.2fx the disk floor; a backup that compresses cannot be faster than either, and also keys, copies and writes every byte.", cpu, cpu/r.FloorSeconds)
+		if vb != nil && vb.CPUSeconds > 0 {
+			// The whole of the backup's CPU work spread over every CPU
+			// is the floor its own work sets, whatever the disk does.
+			work := vb.CPUSeconds / float64(r.CPUs)
+			p(" All of volback's CPU work (%.2f CPU s) spread over the %d CPUs takes %.2f s, %.2fx the disk floor; its backup took %.2fx that.", vb.CPUSeconds, r.CPUs, work, work/r.FloorSeconds, vb.Seconds/work)
+		}
+		p("\n")
+	}
+	for _, t := range r.Backup.Runs {
+		if t.Tool == ToolVolbackNone && t.Error == "" && t.FloorRatio > 0 && vb != nil && vb.RepoBytes > 0 {
+			p("\nWithout compression (volback-none) the backup stores %s (%.2fx the default's) in %.2f s, %.2fx its own disk floor: what the default adds over its floor is the compressing, which saves %.0f%% of the bytes.\n",
+				humanize.IBytes(uint64(t.RepoBytes)), float64(t.RepoBytes)/float64(vb.RepoBytes), t.Seconds, t.FloorRatio, 100*(1-float64(vb.RepoBytes)/float64(t.RepoBytes)))
+		}
 	}
 	p("\n## Restore (each timed until a sync(2) after it returns: until what it wrote is on the disk)\n\n| tool | mode | seconds |\n|---|---|---|\n")
 	for _, x := range r.Restore {

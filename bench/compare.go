@@ -35,10 +35,12 @@ const (
 	ToolVolbackEncrypted = "volback-encrypted"
 	// ToolVolbackLZ4, ToolVolbackS2 and ToolVolbackZstd are volback into
 	// a repository compressed with one codec alone (ToolVolback: the
-	// default, auto).
+	// default, auto); ToolVolbackNone into one that does not compress,
+	// which shows what compressing costs and saves.
 	ToolVolbackLZ4  = "volback-lz4"
 	ToolVolbackS2   = "volback-s2"
 	ToolVolbackZstd = "volback-zstd"
+	ToolVolbackNone = "volback-none"
 	ToolRestic      = "restic"
 	ToolBorg        = "borg"
 	// ToolQemuImg is `qemu-img convert` of the image to a qcow2 file: a
@@ -77,7 +79,14 @@ type ToolRun struct {
 	RoundSeconds []float64 `json:"roundSeconds"`
 	MiBps        float64   `json:"mibPerSecond"`
 	MaxRSS       int64     `json:"maxRssBytes"`
-	RepoBytes    int64     `json:"repoBytes"`
+	// CPUSeconds is the tool's user and system time, the median of the
+	// rounds (RoundCPUSeconds in order); CPUBusy the median of the rounds'
+	// CPU time over wall time times the CPUs: 1 keeps every CPU busy
+	// throughout, so the run is bound by the CPUs, not by the disk.
+	CPUSeconds      float64   `json:"cpuSeconds,omitempty"`
+	RoundCPUSeconds []float64 `json:"roundCpuSeconds,omitempty"`
+	CPUBusy         float64   `json:"cpuBusy,omitempty"`
+	RepoBytes       int64     `json:"repoBytes"`
 	// VolbackSpeedup is this tool's time divided by volback's: the median
 	// of the rounds' ratios (each round runs the tools in turn).
 	VolbackSpeedup float64 `json:"volbackSpeedup,omitempty"`
@@ -164,6 +173,7 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 			fmt.Fprintf(log, "round %d %s: %.2f s, %.0f MiB/s, max RSS %s\n", round, tool, run.Seconds,
 				float64(res.Size)/run.Seconds/(1<<20), humanize.IBytes(uint64(run.MaxRSS)))
 			run.RoundSeconds = append(runs[i].RoundSeconds, run.Seconds)
+			run.RoundCPUSeconds = append(runs[i].RoundCPUSeconds, run.CPUSeconds)
 			run.MaxRSS = max(run.MaxRSS, runs[i].MaxRSS)
 			run.FloorRounds = runs[i].FloorRounds
 			if cfg.Floor && strings.HasPrefix(tool, ToolVolback) {
@@ -181,6 +191,12 @@ func CompareBackup(ctx context.Context, cfg BackupCompareConfig, log io.Writer) 
 		if r := &runs[i]; r.Error == "" {
 			r.Seconds = median(r.RoundSeconds)
 			r.MiBps = float64(res.Size) / r.Seconds / (1 << 20)
+			r.CPUSeconds = median(r.RoundCPUSeconds)
+			busy := make([]float64, len(r.RoundSeconds))
+			for k := range busy {
+				busy[k] = r.RoundCPUSeconds[k] / (r.RoundSeconds[k] * float64(res.CPUs))
+			}
+			r.CPUBusy = median(busy)
 			if len(r.FloorRounds) == len(r.RoundSeconds) && len(r.FloorRounds) > 0 {
 				ratios := make([]float64, len(r.FloorRounds))
 				for k := range ratios {
@@ -226,7 +242,7 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 	var setup [][]string
 	var backup []string
 	switch tool {
-	case ToolVolback, ToolVolbackEncrypted, ToolVolbackLZ4, ToolVolbackS2, ToolVolbackZstd:
+	case ToolVolback, ToolVolbackEncrypted, ToolVolbackLZ4, ToolVolbackS2, ToolVolbackZstd, ToolVolbackNone:
 		bin := cfg.Volback
 		if bin == "" {
 			return run, errors.New("no volback binary given")
@@ -240,6 +256,8 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 			comp = "s2"
 		case ToolVolbackZstd:
 			comp = "zstd"
+		case ToolVolbackNone:
+			comp = string(chunkstore.CompressionNone)
 		}
 		run.Settings = fmt.Sprintf("chunk %s, compression %s, %d workers", humanize.IBytes(uint64(cfg.ChunkSize)), comp, cfg.Parallelism)
 		setup = [][]string{{bin, "--quiet", "repo", "init", "--repo", repo, "--chunk-size", fmt.Sprint(cfg.ChunkSize), "--compression", comp}}
@@ -267,10 +285,10 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		setup = [][]string{{"mkdir", "-p", repo}}
 		backup = []string{"qemu-img", "convert", "-O", "qcow2", "-t", "writeback", img, filepath.Join(repo, "backup.qcow2")}
 	default:
-		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-zstd, volback-s2, volback-lz4, restic, borg or qemu-img)", tool)
+		return run, fmt.Errorf("unknown tool %q (want volback, volback-encrypted, volback-zstd, volback-s2, volback-lz4, volback-none, restic, borg or qemu-img)", tool)
 	}
 	for _, args := range setup {
-		if _, _, err := runTimed(ctx, env, args); err != nil {
+		if _, err := runTimed(ctx, env, args); err != nil {
 			return run, err
 		}
 	}
@@ -278,12 +296,13 @@ func runBackupTool(ctx context.Context, cfg BackupCompareConfig, tool, img strin
 		return run, err
 	}
 	fmt.Fprintf(log, "running %s\n", strings.Join(backup, " "))
-	d, rss, err := runTimed(ctx, env, backup)
+	tm, err := runTimed(ctx, env, backup)
 	if err != nil {
 		return run, err
 	}
-	run.Seconds = d.Seconds()
-	run.MaxRSS = rss
+	run.Seconds = tm.wall.Seconds()
+	run.CPUSeconds = tm.cpu.Seconds()
+	run.MaxRSS = tm.rss
 	run.RepoBytes = diskUsage(repo)
 	return run, nil
 }
@@ -310,8 +329,15 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// runTimed runs a command and returns its wall time and peak RSS.
-func runTimed(ctx context.Context, env []string, args []string) (time.Duration, int64, error) {
+// timing is what runTimed measured of one command.
+type timing struct {
+	wall time.Duration
+	rss  int64         // peak resident set
+	cpu  time.Duration // user and system time, with its children's
+}
+
+// runTimed runs a command and returns its wall time, peak RSS and CPU time.
+func runTimed(ctx context.Context, env []string, args []string) (timing, error) {
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Env = env
 	var stderr strings.Builder
@@ -319,15 +345,15 @@ func runTimed(ctx context.Context, env []string, args []string) (time.Duration, 
 	cmd.Stdout = io.Discard
 	start := time.Now()
 	err := cmd.Run()
-	d := time.Since(start)
+	t := timing{wall: time.Since(start)}
 	if err != nil {
-		return d, 0, fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		return t, fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
-	var rss int64
+	t.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss * 1024 // kilobytes on Linux
+		t.rss = ru.Maxrss * 1024 // kilobytes on Linux
 	}
-	return d, rss, nil
+	return t, nil
 }
 
 func toolVersion(ctx context.Context, name string, arg string) string {
@@ -371,7 +397,7 @@ func diskUsage(dir string) int64 {
 func (r *BackupCompareResult) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "backup of a %s image (%s), %d CPUs, %s cache, median of %d rounds\n", humanize.IBytes(uint64(r.Size)), r.Image, r.CPUs, r.Cache, r.Rounds)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TOOL\tSECONDS\tMiB/s\tMAX RSS\tREPO SIZE\tTIME / VOLBACK\tTIME / DISK FLOOR\tSETTINGS")
+	fmt.Fprintln(tw, "TOOL\tSECONDS\tMiB/s\tCPU s (BUSY)\tMAX RSS\tREPO SIZE\tTIME / VOLBACK\tTIME / DISK FLOOR\tSETTINGS")
 	for _, run := range r.Runs {
 		if run.Error != "" {
 			fmt.Fprintf(tw, "%s\tfailed: %s\n", run.Tool, run.Error)
@@ -381,7 +407,7 @@ func (r *BackupCompareResult) WriteTable(w io.Writer) error {
 		if run.FloorRatio > 0 {
 			floor = fmt.Sprintf("%.2fx (floor %.2f s)", run.FloorRatio, median(run.FloorRounds))
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.0f\t%s\t%s\t%.2fx\t%s\t%s\n", run.Tool, run.Seconds, run.MiBps,
+		fmt.Fprintf(tw, "%s\t%.2f\t%.0f\t%.2f (%.0f%%)\t%s\t%s\t%.2fx\t%s\t%s\n", run.Tool, run.Seconds, run.MiBps, run.CPUSeconds, 100*run.CPUBusy,
 			humanize.IBytes(uint64(run.MaxRSS)), humanize.IBytes(uint64(run.RepoBytes)), run.VolbackSpeedup, floor, run.Settings)
 	}
 	if err := tw.Flush(); err != nil {

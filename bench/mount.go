@@ -120,11 +120,11 @@ func measureMount(ctx context.Context, cfg MountCompareConfig, tool, img string,
 	switch tool {
 	case ToolVolback:
 		run.Version = "this build"
-		if _, _, err := runTimed(ctx, env, []string{cfg.Volback, "--quiet", "repo", "init", "--repo", repo}); err != nil {
+		if _, err := runTimed(ctx, env, []string{cfg.Volback, "--quiet", "repo", "init", "--repo", repo}); err != nil {
 			return run, err
 		}
 		fmt.Fprintf(log, "volback: backing up %s\n", img)
-		if _, _, err := runTimed(ctx, env, []string{cfg.Volback, "--quiet", "backup", "--repo", repo, img}); err != nil {
+		if _, err := runTimed(ctx, env, []string{cfg.Volback, "--quiet", "backup", "--repo", repo, img}); err != nil {
 			return run, err
 		}
 		mountArgs = []string{cfg.Volback, "mount", "--repo", repo, mnt}
@@ -138,11 +138,11 @@ func measureMount(ctx context.Context, cfg MountCompareConfig, tool, img string,
 	case ToolRestic:
 		env = baselineEnv(cfg.Dir, ToolRestic)
 		run.Version = toolVersion(ctx, "restic", "version")
-		if _, _, err := runTimed(ctx, env, []string{"restic", "init", "--repo", repo}); err != nil {
+		if _, err := runTimed(ctx, env, []string{"restic", "init", "--repo", repo}); err != nil {
 			return run, err
 		}
 		fmt.Fprintf(log, "restic: backing up %s\n", img)
-		if _, _, err := runTimed(ctx, env, []string{"restic", "backup", "--quiet", "--repo", repo, img}); err != nil {
+		if _, err := runTimed(ctx, env, []string{"restic", "backup", "--quiet", "--repo", repo, img}); err != nil {
 			return run, err
 		}
 		mountArgs = []string{"restic", "mount", "--repo", repo, mnt}

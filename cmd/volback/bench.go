@@ -81,7 +81,7 @@ func benchCommand() *cli.Command {
 				&cli.StringFlag{Name: "size", Value: "4GiB", Usage: "size of the generated image"},
 				&cli.StringFlag{Name: "chunk-size", Value: "4MiB", Usage: "volback chunk size"},
 				parallelismFlag,
-				&cli.StringFlag{Name: "tools", Value: "volback,volback-encrypted,restic,borg", Usage: "comma-separated tools to run (volback, volback-encrypted, volback-zstd, volback-s2, volback-lz4, restic, borg, qemu-img)"},
+				&cli.StringFlag{Name: "tools", Value: "volback,volback-encrypted,restic,borg", Usage: "comma-separated tools to run (volback, volback-encrypted, volback-zstd, volback-s2, volback-lz4, volback-none, restic, borg, qemu-img)"},
 				&cli.BoolFlag{Name: "drop-caches", Usage: "drop the page cache before each run (root)"},
 				&cli.BoolFlag{Name: "floor", Value: true, Usage: "after each volback run, time writing what it stored (O_DIRECT, fsync): its disk floor, paired by round"},
 				&cli.IntFlag{Name: "rounds", Value: 3, Usage: "runs per tool, taking turns; the median is reported"},

@@ -38,7 +38,7 @@ func TestBenchAllQuick(t *testing.T) {
 		l.DiskReadBackMiBps <= 0 {
 		t.Fatalf("limits: %+v (quick %v, size %d)", l, rep.Quick, rep.Size)
 	}
-	if len(rep.Backup.Runs) == 0 || rep.Backup.Runs[0].Tool != "volback" || rep.Backup.Runs[0].Error != "" || rep.Backup.Runs[0].Seconds <= 0 || rep.FloorRatio <= 0 || len(rep.Backup.Runs[0].FloorRounds) != 1 {
+	if len(rep.Backup.Runs) == 0 || rep.Backup.Runs[0].Tool != "volback" || rep.Backup.Runs[0].Error != "" || rep.Backup.Runs[0].Seconds <= 0 || rep.Backup.Runs[0].CPUSeconds <= 0 || rep.Backup.Runs[0].CPUBusy <= 0 || rep.FloorRatio <= 0 || len(rep.Backup.Runs[0].FloorRounds) != 1 {
 		t.Fatalf("backup: %+v, floor ratio %v", rep.Backup.Runs, rep.FloorRatio)
 	}
 	if d := rep.RestoreDisk; d == nil || d.Bytes != rep.Size/4*3 || d.Streams < 1 || d.WriteOnly.Median <= 0 || d.ReadBack.Median <= 0 || d.Cost <= 0 || len(d.ReadBack.Rounds) != rep.Rounds {
@@ -97,7 +97,7 @@ func TestBenchAllQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"The CPU floor", "S2 (text), all", "stored, of the full's", "the disk charges the check"} {
+	for _, want := range []string{"The CPU floor", "S2 (text), all", "stored, of the full's", "the disk charges the check", "All of volback's CPU work", "Without compression (volback-none)"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q", want)
 		}
