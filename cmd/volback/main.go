@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -38,20 +39,35 @@ func newApp() *cli.App {
 		Name:  "volback",
 		Usage: "back up live virtual-machine volumes into a deduplicating chunk repository",
 		Flags: append(globalFlags(), repoFlag,
-			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the command to this file", Hidden: true}),
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the command to this file", Hidden: true},
+			&cli.StringFlag{Name: "trace", Usage: "write an execution trace of the command to this file (go tool trace): where goroutines wait", Hidden: true}),
 		Before: func(c *cli.Context) error {
 			if p := c.String("cpuprofile"); p != "" {
-				f, err := os.Create(p)
+				f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 				if err != nil {
 					return err
 				}
-				return pprof.StartCPUProfile(f)
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+			}
+			if p := c.String("trace"); p != "" {
+				f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				if err != nil {
+					return err
+				}
+				if err := trace.Start(f); err != nil {
+					return fmt.Errorf("trace %s: %w", p, err)
+				}
 			}
 			return nil
 		},
 		After: func(c *cli.Context) error {
 			if c.String("cpuprofile") != "" {
 				pprof.StopCPUProfile()
+			}
+			if c.String("trace") != "" {
+				trace.Stop()
 			}
 			return nil
 		},
