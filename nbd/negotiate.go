@@ -110,6 +110,17 @@ type negotiator struct {
 	conn   net.Conn
 	tlsCfg *tls.Config
 	tlsOn  bool
+	// accepted is the connection as the server accepted it: the key
+	// of Server.conns, which a TLS conn is not.
+	accepted net.Conn
+}
+
+// attach records the connection as attached to e before the reply that
+// tells the client so: once a client believes it is attached, the
+// server counts it (ConnectionsTo), and a delete or revert cannot slip
+// in between.
+func (n *negotiator) attach(e *Export) {
+	n.srv.setConnExport(n.accepted, e.Name)
 }
 
 // negotiate runs the fixed newstyle handshake and option haggling. It
@@ -117,7 +128,7 @@ type negotiator struct {
 // connection to go on with (TLS, if STARTTLS was negotiated). With tlsCfg
 // set, TLS is required, as qemu-nbd's --tls-creds does.
 func (srv *Server) negotiate(c net.Conn, r *bufio.Reader, w *bufio.Writer, tlsCfg *tls.Config) (*negotiated, error) {
-	return srv.haggle(&negotiator{r: r, w: w, srv: srv, conn: c, tlsCfg: tlsCfg})
+	return srv.haggle(&negotiator{r: r, w: w, srv: srv, conn: c, tlsCfg: tlsCfg, accepted: c})
 }
 
 // negotiated is where transmission starts: the session, the connection
@@ -274,6 +285,7 @@ func (n *negotiator) option(opt uint32, data []byte) (done bool, err error) {
 			return false, fmt.Errorf("unknown export %q", data)
 		}
 		n.s.export = e
+		n.attach(e)
 		var b [10 + 124]byte
 		binary.BigEndian.PutUint64(b[0:], uint64(e.Backend.Size()))
 		binary.BigEndian.PutUint16(b[8:], transmissionFlags(e, n.s.structured))
@@ -376,6 +388,9 @@ func (n *negotiator) infoGo(opt uint32, data []byte) (bool, error) {
 	bs = binary.BigEndian.AppendUint32(bs, MaxPayload)
 	if err := n.reply(opt, repInfo, bs); err != nil {
 		return false, err
+	}
+	if opt == optGo {
+		n.attach(e)
 	}
 	if err := n.reply(opt, repAck, nil); err != nil {
 		return false, err

@@ -291,7 +291,13 @@ func (srv *Server) setConnExport(c net.Conn, name string) {
 
 func (srv *Server) serveConn(ctx context.Context, c net.Conn) {
 	srv.Stats.Connections.Add(1)
-	defer srv.Stats.Connections.Add(-1)
+	accepted := c // the key of srv.conns; c becomes the TLS conn after STARTTLS
+	defer func() {
+		// Detached before the count drops: whoever saw the count at
+		// zero finds no connection attached either.
+		srv.setConnExport(accepted, "")
+		srv.Stats.Connections.Add(-1)
+	}()
 	defer c.Close()
 	// Large socket buffers let a whole read reply go out in one write
 	// instead of filling the buffer, parking on the poller and resuming:
@@ -330,7 +336,6 @@ func (srv *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	r = neg.r
 	_ = c.SetDeadline(time.Time{})
-	srv.setConnExport(c, sess.export.Name)
 	log.Debug("nbd transmission", "export", sess.export.Name, "structured", sess.structured, "contexts", sess.contexts)
 	t := newTransmission(srv, sess, c, r)
 	if err := t.run(ctx); err != nil {

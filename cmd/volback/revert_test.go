@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,22 +35,12 @@ func TestRevert(t *testing.T) {
 	// An attached client blocks it.
 	requirePythonNBD(t)
 	{
-		// A client holds a connection until its standard input closes.
-		hold := exec.Command("/usr/bin/python3", "-c", "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nsys.stdin.read()", uri)
-		release, err := hold.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := hold.Start(); err != nil {
-			t.Fatal(err)
-		}
-		d.waitConnections(1)
+		release := holdNBD(t, uri)
 		r := d.do("PUT", "/volume-backups/"+id+"/actions", "OAuth "+d.session, revert, nil)
 		if r.status != 503 || zcode(t, r) != "SYS.1006" || !strings.Contains(string(r.body), "NBD clients connected") {
 			t.Errorf("revert with a client attached: %d %s", r.status, r.body)
 		}
-		release.Close()
-		hold.Wait()
+		release()
 		d.waitConnections(0)
 	}
 	r = d.job("PUT", "/volume-backups/"+id+"/actions", revert, nil)

@@ -253,7 +253,6 @@ func TestNBDOverTLS(t *testing.T) {
 	d := startDaemon(t, state, "--volume", vol+"="+img, "--nbd-listen", "tcp://"+nbdAddr,
 		"--nbd-tls-cert", filepath.Join(certs, "server-cert.pem"), "--nbd-tls-key", filepath.Join(certs, "server-key.pem"),
 		"--nbd-tls-ca", filepath.Join(certs, "ca-cert.pem"))
-	_ = d
 	plain := "nbd://" + nbdAddr + "/" + vol
 	out, err := exec.Command("nbdinfo", plain).CombinedOutput()
 	if err == nil {
@@ -283,6 +282,13 @@ func TestNBDOverTLS(t *testing.T) {
 	if out, err := exec.Command("nbdinfo", "nbds://"+nbdAddr+"/"+vol+"?tls-certificates="+noClient).CombinedOutput(); err == nil {
 		t.Fatalf("a client without a certificate was served:\n%s", out)
 	}
+	// A client attached over TLS counts as attached: the volume cannot be
+	// deleted under it (TLS connections were once never counted).
+	release := holdNBD(t, secure)
+	if r := d.do("DELETE", "/volumes/"+vol, "OAuth "+d.session, "", nil); r.status != 503 || zcode(t, r) != "SYS.1006" {
+		t.Fatalf("delete of a volume attached over TLS: %d %s, want 503 SYS.1006", r.status, r.body)
+	}
+	release()
 }
 
 // TestPlantedSecretsNeverEchoed plants a secret in every place a

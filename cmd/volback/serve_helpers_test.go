@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -173,4 +176,36 @@ func tool(t *testing.T, timeout time.Duration, name string, args ...string) stri
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// holdNBD connects libnbd's Python module (nbdsh's engine) to uri and
+// returns once its handshake is done, holding the connection until the
+// returned function is called.
+func holdNBD(t *testing.T, uri string) (release func()) {
+	t.Helper()
+	requirePythonNBD(t)
+	hold := exec.Command("/usr/bin/python3", "-c", "import nbd, sys\nh = nbd.NBD()\nh.set_uri_allow_local_file(True)\nh.connect_uri(sys.argv[1])\nprint('attached', flush=True)\nsys.stdin.read()", uri)
+	in, err := hold.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := hold.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	hold.Stderr = &stderr
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "attached\n" {
+		in.Close()
+		hold.Wait()
+		t.Fatalf("python3 nbd connect to %s: %q %s", uri, line, stderr.String())
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { in.Close(); hold.Wait() }) }
+	t.Cleanup(release)
+	return release
 }
