@@ -115,11 +115,12 @@ type negotiator struct {
 	accepted net.Conn
 }
 
-// attach records the connection as attached to e before the reply that
-// tells the client so: once a client believes it is attached, the
-// server counts it (ConnectionsTo), and a delete or revert cannot slip
-// in between.
+// attach makes e the session's export and records the connection as
+// attached to it, before the reply that tells the client so: once a
+// client believes it is attached, the server counts it (ConnectionsTo),
+// and a delete or revert cannot slip in between.
 func (n *negotiator) attach(e *Export) {
+	n.s.export = e
 	n.srv.setConnExport(n.accepted, e.Name)
 }
 
@@ -284,7 +285,6 @@ func (n *negotiator) option(opt uint32, data []byte) (done bool, err error) {
 			// The protocol gives no way to report this but hanging up.
 			return false, fmt.Errorf("unknown export %q", data)
 		}
-		n.s.export = e
 		n.attach(e)
 		var b [10 + 124]byte
 		binary.BigEndian.PutUint64(b[0:], uint64(e.Backend.Size()))
@@ -389,17 +389,14 @@ func (n *negotiator) infoGo(opt uint32, data []byte) (bool, error) {
 	if err := n.reply(opt, repInfo, bs); err != nil {
 		return false, err
 	}
-	if opt == optGo {
+	done := opt == optGo
+	if done {
 		n.attach(e)
 	}
 	if err := n.reply(opt, repAck, nil); err != nil {
 		return false, err
 	}
-	if opt == optGo {
-		n.s.export = e
-		return true, nil
-	}
-	return false, nil
+	return done, nil
 }
 
 // metaContext answers LIST_META_CONTEXT and SET_META_CONTEXT.
