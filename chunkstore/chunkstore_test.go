@@ -382,3 +382,49 @@ func TestPutChunkStoresChunkBufferInPlace(t *testing.T) {
 		})
 	}
 }
+
+// inFlightStore records, in each chunk's Put, how many chunk writes its
+// repository counts under way, and fails the puts it is told to.
+type inFlightStore struct {
+	*mem.Store
+	r    *chunkstore.Repository
+	seen []int32
+	fail bool
+}
+
+func (s *inFlightStore) Put(ctx context.Context, name string, data []byte) error {
+	if strings.HasPrefix(name, "chunks/") {
+		s.seen = append(s.seen, chunkstore.WritesInFlight(s.r))
+		if s.fail {
+			return errors.New("the disk is gone")
+		}
+	}
+	return s.Store.Put(ctx, name, data)
+}
+
+// TestPutChunkCountsWritesInFlight: the count that tells the automatic
+// compressions whether the store waits for chunks covers each chunk's
+// write, and drops back when the write ends, failed or not.
+func TestPutChunkCountsWritesInFlight(t *testing.T) {
+	ctx := context.Background()
+	st := &inFlightStore{Store: mem.New()}
+	r, err := chunkstore.Init(ctx, st, chunkstore.InitOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.r = r
+	for i, fail := range []bool{false, true} {
+		st.fail = fail
+		data := randomBytes(uint64(20+i), 1<<20)
+		_, err := r.PutChunk(ctx, r.Key(data), data)
+		if fail != (err != nil) {
+			t.Fatalf("put %d: %v", i, err)
+		}
+		if got := st.seen[len(st.seen)-1]; got != 1 {
+			t.Fatalf("put %d: %d writes in flight during it, want 1", i, got)
+		}
+		if got := chunkstore.WritesInFlight(r); got != 0 {
+			t.Fatalf("put %d: %d writes in flight after it, want 0", i, got)
+		}
+	}
+}

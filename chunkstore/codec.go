@@ -3,7 +3,6 @@ package chunkstore
 import (
 	"encoding/binary"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -45,7 +44,11 @@ type Compression string
 // host's CPUs have room, the fast codec for the chunks that arrive while
 // they have none, so a backup bound by the disk stores zstd's smaller
 // chunks and one bound by the CPU is not held to zstd's speed. AutoS2 (the
-// default for new repositories) falls back to S2; Auto, the default of
+// default for new repositories) falls back to S2; and when every CPU is
+// compressing already while the store has almost nothing to write (it
+// waits on the CPUs, not on the disk), a chunk of either is stored as is:
+// the disk takes its extra bytes in less time than it would wait for a
+// CPU. Auto, the default of
 // repositories made before S2 was a codec, to LZ4, so that the builds
 // that made them still read every chunk they hold (a build that does not
 // know a setting refuses the repository rather than meet a codec it
@@ -90,15 +93,29 @@ type codec struct {
 	dec         *zstd.Decoder
 	lz4         sync.Pool // *lz4.Compressor: its hash table is one caller's
 	// cpus, busy and room drive the automatic compressions: busy counts
-	// the callers compressing now; past cpus, or while room says the
-	// host's CPUs are all in use, there is no room for zstd.
+	// the callers compressing or waiting to; past cpus, or while room
+	// says the host's CPUs are all in use, there is no room for zstd.
 	cpus int32
 	busy atomic.Int32
 	room func() bool
+	// slots holds one token per CPU: compressing takes one, so no more
+	// chunks compress at once than there are CPUs, and the workers past
+	// them wait off the scheduler instead of taking turns on the CPUs
+	// with the goroutines that issue the store's writes.
+	slots chan struct{}
+	// writes counts the store's writes in flight (Repository.PutChunk);
+	// below idleWrites the store waits for chunks.
+	writes atomic.Int32
 }
 
+// idleWrites is the number of writes in flight below which a store is
+// taken to wait for chunks: a disk kept busy has one write completing
+// and the next queued behind it.
+const idleWrites = 2
+
 func newCodec(c Compression, maxChunk int) (*codec, error) {
-	cd := &codec{compression: c, maxChunk: maxChunk, cpus: int32(runtime.GOMAXPROCS(0)), room: hostCPU.hasRoom}
+	cd := &codec{compression: c, maxChunk: maxChunk, cpus: int32(CPUs()), room: hostCPU.hasRoom}
+	cd.slots = make(chan struct{}, cd.cpus)
 	var err error
 	// The fastest level: chunks are compressed on the backup's critical
 	// path, and the random half of a typical volume does not compress at
@@ -147,11 +164,13 @@ func appendTrailer(b []byte, c byte, n int) []byte {
 func (c *codec) compress(scratch, data []byte) []byte {
 	switch c.compression {
 	case CompressionLZ4:
+		defer c.slot()()
 		return c.compressLZ4(scratch, data)
 	case CompressionS2:
 		if !c.s2Sample(scratch, data) {
 			return nil
 		}
+		defer c.slot()()
 		return c.compressS2(scratch, data)
 	case CompressionAuto, CompressionAutoS2:
 		// S2's sample is the cheaper test of whether a chunk compresses
@@ -161,6 +180,13 @@ func (c *codec) compress(scratch, data []byte) []byte {
 		}
 		n := c.busy.Add(1)
 		defer c.busy.Add(-1)
+		if n > c.cpus && c.writes.Load() < idleWrites {
+			// Every CPU compresses already and the store is about
+			// to run dry: writing this chunk as it is now keeps
+			// the disk and the CPUs working at once.
+			return nil
+		}
+		defer c.slot()()
 		switch {
 		case n <= c.cpus && c.room():
 			return c.compressZstd(scratch, data)
@@ -172,9 +198,16 @@ func (c *codec) compress(scratch, data []byte) []byte {
 		if !c.worthCompressing(scratch, data) {
 			return nil
 		}
+		defer c.slot()()
 		return c.compressZstd(scratch, data)
 	}
 	return nil
+}
+
+// slot waits for a CPU's token and returns the func that gives it back.
+func (c *codec) slot() func() {
+	c.slots <- struct{}{}
+	return func() { <-c.slots }
 }
 
 // compressZstd is compress for zstd, once a sample said data compresses.

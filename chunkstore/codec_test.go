@@ -47,7 +47,7 @@ func testAutoCompression(t *testing.T, comp Compression, fast byte) {
 		}
 	}
 
-	c.cpus = 2
+	c.cpus, c.slots = 2, make(chan struct{}, 2)
 	idle := true
 	c.room = func() bool { return idle }
 	enc := c.encode(nil, data)
@@ -55,15 +55,26 @@ func testAutoCompression(t *testing.T, comp Compression, fast byte) {
 		t.Fatalf("idle CPU: codec %d, want zstd (%d)", got, codecZstd)
 	}
 	roundTrip("zstd chunk", enc)
-	// Two callers already compressing on two CPUs: the third gets the
-	// fast codec.
+	// Two callers already compressing on two CPUs, and the store busy
+	// writing: the third gets the fast codec.
 	c.busy.Add(2)
+	c.writes.Add(idleWrites)
 	enc = c.encode(nil, data)
-	c.busy.Add(-2)
+	c.writes.Add(-idleWrites)
 	if got := codecOf(enc); got != fast {
 		t.Fatalf("busy compressors: codec %d, want %d", got, fast)
 	}
 	roundTrip("fast chunk", enc)
+	// The same while the store has less than idleWrites to write: the
+	// chunk is stored as is rather than wait for a CPU.
+	c.writes.Add(idleWrites - 1)
+	enc = c.encode(nil, data)
+	c.writes.Add(1 - idleWrites)
+	c.busy.Add(-2)
+	if got := codecOf(enc); got != codecRaw {
+		t.Fatalf("busy compressors, store waiting: codec %d, want stored (%d)", got, codecRaw)
+	}
+	roundTrip("chunk stored as is", enc)
 	// No compressor busy here, but the host's CPUs are (its guests).
 	idle = false
 	if got := codecOf(c.encode(nil, data)); got != fast {
@@ -148,5 +159,49 @@ func TestCPURoom(t *testing.T) {
 	}
 	if i, tot, ok := parseProcStat([]byte("cpu  10 1 5 70 4 2 3 5 9 0\ncpu0 1 1 1 1 1 1 1 1\n")); !ok || i != 74 || tot != 100 {
 		t.Errorf("parseProcStat: idle %d total %d ok %v, want 74 100 true", i, tot, ok)
+	}
+}
+
+// TestCompressingTakesACPUSlot shows that no more chunks compress at once
+// than the codec has CPU slots, for every codec: with every slot taken, a
+// compressible chunk waits (and is not stored as is while the store has
+// writes in flight), and goes on once a slot is given back; an
+// incompressible one needs no slot.
+func TestCompressingTakesACPUSlot(t *testing.T) {
+	data := textChunk(1 << 20)
+	rnd := make([]byte, 1<<20)
+	_, _ = rand.NewChaCha8([32]byte{9}).Read(rnd)
+	for _, comp := range []Compression{CompressionZstd, CompressionS2, CompressionLZ4, CompressionAutoS2, CompressionAuto} {
+		t.Run(string(comp), func(t *testing.T) {
+			c, err := newCodec(comp, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.cpus, c.slots = 1, make(chan struct{}, 1)
+			c.writes.Add(idleWrites) // the store is busy: auto waits too
+			if comp != CompressionLZ4 {
+				// LZ4 has no separate sample: it compresses under
+				// the slot, so random data waits as well.
+				if enc := c.encode(nil, rnd); enc[len(enc)-chunkTrailerSize] != codecRaw {
+					t.Fatal("random chunk compressed")
+				}
+			}
+			c.slots <- struct{}{} // the one CPU is taken
+			done := make(chan []byte, 1)
+			go func() { done <- c.encode(nil, data) }()
+			select {
+			case <-done:
+				t.Fatal("a chunk compressed with every CPU slot taken")
+			case <-time.After(100 * time.Millisecond):
+			}
+			<-c.slots
+			enc := <-done
+			if enc[len(enc)-chunkTrailerSize] == codecRaw {
+				t.Fatal("text chunk stored as is with the store busy")
+			}
+			if len(c.slots) != 0 {
+				t.Fatalf("%d slots held after encoding, want 0", len(c.slots))
+			}
+		})
 	}
 }

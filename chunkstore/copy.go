@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -84,7 +83,7 @@ func CopyBackup(ctx context.Context, src, dst *Repository, id string, opts CopyO
 	mapped := make([]Key, len(keys))
 	n := opts.Parallelism
 	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
+		n = CPUs()
 	}
 	var done, sent, present atomic.Int64
 	var read, written atomic.Int64

@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"bytes"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -27,6 +28,16 @@ type cpuRoom struct {
 	idle, total uint64
 	room        bool
 }
+
+// cpus is GOMAXPROCS as the process started (the CPUs it may use, after
+// the GOMAXPROCS variable and the cgroup's quota), read when the package
+// is initialised: before main, which raises GOMAXPROCS past it for
+// goroutines back from I/O (see cmd/volback), can change it.
+var cpus = runtime.GOMAXPROCS(0)
+
+// CPUs is the number of CPUs the process may keep busy: at most this many
+// chunks compress at once, and the default parallelism of a copy.
+func CPUs() int { return cpus }
 
 // hostCPU is the one meter of this process: every repository shares it.
 var hostCPU = &cpuRoom{window: 100 * time.Millisecond, read: procStat, room: true}

@@ -12,3 +12,7 @@ func ShortClaimPauses() func() {
 
 // ClaimsOf is the prefix of the claims on name.
 var ClaimsOf = claimsOf
+
+// WritesInFlight is the count of r's chunk writes under way, which the
+// automatic compressions read.
+func WritesInFlight(r *Repository) int32 { return r.codec.writes.Load() }

@@ -352,7 +352,10 @@ func (r *Repository) PutChunk(ctx context.Context, k Key, data []byte) (int, err
 			return 0, fmt.Errorf("put chunk %s: %w", k, err)
 		}
 	}
-	if err := r.store.Put(ctx, chunkName(k), enc); err != nil {
+	r.codec.writes.Add(1)
+	err := r.store.Put(ctx, chunkName(k), enc)
+	r.codec.writes.Add(-1)
+	if err != nil {
 		return 0, fmt.Errorf("put chunk %s: %w", k, err)
 	}
 	return len(enc), nil

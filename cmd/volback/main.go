@@ -11,14 +11,27 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/volback/volback/chunkstore"
 )
 
+// spareProcs is how many Ps the process keeps past its CPUs. Chunks
+// compress on at most chunkstore.CPUs() goroutines at once; the spare Ps
+// let a goroutine back from a write or a read issue its next one at once,
+// instead of waiting up to a scheduler slice (10 ms) for a compressing one
+// to be preempted while the disk idles. Measured on 2 CPUs (2 GiB backup
+// to the local disk, alternating runs): 1.71-1.76 s without, 1.22-1.67 s
+// with.
+const spareProcs = 2
+
 func main() {
+	runtime.GOMAXPROCS(chunkstore.CPUs() + spareProcs)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := newApp()
