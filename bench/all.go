@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -34,6 +35,11 @@ type AllConfig struct {
 	Size    int64  // image size (default 2 GiB, 64 MiB quick)
 	Rounds  int    // rounds of each measurement (default 3, 1 quick)
 	Volback string // this binary, which the timed runs execute
+	// Keep leaves the run's working files (one subdirectory of Dir:
+	// images, every tool's repository, restores) for inspection; else
+	// they go when the run ends, whatever its outcome, since a 2 GiB run
+	// leaves some 13 GiB.
+	Keep bool
 }
 
 // Stat is a measurement's rounds and their median, minimum and maximum.
@@ -198,6 +204,18 @@ func RunAll(ctx context.Context, cfg AllConfig, log io.Writer) (*AllReport, erro
 		if err := os.MkdirAll(abs, 0o755); err != nil {
 			return nil, err
 		}
+	}
+	// Each run works in a subdirectory of its own, so that removing it
+	// removes only what this run made.
+	work, err := os.MkdirTemp(cfg.Dir, "all-")
+	if err != nil {
+		return nil, fmt.Errorf("bench directory: %w", err)
+	}
+	cfg.Dir = work
+	if cfg.Keep {
+		fmt.Fprintf(log, "working files stay in %s\n", work)
+	} else {
+		defer os.RemoveAll(work)
 	}
 	rep := &AllReport{When: time.Now().UTC(), Machine: machine(), CPUs: runtime.NumCPU(), Size: cfg.Size, Rounds: cfg.Rounds, Quick: cfg.Quick}
 	pars := []int{1, 2, 4, 8}
@@ -877,6 +895,23 @@ func (r *AllReport) WriteMarkdown(w io.Writer) error {
 				cell(sv.QD1P50us), cell(sv.QD1P99us), cell(sv.RandWriteIOPS))
 			for _, e := range sv.Errors {
 				p("|  | failed: %s | | | | | | |\n", oneLine(e))
+			}
+		}
+		if len(r.NBD.Servers) > 1 && r.NBD.Servers[0].Server == ServerVolback {
+			vb := r.NBD.Servers[0]
+			p("\n")
+			for _, sv := range r.NBD.Servers[1:] {
+				// A measure either side lacks (fio not installed, a
+				// failed round) prints as "-", never as 0x.
+				x := func(a, b []float64) string {
+					if q := pairedRatio(a, b); q > 0 && !math.IsInf(q, 0) {
+						return fmt.Sprintf("%.2fx", q)
+					}
+					return "-"
+				}
+				p("volback over %s, the median of the rounds' ratios (above 1: volback ahead): first write %s, write %s, read %s, QD32 IOPS %s, fio IOPS %s, QD1 latency p50 %s, p99 %s.\n\n", sv.Server,
+					x(vb.FirstWriteMiBps, sv.FirstWriteMiBps), x(vb.WriteMiBps, sv.WriteMiBps), x(vb.ReadMiBps, sv.ReadMiBps),
+					x(vb.QD32IOPS, sv.QD32IOPS), x(vb.RandWriteIOPS, sv.RandWriteIOPS), x(sv.QD1P50us, vb.QD1P50us), x(sv.QD1P99us, vb.QD1P99us))
 			}
 		}
 	}

@@ -123,6 +123,7 @@ func benchCommand() *cli.Command {
 				&cli.BoolFlag{Name: "quick", Usage: "a 64 MiB image and one round: checks the harness, measures nothing"},
 				&cli.StringFlag{Name: "size", Value: "2GiB", Usage: "size of the generated image (64MiB with --quick unless given)"},
 				&cli.IntFlag{Name: "rounds", Usage: "rounds of each measurement (default 3, 1 with --quick)"},
+				&cli.BoolFlag{Name: "keep", Usage: "keep the run's working files (a subdirectory of --dir) instead of removing them at the end"},
 			},
 			Action: benchAction(func(c *cli.Context, size int64, self string) (report, error) {
 				if c.Bool("quick") && !c.IsSet("size") {
@@ -130,7 +131,7 @@ func benchCommand() *cli.Command {
 				}
 				return bench.RunAll(c.Context, bench.AllConfig{
 					Dir: c.String("dir"), Out: c.String("out"), Quick: c.Bool("quick"), Size: size,
-					Rounds: c.Int("rounds"), Volback: self,
+					Rounds: c.Int("rounds"), Volback: self, Keep: c.Bool("keep"),
 				}, os.Stderr)
 			}),
 		}, {
