@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -425,6 +426,74 @@ func TestPutChunkCountsWritesInFlight(t *testing.T) {
 		}
 		if got := chunkstore.WritesInFlight(r); got != 0 {
 			t.Fatalf("put %d: %d writes in flight after it, want 0", i, got)
+		}
+	}
+}
+
+// TestGetChunkReadsIntoTheBuffer checks GetChunk's buffer contract for
+// every codec, plain and encrypted: into a NewChunkBuffer the chunk comes
+// back in the buffer's storage without allocating a chunk's worth (a
+// compressed one decoded from scratch, not over itself), into a small or
+// nil buffer whole in storage of its own, and the content always checks.
+func TestGetChunkReadsIntoTheBuffer(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []chunkstore.Compression{chunkstore.CompressionNone, chunkstore.CompressionZstd, chunkstore.CompressionS2, chunkstore.CompressionLZ4} {
+		for _, sealed := range []bool{false, true} {
+			name := string(c)
+			opts := chunkstore.InitOptions{ChunkSize: 1 << 20, Compression: c}
+			if sealed {
+				name += "-sealed"
+				opts.Passphrase, opts.KDF = []byte("p"), testKDF
+			}
+			t.Run(name, func(t *testing.T) {
+				r, err := chunkstore.Init(ctx, mem.New(), opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				data := textBytes(1 << 20)
+				if c == chunkstore.CompressionNone {
+					data = randomBytes(3, 1<<20)
+				}
+				k := r.Key(data)
+				if _, err := r.PutChunk(ctx, k, data); err != nil {
+					t.Fatal(err)
+				}
+				buf := r.NewChunkBuffer()
+				for i := range buf {
+					buf[i] = 0xa5 // nothing of the chunk
+				}
+				got, err := r.GetChunk(ctx, k, buf)
+				if err != nil {
+					t.Fatalf("into a chunk buffer: %v", err)
+				}
+				if !bytes.Equal(got, data) {
+					t.Fatal("into a chunk buffer: content differs")
+				}
+				if &got[0] != &buf[0] {
+					t.Fatal("into a chunk buffer: the chunk came back in other storage")
+				}
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				const reads = 64 // a GC may empty the scratch pool once or twice
+				for range reads {
+					if _, err := r.GetChunk(ctx, k, buf); err != nil {
+						t.Fatal(err)
+					}
+				}
+				runtime.ReadMemStats(&after)
+				if per := (after.TotalAlloc - before.TotalAlloc) / reads; per > 1<<20/8 {
+					t.Fatalf("each read into a chunk buffer allocated %d bytes", per)
+				}
+				for _, dst := range [][]byte{nil, make([]byte, 0, 100), make([]byte, 0, 1<<20)} {
+					got, err := r.GetChunk(ctx, k, dst)
+					if err != nil || !bytes.Equal(got, data) {
+						t.Fatalf("into a buffer of capacity %d: %d bytes, %v", cap(dst), len(got), err)
+					}
+					if cap(dst) >= len(data) && &got[0] != &dst[:1][0] {
+						t.Fatalf("into a buffer of capacity %d: the chunk came back in other storage", cap(dst))
+					}
+				}
+			})
 		}
 	}
 }

@@ -309,6 +309,12 @@ func (c *codec) worthCompressing(scratch, data []byte) bool {
 	return len(out) < sampleSize*7/8
 }
 
+// storedAsIs reports whether enc, an encoded chunk, holds its content as
+// is (its trailer's codec byte, unchecked: decode checks the rest).
+func storedAsIs(enc []byte) bool {
+	return len(enc) >= chunkTrailerSize && enc[len(enc)-chunkTrailerSize] == codecRaw
+}
+
 // decode checks an encoded chunk and returns its content, verified to hash
 // to key. A chunk stored as is is returned in enc's own storage; a
 // compressed one is decoded into dst's storage (reallocated if too small).

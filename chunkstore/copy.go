@@ -103,7 +103,7 @@ func CopyBackup(ctx context.Context, src, dst *Repository, id string, opts CopyO
 	})
 	for range min(n, max(len(keys), 1)) {
 		g.Go(func() error {
-			var buf []byte
+			buf := src.NewChunkBuffer()
 			for i := range work {
 				if err := lease.Err(); err != nil {
 					return fmt.Errorf("its marker in %s cannot be refreshed: %w", dst.Location(), err)

@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -374,14 +375,33 @@ func (r *Repository) RepairChunk(ctx context.Context, k Key, data []byte) error 
 	return r.Sync(ctx)
 }
 
-// GetChunk reads chunk k, checks its content against k and returns it. A
-// compressed chunk is decoded into dst's storage (reallocated if too
-// small); one stored as is comes back in a fresh slice.
+// GetChunk reads chunk k, checks its content against k and returns it in
+// dst's storage if dst can hold it, else in new storage. A dst of
+// NewChunkBuffer's capacity takes the stored object itself: a chunk
+// stored as is then comes back where the store read it, with no copy and
+// no allocation, and a compressed one is decoded into it from a scratch
+// buffer.
 func (r *Repository) GetChunk(ctx context.Context, k Key, dst []byte) ([]byte, error) {
 	if k.IsZero() {
 		return nil, fmt.Errorf("chunk %s: zero chunks are not stored", k)
 	}
-	enc, err := r.store.Get(ctx, chunkName(k))
+	var bp *[]byte // a scratch buffer from r.bufs, if taken
+	defer func() {
+		if bp != nil {
+			r.bufs.Put(bp)
+		}
+	}()
+	scratch := func() []byte {
+		if bp == nil {
+			bp = r.bufs.Get().(*[]byte)
+		}
+		return (*bp)[:0]
+	}
+	into := dst[:0]
+	if dst != nil && cap(dst) < r.cfg.ChunkSize+chunkSpare {
+		into = scratch() // too small for the object: read beside it
+	}
+	enc, err := GetBuffer(ctx, r.store, chunkName(k), into)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", k, err)
 	}
@@ -390,7 +410,30 @@ func (r *Repository) GetChunk(ctx context.Context, k Key, dst []byte) ([]byte, e
 			return nil, &CorruptChunkError{Key: k, Reason: err.Error()}
 		}
 	}
-	return r.codec.decode(r.Key, k, dst, enc)
+	if sameStart(enc, dst) && !storedAsIs(enc) {
+		// Compressed, in the storage it is to be decoded into: move it
+		// to scratch first (it is smaller than the chunk).
+		enc = append(scratch(), enc...)
+	}
+	out, err := r.codec.decode(r.Key, k, dst, enc)
+	if err != nil {
+		return nil, err
+	}
+	if bp != nil && sameStart(out, *bp) {
+		// Stored as is and read into scratch: it goes back to the pool.
+		if cap(dst) >= len(out) {
+			return dst[:copy(dst[:len(out)], out)], nil
+		}
+		return bytes.Clone(out), nil
+	}
+	return out, nil
+}
+
+// sameStart reports whether a and b start at the same byte: a store, the
+// cipher and the codec return what they read into a buffer from its
+// start, so this tells whether a result is in that buffer.
+func sameStart(a, b []byte) bool {
+	return cap(a) > 0 && cap(b) > 0 && &a[:1][0] == &b[:1][0]
 }
 
 // DeleteChunk removes chunk k.

@@ -121,7 +121,7 @@ func (r *Repository) Verify(ctx context.Context, ids []string, opts VerifyOption
 	})
 	for range n {
 		g.Go(func() error {
-			buf := make([]byte, 0, r.cfg.ChunkSize)
+			buf := r.NewChunkBuffer()
 			for k := range keys {
 				_, err := r.GetChunk(gctx, k, buf)
 				if err != nil && gctx.Err() != nil {

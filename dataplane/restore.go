@@ -339,7 +339,10 @@ func writeChunks(ctx context.Context, repo *chunkstore.Repository, m *chunkstore
 		opts.Parallelism = RestoreWorkers()
 	}
 	tallies := make([]RestoreStats, workers(opts.Parallelism, len(m.Chunks)))
-	newBuf := func() []byte { return chunkstore.AlignedBuffer(m.ChunkSize, m.ChunkSize) }
+	// Chunk buffers the store reads whole objects into (m.ChunkSize is
+	// the repository's): a chunk stored as is is written from where it
+	// was read.
+	newBuf := repo.NewChunkBuffer
 	err := forEachChunk(ctx, opts.Parallelism, len(m.Chunks), nil, newBuf, func(ctx context.Context, w, i int, buf []byte) error {
 		t := &tallies[w]
 		off := int64(i) * int64(m.ChunkSize)
@@ -365,7 +368,7 @@ func writeChunks(ctx context.Context, repo *chunkstore.Repository, m *chunkstore
 			opts.Progress.Add(int64(n))
 			return nil
 		}
-		data, err := repo.GetChunk(ctx, k, buf[:0])
+		data, err := repo.GetChunk(ctx, k, buf)
 		if err != nil {
 			return fmt.Errorf("offset %d: %w", off, err)
 		}
@@ -373,7 +376,8 @@ func writeChunks(ctx context.Context, repo *chunkstore.Repository, m *chunkstore
 			return fmt.Errorf("chunk %s at offset %d: %d bytes, the manifest needs %d", k, off, len(data), n)
 		}
 		if dst == direct && !aligned(data) {
-			// Stored uncompressed: the data is the store's buffer.
+			// Not in buf (GetChunk returns what it read there, from its
+			// start): copy to meet O_DIRECT's alignment.
 			data = buf[:copy(buf[:n], data)]
 		}
 		if _, err := dst.WriteAt(data, off); err != nil {

@@ -51,5 +51,13 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	return s.Store.Get(ctx, name)
 }
 
+// GetBuffer implements chunkstore.BufferGetter, failing like Get.
+func (s *Store) GetBuffer(ctx context.Context, name string, buf []byte) ([]byte, error) {
+	if s.FailGet != nil && s.FailGet(name) {
+		return nil, s.fault()
+	}
+	return chunkstore.GetBuffer(ctx, s.Store, name, buf)
+}
+
 // Puts returns the number of Put calls so far.
 func (s *Store) Puts() int64 { return s.puts.Load() }

@@ -198,6 +198,11 @@ func (s *Store) open(name string) (*os.File, string, error) {
 
 // Get implements chunkstore.Store.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	return s.GetBuffer(ctx, name, nil)
+}
+
+// GetBuffer implements chunkstore.BufferGetter.
+func (s *Store) GetBuffer(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -210,7 +215,7 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", p, classify(err))
 	}
-	b := make([]byte, st.Size())
+	b := chunkstore.Grow(buf, int(st.Size()))
 	if _, err := readFull(f, b); err != nil {
 		return nil, fmt.Errorf("%s: %w", p, classify(err))
 	}

@@ -60,6 +60,11 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 
 // Get implements chunkstore.Store.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	return s.GetBuffer(ctx, name, nil)
+}
+
+// GetBuffer implements chunkstore.BufferGetter.
+func (s *Store) GetBuffer(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	if err := check(ctx, name); err != nil {
 		return nil, err
 	}
@@ -69,7 +74,9 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("mem %s: %w", name, chunkstore.ErrNotFound)
 	}
-	return append([]byte(nil), b...), nil
+	out := chunkstore.Grow(buf, len(b))
+	copy(out, b)
+	return out, nil
 }
 
 // Stat implements chunkstore.Store.

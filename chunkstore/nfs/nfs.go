@@ -341,6 +341,11 @@ func (s *Store) writeAll(f *gonfs.File, data []byte, how uint32) error {
 
 // Get reads an object whole, rsize bytes per call.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	return s.GetBuffer(ctx, name, nil)
+}
+
+// GetBuffer implements chunkstore.BufferGetter.
+func (s *Store) GetBuffer(ctx context.Context, name string, into []byte) ([]byte, error) {
 	if err := chunkstore.ValidName(name); err != nil {
 		return nil, err
 	}
@@ -360,7 +365,7 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 			return err
 		}
 		size := fi.Size()
-		buf := make([]byte, size)
+		buf := chunkstore.Grow(into, int(size))
 		for off := int64(0); off < size; {
 			n, err := f.ReadAt(buf[off:min(size, off+int64(s.o.RSize))], off)
 			off += int64(n)

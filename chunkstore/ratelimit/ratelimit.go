@@ -65,6 +65,15 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	return b, Wait(ctx, s.read, len(b))
 }
 
+// GetBuffer implements chunkstore.BufferGetter, limited like Get.
+func (s *Store) GetBuffer(ctx context.Context, name string, buf []byte) ([]byte, error) {
+	b, err := chunkstore.GetBuffer(ctx, s.Store, name, buf)
+	if err != nil {
+		return nil, err
+	}
+	return b, Wait(ctx, s.read, len(b))
+}
+
 // PutIfAbsent passes a conditional create through, limited like Put, if
 // the wrapped store can do one (chunkstore.Creator).
 func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {

@@ -91,6 +91,18 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	return b, err
 }
 
+// GetBuffer implements chunkstore.BufferGetter, reading through the
+// wrapped store's GetBuffer where it has one.
+func (s *Store) GetBuffer(ctx context.Context, name string, buf []byte) ([]byte, error) {
+	var b []byte
+	err := s.do(ctx, "get", name, func(bool) error {
+		var err error
+		b, err = chunkstore.GetBuffer(ctx, s.Store, name, buf)
+		return err
+	})
+	return b, err
+}
+
 // Stat implements chunkstore.Store.
 func (s *Store) Stat(ctx context.Context, name string) (chunkstore.Info, error) {
 	var info chunkstore.Info

@@ -333,6 +333,12 @@ func (s *Store) create(ctx context.Context, name string, data []byte, claimed bo
 
 // Get reads an object whole.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	return s.GetBuffer(ctx, name, nil)
+}
+
+// GetBuffer implements chunkstore.BufferGetter: an object of known length
+// that fits buf is read into it, any other grows a buffer of its own.
+func (s *Store) GetBuffer(ctx context.Context, name string, into []byte) ([]byte, error) {
 	if err := chunkstore.ValidName(name); err != nil {
 		return nil, err
 	}
@@ -344,6 +350,18 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	n := aws.ToInt64(out.ContentLength)
 	if n < 0 || n > 1<<31 {
 		n = 0
+	}
+	if out.ContentLength != nil && n > 0 && int(n) <= cap(into) {
+		b := into[:n]
+		if _, err := io.ReadFull(out.Body, b); err != nil {
+			return nil, chunkstore.Transient(fmt.Errorf("%s: get %s: %w", s.loc, name, err))
+		}
+		// The body must end where its length said.
+		var extra [1]byte
+		if m, _ := out.Body.Read(extra[:]); m != 0 {
+			return nil, chunkstore.Transient(fmt.Errorf("%s: get %s: more than the %d bytes announced", s.loc, name, n))
+		}
+		return b, nil
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, n))
 	if _, err := io.Copy(buf, out.Body); err != nil {

@@ -41,6 +41,7 @@ func Run(t *testing.T, f Factory) {
 		{"Cancellation", testCancellation},
 		{"CancelLongPut", testCancelLongPut},
 		{"PutIfAbsent", testPutIfAbsent},
+		{"GetBuffer", testGetBuffer},
 		{"RetriesTransientErrors", testRetriesTransient},
 	}
 	for _, tc := range tests {
@@ -425,6 +426,47 @@ func testPutIfAbsent(t *testing.T, s chunkstore.Store, _ func() chunkstore.Store
 	wg.Wait()
 	if wins.Load() != 1 {
 		t.Fatalf("%d of 8 racing writers created the same name, want exactly 1", wins.Load())
+	}
+}
+
+// testGetBuffer checks reads into the caller's buffer where the store
+// offers them: an object that fits comes back in the buffer's storage,
+// one that does not in new storage, both whole; a missing one is
+// ErrNotFound.
+func testGetBuffer(t *testing.T, s chunkstore.Store, _ func() chunkstore.Store) {
+	g, ok := s.(chunkstore.BufferGetter)
+	if !ok {
+		t.Logf("%s reads into no caller's buffer (not a chunkstore.BufferGetter)", s.Location())
+		return
+	}
+	ctx := context.Background()
+	data := payload(11, 1<<20+5)
+	mustPut(t, s, "gb/obj", data)
+	buf := make([]byte, 3, len(data)+100)
+	got, err := g.GetBuffer(ctx, "gb/obj", buf)
+	if err != nil {
+		t.Fatalf("GetBuffer into a buffer that fits: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("GetBuffer into a buffer that fits: %d bytes, not what was put", len(got))
+	}
+	if &got[0] != &buf[:1][0] {
+		t.Fatal("GetBuffer into a buffer that fits returned other storage")
+	}
+	small := make([]byte, 0, len(data)-1)
+	got, err = g.GetBuffer(ctx, "gb/obj", small)
+	if err != nil {
+		t.Fatalf("GetBuffer into a buffer too small: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("GetBuffer into a buffer too small: %d bytes, not what was put", len(got))
+	}
+	got, err = g.GetBuffer(ctx, "gb/obj", nil)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("GetBuffer with no buffer: %d bytes, %v", len(got), err)
+	}
+	if _, err := g.GetBuffer(ctx, "gb/missing", buf); !errors.Is(err, chunkstore.ErrNotFound) {
+		t.Fatalf("GetBuffer of a missing object: got %v, want ErrNotFound", err)
 	}
 }
 

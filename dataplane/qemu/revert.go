@@ -118,7 +118,7 @@ func Revert(ctx context.Context, repo *chunkstore.Repository, src Source, m *chu
 	for w := 0; w < workers; w++ {
 		g.Go(func() error {
 			cur := make([]byte, cs)
-			var dec []byte
+			dec := repo.NewChunkBuffer()
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= len(m.Chunks) {
