@@ -297,6 +297,9 @@ func TestDaemonFlow(t *testing.T) {
 			t.Fatalf("delete of an attached volume: %d %s, want 503 SYS.1006", r.status, r.body)
 		}
 		release()
+		// The client has gone when its process has; the daemon sees
+		// its socket close a moment later.
+		d.waitConnections(0)
 	}
 	if r := d.job("DELETE", "/volumes/"+volUUID, "", nil); r.status != 200 {
 		t.Fatalf("DeleteDataVolume: %d %s", r.status, r.body)
