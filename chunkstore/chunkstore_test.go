@@ -481,7 +481,14 @@ func TestGetChunkReadsIntoTheBuffer(t *testing.T) {
 					}
 				}
 				runtime.ReadMemStats(&after)
-				if per := (after.TotalAlloc - before.TotalAlloc) / reads; per > 1<<20/8 {
+				per := (after.TotalAlloc - before.TotalAlloc) / reads
+				switch {
+				case raceDetector && c != chunkstore.CompressionNone:
+					// The race detector's pool drops scratch buffers
+					// (a compressed chunk is decoded from one); a chunk
+					// stored as is takes none and is checked below.
+					t.Logf("race detector: %d bytes allocated a read, not checked", per)
+				case per > 1<<20/8:
 					t.Fatalf("each read into a chunk buffer allocated %d bytes", per)
 				}
 				for _, dst := range [][]byte{nil, make([]byte, 0, 100), make([]byte, 0, 1<<20)} {
