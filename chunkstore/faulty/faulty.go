@@ -61,3 +61,6 @@ func (s *Store) GetBuffer(ctx context.Context, name string, buf []byte) ([]byte,
 
 // Puts returns the number of Put calls so far.
 func (s *Store) Puts() int64 { return s.puts.Load() }
+
+// The wrapper reads into the caller's buffer wherever the wrapped store can.
+var _ chunkstore.BufferGetter = (*Store)(nil)

@@ -57,7 +57,10 @@ type Store struct {
 	noDirect atomic.Bool // set once the filesystem refuses O_DIRECT
 }
 
-var _ chunkstore.Store = (*Store)(nil)
+var (
+	_ chunkstore.Store        = (*Store)(nil)
+	_ chunkstore.BufferGetter = (*Store)(nil)
+)
 
 // Open returns a Store rooted at dir, creating dir if needed.
 func Open(dir string) (*Store, error) {

@@ -15,7 +15,10 @@ type Store struct {
 	objects map[string][]byte
 }
 
-var _ chunkstore.Creator = (*Store)(nil)
+var (
+	_ chunkstore.Creator      = (*Store)(nil)
+	_ chunkstore.BufferGetter = (*Store)(nil)
+)
 
 // New returns an empty Store.
 func New() *Store { return &Store{objects: make(map[string][]byte)} }

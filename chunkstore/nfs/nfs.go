@@ -38,7 +38,10 @@ type Store struct {
 	stableRewrites atomic.Int64
 }
 
-var _ chunkstore.Store = (*Store)(nil)
+var (
+	_ chunkstore.Store        = (*Store)(nil)
+	_ chunkstore.BufferGetter = (*Store)(nil)
+)
 
 // Open mounts the export holding o.Path and creates the store's directory
 // if needed. The export is the longest prefix of o.Path the server

@@ -94,3 +94,6 @@ func (s *Store) RemoveStale(ctx context.Context, age time.Duration) (int, error)
 	}
 	return 0, nil
 }
+
+// The wrapper reads into the caller's buffer wherever the wrapped store can.
+var _ chunkstore.BufferGetter = (*Store)(nil)

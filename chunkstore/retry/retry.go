@@ -180,3 +180,6 @@ func (s *Store) RemoveStale(ctx context.Context, age time.Duration) (int, error)
 	}
 	return r.RemoveStale(ctx, age)
 }
+
+// The wrapper reads into the caller's buffer wherever the wrapped store can.
+var _ chunkstore.BufferGetter = (*Store)(nil)

@@ -114,7 +114,10 @@ type Store struct {
 	noCAS atomic.Bool // the server does not implement If-None-Match
 }
 
-var _ chunkstore.Store = (*Store)(nil)
+var (
+	_ chunkstore.Store        = (*Store)(nil)
+	_ chunkstore.BufferGetter = (*Store)(nil)
+)
 
 // Open connects to the bucket and checks that it is reachable.
 func Open(ctx context.Context, o Options) (*Store, error) {
