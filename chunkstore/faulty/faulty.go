@@ -45,10 +45,7 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 
 // Get implements chunkstore.Store.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
-	if s.FailGet != nil && s.FailGet(name) {
-		return nil, s.fault()
-	}
-	return s.Store.Get(ctx, name)
+	return s.GetBuffer(ctx, name, nil)
 }
 
 // GetBuffer implements chunkstore.BufferGetter, failing like Get.

@@ -58,11 +58,7 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 
 // Get implements chunkstore.Store.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
-	b, err := s.Store.Get(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	return b, Wait(ctx, s.read, len(b))
+	return s.GetBuffer(ctx, name, nil)
 }
 
 // GetBuffer implements chunkstore.BufferGetter, limited like Get.

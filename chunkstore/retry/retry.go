@@ -82,13 +82,7 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 
 // Get implements chunkstore.Store.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
-	var b []byte
-	err := s.do(ctx, "get", name, func(bool) error {
-		var err error
-		b, err = s.Store.Get(ctx, name)
-		return err
-	})
-	return b, err
+	return s.GetBuffer(ctx, name, nil)
 }
 
 // GetBuffer implements chunkstore.BufferGetter, reading through the
