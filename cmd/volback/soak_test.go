@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -21,7 +22,8 @@ import (
 
 // TestSoak: two daemons back up their own volumes into one repository (a
 // local directory, then an S3 bucket prefix) for 20 rounds, each round a
-// few random writes, a backup on each daemon and a garbage collection
+// few random writes (the same on both volumes, so both backups store the
+// same chunks at once), a backup on each daemon and a garbage collection
 // from each, all at once; in 5 of the rounds one daemon is killed (-9) at
 // a random moment and restarted. Afterwards every Ready backup restores
 // bit-identical to the volume as it was when the backup was asked for,
@@ -72,18 +74,28 @@ func soak(t *testing.T, srv *storetest.S3Server, tag string) {
 		if kills[round] {
 			victim = round % 2
 		}
+		// A few writes, the same on both volumes, mirrored: the volumes
+		// stay equal, so the two daemons' backups store the same chunks
+		// at the same moment, find each other's (and a killed backup's
+		// orphans) stored, and collect around them.
+		type write struct {
+			off, ln int
+			p       byte
+		}
+		var writes [3]write
+		for w := range writes {
+			off := rng.IntN(size/4096) * 4096
+			ln := (1 + rng.IntN(64)) * 4096
+			if off+ln > size {
+				ln = size - off
+			}
+			writes[w] = write{off, ln, byte(rng.IntN(255) + 1)}
+		}
 		for i, n := range nodes {
-			// A few writes, mirrored.
-			for range 3 {
-				off := rng.IntN(size/4096) * 4096
-				ln := (1 + rng.IntN(64)) * 4096
-				if off+ln > size {
-					ln = size - off
-				}
-				p := byte(rng.IntN(255) + 1)
-				tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P %d %d %d", p, off, ln), n.uri)
-				for j := off; j < off+ln; j++ {
-					n.mirror[j] = p
+			for _, w := range writes {
+				tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P %d %d %d", w.p, w.off, w.ln), n.uri)
+				for j := w.off; j < w.off+w.ln; j++ {
+					n.mirror[j] = w.p
 				}
 			}
 			id := chunkstore.NewID()
@@ -166,6 +178,15 @@ func soak(t *testing.T, srv *storetest.S3Server, tag string) {
 		t.Errorf("%d backups restored, %d jobs succeeded", restored, ready)
 	}
 	verify := mustRun(t, "--json", "verify", "--repo", repo)
+	// The daemons shared their chunks: a round's two backups hold the
+	// same data, at most two 4 MiB chunks of it new.
+	var vr struct{ Chunks int }
+	if err := json.Unmarshal([]byte(verify.stdout), &vr); err != nil {
+		t.Fatalf("verify output: %v: %s", err, verify.stdout)
+	}
+	if vr.Chunks > 2*rounds {
+		t.Errorf("%d chunks stored for %d rounds of equal volumes: the daemons did not share them", vr.Chunks, rounds)
+	}
 	// No marker left once a last collection ran: every backup and
 	// collection has ended, and the killed ones' markers were removed or
 	// recognised as dead and collected.
