@@ -23,8 +23,9 @@ import (
 // TestSoak: two daemons back up their own volumes into one repository (a
 // local directory, then an S3 bucket prefix) for 20 rounds, each round a
 // few random writes (the same on both volumes, so both backups store the
-// same chunks at once), a backup on each daemon and a garbage collection
-// from each, all at once; in 5 of the rounds one daemon is killed (-9) at
+// same chunks at once), then a backup on each daemon and a garbage
+// collection from each, all at once (the collections asked first in odd
+// rounds, so some run while backups wait, and others withdraw); in 5 of the rounds one daemon is killed (-9) at
 // a random moment and restarted. Afterwards every Ready backup restores
 // bit-identical to the volume as it was when the backup was asked for,
 // the repository verifies, and no marker is left.
@@ -91,23 +92,42 @@ func soak(t *testing.T, srv *storetest.S3Server, tag string) {
 			}
 			writes[w] = write{off, ln, byte(rng.IntN(255) + 1)}
 		}
-		for i, n := range nodes {
+		for _, n := range nodes {
 			for _, w := range writes {
 				tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P %d %d %d", w.p, w.off, w.ln), n.uri)
 				for j := w.off; j < w.off+w.ln; j++ {
 					n.mirror[j] = w.p
 				}
 			}
+		}
+		// Then both daemons' jobs at once; in odd rounds the collection is
+		// asked first, so that it runs and the backups wait for it, rather
+		// than it finding a backup running and withdrawing.
+		for i, n := range nodes {
 			id := chunkstore.NewID()
 			expected[id] = sha256.Sum256(n.mirror)
-			acc := n.d.do("POST", "/volumes/"+n.vol+"/volume-backups", "OAuth "+n.d.session,
-				backupBody(n.bs, fmt.Sprintf("r%d", round), `,"resourceUuid":"`+id+`"`, tags...), nil)
-			if acc.status != 202 {
-				t.Fatalf("round %d node %d: backup: %d %s", round, i, acc.status, acc.body)
+			backup := func() apiReply {
+				acc := n.d.do("POST", "/volumes/"+n.vol+"/volume-backups", "OAuth "+n.d.session,
+					backupBody(n.bs, fmt.Sprintf("r%d", round), `,"resourceUuid":"`+id+`"`, tags...), nil)
+				if acc.status != 202 {
+					t.Fatalf("round %d node %d: backup: %d %s", round, i, acc.status, acc.body)
+				}
+				return acc
 			}
-			gc := n.d.do("PUT", "/backup-storage/image-store/"+n.bs+"/actions", "OAuth "+n.d.session, `{"reclaimSpaceFromImageStore":{}}`, nil)
-			if gc.status != 202 {
-				t.Fatalf("round %d node %d: gc: %d %s", round, i, gc.status, gc.body)
+			collect := func() apiReply {
+				gc := n.d.do("PUT", "/backup-storage/image-store/"+n.bs+"/actions", "OAuth "+n.d.session, `{"reclaimSpaceFromImageStore":{}}`, nil)
+				if gc.status != 202 {
+					t.Fatalf("round %d node %d: gc: %d %s", round, i, gc.status, gc.body)
+				}
+				return gc
+			}
+			var acc, gc apiReply
+			if round%2 == 1 {
+				gc = collect()
+				acc = backup()
+			} else {
+				acc = backup()
+				gc = collect()
 			}
 			if i == victim {
 				continue // its jobs die with it
@@ -148,6 +168,10 @@ func soak(t *testing.T, srv *storetest.S3Server, tag string) {
 		if t.Failed() {
 			return
 		}
+	}
+
+	if gcs == 0 {
+		t.Errorf("no collection ran beside the backups in %d rounds: each found one running", rounds)
 	}
 
 	// Every Ready backup restores as its volume was.
