@@ -65,6 +65,11 @@ type liveRestore struct {
 	// (RestoreRunOptions.SkipVerify); bufs holds the read-back buffers.
 	noVerify atomic.Bool
 	bufs     sync.Pool
+	// chunks holds the buffers chunks are fetched into (NewChunkBuffer):
+	// the store reads each object straight into one, so a copy allocates
+	// and clears no memory per chunk (a restore's 4 MiB a chunk cleared
+	// cost it 0.2 CPU-s per 2 GiB), CPU the guest running beside keeps.
+	chunks sync.Pool
 }
 
 // diskMismatchError is a copied chunk that reads back from the disk other
@@ -200,7 +205,13 @@ func (r *liveRestore) copyChunk(ctx context.Context, v *Volume, i int) error {
 	if r.done[i].Load() {
 		return nil
 	}
-	data, err := r.repo.GetChunk(ctx, r.m.Chunks[i], nil)
+	cp, _ := r.chunks.Get().(*[]byte)
+	if cp == nil {
+		b := r.repo.NewChunkBuffer()
+		cp = &b
+	}
+	defer r.chunks.Put(cp)
+	data, err := r.repo.GetChunk(ctx, r.m.Chunks[i], *cp)
 	if err == nil && len(data) != r.m.ChunkLen(i) {
 		err = fmt.Errorf("chunk %s is %d bytes, want %d", r.m.Chunks[i], len(data), r.m.ChunkLen(i))
 	}

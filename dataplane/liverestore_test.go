@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/volback/volback/chunkstore"
 	"github.com/volback/volback/chunkstore/faulty"
+	"github.com/volback/volback/chunkstore/local"
 	"github.com/volback/volback/chunkstore/mem"
 	"github.com/volback/volback/dataplane"
 )
@@ -263,5 +265,68 @@ func TestLiveRestoreStopsOnCorruptChunk(t *testing.T) {
 	}
 	if err := v.ReadAt(ctx, p, 6*testChunk); err != nil || !bytes.Equal(p, data[6*testChunk:6*testChunk+10]) {
 		t.Errorf("read of a good chunk: %v", err)
+	}
+}
+
+// TestLiveRestoreFetchesIntoBuffers: the background copy reads each chunk
+// from a local ImageStore into a pooled chunk buffer, so a restore of 48
+// chunks allocates a few chunk buffers in all, not one or two per chunk
+// (it did, fetching with no buffer). Half the chunks are stored as is,
+// half compressed.
+func TestLiveRestoreFetchesIntoBuffers(t *testing.T) {
+	if raceDetector {
+		t.Skip("sync.Pool drops buffers on purpose under the race detector")
+	}
+	ctx := context.Background()
+	const chunk, n = 1 << 20, 48
+	s, err := local.Open(filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{ChunkSize: chunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := append(randomData(3, n/2*chunk), image(4, n/2*chunk)...)
+	m, err := dataplane.Backup(ctx, r, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "src"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "new.raw")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	v, err := dataplane.OpenLiveVolume("new", path, dataplane.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := v.StartRestore(r, m, path+".restore", "test"); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	if err := v.RunRestore(ctx, dataplane.RestoreRunOptions{Parallelism: 2}); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the restored volume differs from the backup")
+	}
+	// Two workers: two fetch buffers, two read-back buffers, the
+	// repository's decode scratch; 12 chunks' worth leaves room for the
+	// rest and fails a copy that allocates per chunk (48 or more).
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("%d chunks restored, %.1f MiB allocated", n, float64(alloc)/(1<<20))
+	if alloc > 12*chunk {
+		t.Errorf("the live restore of %d chunks allocated %.1f MiB: more than 12 chunks' worth", n, float64(alloc)/(1<<20))
 	}
 }
