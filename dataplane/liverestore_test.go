@@ -32,24 +32,32 @@ func (s slowStore) Get(ctx context.Context, name string) ([]byte, error) {
 
 func restoreSetup(t *testing.T, store chunkstore.Store) (*chunkstore.Repository, *chunkstore.Manifest, []byte, string) {
 	t.Helper()
+	data := image(11, 24*testChunk)
+	r, m, path := backupAndTarget(t, store, testChunk, data)
+	return r, m, data, path
+}
+
+// backupAndTarget backs data up into a new repository on store and makes
+// an empty (sparse) file of its size to restore into.
+func backupAndTarget(t *testing.T, store chunkstore.Store, chunk int, data []byte) (*chunkstore.Repository, *chunkstore.Manifest, string) {
+	t.Helper()
 	ctx := context.Background()
-	r, err := chunkstore.Init(ctx, store, chunkstore.InitOptions{ChunkSize: testChunk})
+	r, err := chunkstore.Init(ctx, store, chunkstore.InitOptions{ChunkSize: chunk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := image(11, 24*testChunk)
 	m, err := dataplane.Backup(ctx, r, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "src"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "new.raw")
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Truncate(path, int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
-	return r, m, data, path
+	return r, m, path
 }
 
 // TestLiveRestore: the new volume reads as the backup from the start,
@@ -283,22 +291,8 @@ func TestLiveRestoreFetchesIntoBuffers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := chunkstore.Init(ctx, s, chunkstore.InitOptions{ChunkSize: chunk})
-	if err != nil {
-		t.Fatal(err)
-	}
 	data := append(randomData(3, n/2*chunk), image(4, n/2*chunk)...)
-	m, err := dataplane.Backup(ctx, r, bytes.NewReader(data), int64(len(data)), dataplane.BackupOptions{VolumeID: "src"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "new.raw")
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(path, int64(len(data))); err != nil {
-		t.Fatal(err)
-	}
+	r, m, path := backupAndTarget(t, s, chunk, data)
 	v, err := dataplane.OpenLiveVolume("new", path, dataplane.VolumeOptions{})
 	if err != nil {
 		t.Fatal(err)
