@@ -256,6 +256,12 @@ func (v *Volume) ensureRestored(ctx context.Context, off, length int64) error {
 
 // RestoreRunOptions configures RunRestore.
 type RestoreRunOptions struct {
+	// Parallelism is the number of background copy workers; 0 means
+	// RestoreWorkers(), as for a file restore: each waits on the disk
+	// (its write, the flush, the read-back) far more than on the CPU, and
+	// 16 instead of one per CPU (2) copied a verified 1 GiB backup in
+	// 1.09-1.11 s instead of 1.44-1.51 s (BenchmarkLiveRestore). Each
+	// holds up to two chunk buffers (the fetch and the read-back).
 	Parallelism int
 	// Progress, if set, follows the bytes done.
 	Progress *Progress
@@ -285,6 +291,9 @@ func (v *Volume) RunRestore(ctx context.Context, opts RestoreRunOptions) error {
 	}
 	r.noVerify.Store(opts.SkipVerify)
 	parallelism, progress := opts.Parallelism, opts.Progress
+	if parallelism <= 0 {
+		parallelism = RestoreWorkers()
+	}
 	limit, writeLimit := ratelimit.NewLimiter(opts.BytesPerSec), ratelimit.NewLimiter(opts.WriteBytesPerSec)
 	progress.SetTotal(v.size)
 	d, _ := v.RestoreProgress()
