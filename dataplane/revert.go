@@ -11,6 +11,11 @@ import (
 
 // RevertOptions configures Volume.Revert.
 type RevertOptions struct {
+	// Parallelism is the number of workers; 0 means RestoreWorkers(), as
+	// for a restore: a worker mostly waits on the disk (its read of the
+	// volume, its write, the read-back), and with 16 instead of 2 a
+	// verified revert of a 1 GiB volume whose every chunk changed took
+	// 1.09-1.11 s instead of 1.27-1.30 s (BenchmarkRevertChanged).
 	Parallelism int
 	Progress    *Progress
 	// WriteBytesPerSec limits the writes to the volume (ZStack's
@@ -59,6 +64,9 @@ func (v *Volume) Revert(ctx context.Context, repo *chunkstore.Repository, m *chu
 		idx[i] = i
 	}
 	limit := ratelimit.NewLimiter(opts.WriteBytesPerSec)
+	if opts.Parallelism <= 0 {
+		opts.Parallelism = RestoreWorkers()
+	}
 	err := forEachChunk(ctx, opts.Parallelism, 0, idx, repo.NewChunkBuffer, func(ctx context.Context, _, i int, buf []byte) error {
 		n := m.ChunkLen(i)
 		off := int64(i) * int64(m.ChunkSize)
