@@ -69,11 +69,36 @@ type SummaryStats struct {
 // beyond the index and write is set, it writes a new index (a failure to
 // write is reported in the stats, not as an error).
 func (r *Repository) Summaries(ctx context.Context, write bool) ([]*Manifest, []BadManifest, SummaryStats, error) {
-	var st SummaryStats
+	l, err := r.ListManifests(ctx)
+	if err != nil {
+		return nil, nil, SummaryStats{}, err
+	}
+	return r.SummariesOf(ctx, l, write)
+}
+
+// Listing is one listing of a repository's backups: their ids and their
+// manifests' stored sizes (which bound how many are read at once).
+type Listing struct {
+	IDs   []string
+	sizes map[string]int64
+}
+
+// ListManifests lists the repository's backups, for a caller that needs
+// the ids first and the summaries after (SummariesOf): on a store of many
+// backups a listing is many requests, better made once.
+func (r *Repository) ListManifests(ctx context.Context) (*Listing, error) {
 	ids, sizes, err := r.listManifests(ctx)
 	if err != nil {
-		return nil, nil, st, err
+		return nil, err
 	}
+	return &Listing{IDs: ids, sizes: sizes}, nil
+}
+
+// SummariesOf is Summaries of the backups of an earlier listing: one
+// deleted since is left out, one made since is not there.
+func (r *Repository) SummariesOf(ctx context.Context, l *Listing, write bool) ([]*Manifest, []BadManifest, SummaryStats, error) {
+	var st SummaryStats
+	ids, sizes := l.IDs, l.sizes
 	st.Backups = len(ids)
 	known, name := r.readIndex(ctx)
 	st.Index = name
@@ -89,7 +114,7 @@ func (r *Repository) Summaries(ctx context.Context, write bool) ([]*Manifest, []
 	st.FromIndex = len(out)
 	var mu sync.Mutex
 	var bad []BadManifest
-	err = r.eachManifest(ctx, missing, sizes, func(id string, m *Manifest, err error) error {
+	err := r.eachManifest(ctx, missing, sizes, func(id string, m *Manifest, err error) error {
 		mu.Lock()
 		defer mu.Unlock()
 		switch {

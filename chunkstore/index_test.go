@@ -215,3 +215,41 @@ func TestManifestReadFailure(t *testing.T) {
 		}
 	}
 }
+
+// TestSummariesOfAListing: summaries of an earlier listing list nothing
+// again (an import lists its backups, then needs their summaries), and
+// leave out a backup deleted since.
+func TestSummariesOfAListing(t *testing.T) {
+	ctx := context.Background()
+	store := newOpCounter(mem.New())
+	r, err := chunkstore.Init(ctx, store, chunkstore.InitOptions{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := manyBackups(t, r, 100)
+	store.take()
+	l, err := r.ListManifests(ctx)
+	if err != nil || len(l.IDs) != 100 {
+		t.Fatalf("listing: %v, %v", l, err)
+	}
+	if ops := store.take(); ops["list manifests/"] != 1 {
+		t.Fatalf("listing made requests %v", ops)
+	}
+	if err := r.DeleteManifest(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	store.take()
+	ms, bad, st, err := r.SummariesOf(ctx, l, false)
+	ops := store.take()
+	if err != nil || len(bad) > 0 || len(ms) != 99 || st.Read != 99 {
+		t.Fatalf("summaries: %d, bad %v, %+v, %v", len(ms), bad, st, err)
+	}
+	if ops["list manifests/"] != 0 {
+		t.Errorf("summaries of a listing listed the manifests again: %v", ops)
+	}
+	for _, m := range ms {
+		if m.ID == ids[0] {
+			t.Error("a backup deleted after the listing is in the summaries")
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/volback/volback/chunkstore"
+	"github.com/volback/volback/chunkstore/local"
+	"github.com/volback/volback/chunkstore/storetest"
 	"github.com/volback/volback/chunkstore/target"
 	"github.com/volback/volback/control/inventory"
 	"github.com/volback/volback/dataplane"
@@ -188,6 +190,38 @@ func TestSyncSkipsBadManifest(t *testing.T) {
 	for _, id := range []string{ids[0], ids[2]} {
 		if b, err := d.api.DB.GetVolumeBackup(ctx, id); err != nil || b.Status != inventory.StatusReady {
 			t.Errorf("backup %s after the sync: %v %v", id, b, err)
+		}
+	}
+}
+
+// TestSyncManyForeignBackups: a repository holding more backups the
+// inventory does not know than IndexAfter (another daemon's) imports them
+// all from one listing and the summaries of that listing.
+func TestSyncManyForeignBackups(t *testing.T) {
+	ctx := context.Background()
+	d := startTestDaemon(t)
+	bs, vol := chunkstore.NewID(), chunkstore.NewID()
+	d.storageAndVolume(bs, vol, 1<<20)
+	repo, err := local.OpenRepository(ctx, filepath.Join(d.dir, "store-"+bs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := chunkstore.IndexAfter + 36
+	ids := storetest.SaveManifests(t, repo, n, 4)
+	repo.Close()
+	r := d.job("PUT", "/volume-backups/imageStore/"+bs+"/actions", `{"syncVolumeBackup":{}}`, nil)
+	var got struct {
+		Result struct {
+			New int `json:"newBackupCount"`
+		} `json:"result"`
+	}
+	if r.status != 200 || json.Unmarshal([]byte(r.body), &got) != nil || got.Result.New != n {
+		t.Fatalf("sync of %d foreign backups: %d %s", n, r.status, r.body)
+	}
+	for _, id := range ids {
+		b, err := d.api.DB.GetVolumeBackup(ctx, id)
+		if err != nil || b.Status != inventory.StatusReady {
+			t.Fatalf("backup %s after the sync: %v %v", id, b, err)
 		}
 	}
 }

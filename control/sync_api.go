@@ -93,10 +93,11 @@ func hasCopyOn(b *inventory.VolumeBackup, storageUUID string) bool {
 // the inventory lacks. An unreadable manifest is named in bad and the
 // others still import. It returns the backup ids the repository lists.
 func (a *API) importBackups(ctx context.Context, bs *inventory.BackupStorage, spec target.Spec, repo *chunkstore.Repository, prog *dataplane.Progress) (ids []string, added []any, copies int, bad []chunkstore.BadManifest, err error) {
-	ids, err = repo.ListBackups(ctx)
+	listing, err := repo.ListManifests(ctx)
 	if err != nil {
 		return nil, nil, 0, nil, errFailed("cannot list the backups of "+spec.String(), err)
 	}
+	ids = listing.IDs
 	prog.SetTotal(int64(len(ids)))
 	tgt := refTarget(spec, bs)
 	added = []any{}
@@ -112,7 +113,7 @@ func (a *API) importBackups(ctx context.Context, bs *inventory.BackupStorage, sp
 			return repo.LoadManifest(ctx, bid)
 		}
 		if summaries == nil {
-			ms, bad, _, err := repo.Summaries(ctx, true)
+			ms, bad, _, err := repo.SummariesOf(ctx, listing, true)
 			if err != nil {
 				return nil, err
 			}
