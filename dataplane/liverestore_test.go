@@ -315,9 +315,9 @@ func TestLiveRestoreFetchesIntoBuffers(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatal("the restored volume differs from the backup")
 	}
-	// Two workers: two fetch buffers, two read-back buffers, the
-	// repository's decode scratch; 12 chunks' worth leaves room for the
-	// rest and fails a copy that allocates per chunk (48 or more).
+	// Two workers: two chunk buffers (each a fetch's and its
+	// read-back's), the repository's decode scratch; 12 chunks' worth
+	// leaves room for the rest and fails a copy that allocates per chunk (48 or more).
 	alloc := after.TotalAlloc - before.TotalAlloc
 	t.Logf("%d chunks restored, %.1f MiB allocated", n, float64(alloc)/(1<<20))
 	if alloc > 12*chunk {

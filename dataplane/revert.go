@@ -15,7 +15,7 @@ type RevertOptions struct {
 	// for a restore: a worker mostly waits on the disk (its read of the
 	// volume, its write, the read-back), and with 16 instead of 2 a
 	// verified revert of a 1 GiB volume whose every chunk changed took
-	// 1.09-1.11 s instead of 1.27-1.30 s (BenchmarkRevertChanged).
+	// 1.09-1.12 s instead of 1.27-1.30 s (BenchmarkRevertChanged).
 	Parallelism int
 	Progress    *Progress
 	// WriteBytesPerSec limits the writes to the volume (ZStack's
