@@ -25,10 +25,11 @@ import (
 // few random writes (the same on both volumes, so both backups store the
 // same chunks at once), then a backup on each daemon and a garbage
 // collection from each, all at once (the collections asked first in odd
-// rounds, so some run while backups wait, and others withdraw); in 5 of the rounds one daemon is killed (-9) at
-// a random moment and restarted. Afterwards every Ready backup restores
-// bit-identical to the volume as it was when the backup was asked for,
-// the repository verifies, and no marker is left.
+// rounds, so some run while backups wait, and others withdraw); in 5 of
+// the rounds one daemon is killed (-9) at a random moment and restarted.
+// Afterwards every Ready backup restores bit-identical to the volume as it
+// was when the backup was asked for, the repository verifies, and no
+// marker is left.
 func TestSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("soak")
@@ -52,12 +53,11 @@ func soak(t *testing.T, srv *storetest.S3Server, tag string) {
 	type node struct {
 		state, bs, vol, uri string
 		d                   *daemonProc
-		mirror              []byte
 	}
 	nodes := make([]*node, 2)
 	for i := range nodes {
 		n := &node{state: filepath.Join(dir, fmt.Sprintf("state%d", i)), bs: fmt.Sprintf("%031x%d", 0x5a, i),
-			vol: fmt.Sprintf("%031x%d", 0x5b, i), mirror: make([]byte, size)}
+			vol: fmt.Sprintf("%031x%d", 0x5b, i)}
 		n.d = startDaemon(t, n.state)
 		n.uri = setupVolume(t, n.d, store, n.bs, n.vol, size)
 		nodes[i] = n
@@ -66,6 +66,7 @@ func soak(t *testing.T, srv *storetest.S3Server, tag string) {
 	if tag != "" {
 		tags = []string{tag}
 	}
+	mirror := make([]byte, size)      // both volumes' content
 	expected := map[string][32]byte{} // backup id -> the volume's content when asked
 	var mu sync.Mutex
 	var ready, killed, gcs int
@@ -92,20 +93,21 @@ func soak(t *testing.T, srv *storetest.S3Server, tag string) {
 			}
 			writes[w] = write{off, ln, byte(rng.IntN(255) + 1)}
 		}
-		for _, n := range nodes {
-			for _, w := range writes {
+		for _, w := range writes {
+			for _, n := range nodes {
 				tool(t, time.Minute, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P %d %d %d", w.p, w.off, w.ln), n.uri)
-				for j := w.off; j < w.off+w.ln; j++ {
-					n.mirror[j] = w.p
-				}
+			}
+			for j := w.off; j < w.off+w.ln; j++ {
+				mirror[j] = w.p
 			}
 		}
+		want := sha256.Sum256(mirror)
 		// Then both daemons' jobs at once; in odd rounds the collection is
 		// asked first, so that it runs and the backups wait for it, rather
 		// than it finding a backup running and withdrawing.
 		for i, n := range nodes {
 			id := chunkstore.NewID()
-			expected[id] = sha256.Sum256(n.mirror)
+			expected[id] = want
 			backup := func() apiReply {
 				acc := n.d.do("POST", "/volumes/"+n.vol+"/volume-backups", "OAuth "+n.d.session,
 					backupBody(n.bs, fmt.Sprintf("r%d", round), `,"resourceUuid":"`+id+`"`, tags...), nil)
